@@ -1,0 +1,23 @@
+"""The one exception root of the project, and its few branches."""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(SupervisorError):
+    """The configuration file or a RUNSUP_* variable is wrong."""
+
+
+class NotFoundError(SupervisorError):
+    """A run id that is not in the database."""
+
+
+class ValidationError(SupervisorError):
+    """Input (a submitted run, a database row) that cannot be accepted."""
+
+
+class LaunchError(SupervisorError):
+    """A run's command could not be started."""

@@ -21,3 +21,7 @@ class ValidationError(SupervisorError):
 
 class LaunchError(SupervisorError):
     """A run's command could not be started."""
+
+
+class DatabaseError(SupervisorError):
+    """The database cannot be opened or used."""

@@ -1,0 +1,580 @@
+"""The store: intent-named operations on runs; every status change is one compare-and-set."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Row, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from supervisor.db.engine import READ_OPTION, make_engine
+from supervisor.db.migrate import ensure_schema
+from supervisor.db.schema import run_events, runs
+from supervisor.errors import DatabaseError, NotFoundError, ValidationError
+from supervisor.states import RunStatus, sources_of
+
+RUN_ID_BYTES = 6  # 12 lowercase hex characters (SPEC section 3)
+# A write that still finds the database locked after busy_timeout is tried again this often.
+WRITE_ATTEMPTS = 3
+WRITE_RETRY_DELAY_SECONDS = 0.5
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    """A fresh run id: 12 lowercase hex characters."""
+    return secrets.token_hex(RUN_ID_BYTES)
+
+
+def is_valid_run_id(value: object) -> bool:
+    """True for 12 lowercase hex characters, the only ids the daemon acts on."""
+    return (
+        isinstance(value, str)
+        and len(value) == 2 * RUN_ID_BYTES
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of `runs`, as plain values (never an ORM object)."""
+
+    id: str
+    name: str | None
+    status: str
+    config_json: str
+    template: str
+    pid: int | None
+    pgid: int | None
+    created_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    error_message: str | None
+    current_erlang: float | None
+    total_erlangs: int | None
+    current_iteration: int | None
+    total_iterations: int | None
+    exit_code: int | None
+    exit_signal: int | None
+    cancel_requested_at: datetime | None
+    progress_updated_at: datetime | None
+    run_dir: str | None
+    launch_claimed_at: datetime | None
+    boot_id: str | None
+    pid_start_ticks: int | None
+    keeper_pid: int | None
+    keeper_start_ticks: int | None
+    timed_out_at: datetime | None
+    erlang_index: int | None
+    progress_offset: int | None
+    progress_bad_lines: int | None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the run has reached COMPLETED, FAILED or CANCELLED."""
+        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; timestamps as ISO-8601 UTC."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            out[key] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One row of `run_events`: a status change and why."""
+
+    id: int
+    run_id: str
+    at: datetime | None
+    from_status: str | None
+    to_status: str
+    reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**asdict(self), "at": self.at.isoformat() if self.at else None}
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """The latest progress of one run, to be written in a batch."""
+
+    run_id: str
+    current_erlang: float | None
+    total_erlangs: int | None
+    current_iteration: int | None
+    total_iterations: int | None
+    erlang_index: int | None
+    offset: int
+    bad_lines: int
+
+
+def _as_int(value: object) -> int | None:
+    # Other programs write rows too, and SQLite stores what it is given.
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _as_float(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _record(row: Row[Any]) -> RunRecord:
+    m = row._mapping
+    values: dict[str, Any] = {}
+    for f in fields(RunRecord):
+        raw = m[f.name]
+        if f.type == "int | None":
+            values[f.name] = _as_int(raw)
+        elif f.type == "float | None":
+            values[f.name] = _as_float(raw)
+        elif f.type == "datetime | None":
+            values[f.name] = raw
+        elif f.type == "str | None":
+            values[f.name] = _as_str(raw)
+        else:
+            values[f.name] = "" if raw is None else str(raw)
+    return RunRecord(**values)
+
+
+class Store:
+    """Intent-named operations on the runs database; the only user of SQLAlchemy sessions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Store:
+        """Open (and create or upgrade, unless told not to) the database at `url`."""
+        engine = make_engine(url)
+        try:
+            if upgrade:
+                ensure_schema(engine)
+            else:
+                engine.connect().close()
+        except (OperationalError, DBAPIError) as exc:
+            engine.dispose()
+            raise DatabaseError(f"cannot open database {url}: {exc.orig}") from None
+        return cls(engine)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{READ_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction; retry when another process held the lock too long."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except OperationalError as exc:
+                if attempt == WRITE_ATTEMPTS or not _is_busy(exc):
+                    raise
+                time.sleep(WRITE_RETRY_DELAY_SECONDS * attempt)
+        raise AssertionError("unreachable")
+
+    # -- for every program --------------------------------------------------
+
+    def submit(self, template: str, config_json: str, name: str | None = None) -> RunRecord:
+        """Insert a PENDING run; config_json must hold a JSON object."""
+        if not template:
+            raise ValidationError("a run needs a template name")
+        check_config_json(config_json)
+        for _ in range(WRITE_ATTEMPTS):
+            run_id = new_run_id()
+            now = utcnow()
+
+            def work(conn: Connection, run_id: str = run_id, now: datetime = now) -> None:
+                conn.execute(
+                    insert(runs).values(
+                        id=run_id,
+                        name=name,
+                        status=RunStatus.PENDING.value,
+                        config_json=config_json,
+                        template=template,
+                        created_at=now,
+                    )
+                )
+                conn.execute(
+                    insert(run_events).values(
+                        run_id=run_id,
+                        at=now,
+                        from_status=None,
+                        to_status=RunStatus.PENDING.value,
+                        reason="submitted",
+                    )
+                )
+
+            try:
+                self._write(work)
+            except IntegrityError:
+                continue  # an id collision: 48 random bits make this all but impossible
+            return self.get(run_id)
+        raise ValidationError("could not find a free run id")
+
+    def find(self, run_id: str) -> RunRecord | None:
+        """The run with this id, or None."""
+        with self._read() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        return None if row is None else _record(row)
+
+    def get(self, run_id: str) -> RunRecord:
+        """The run with this id; NotFoundError if there is none."""
+        record = self.find(run_id)
+        if record is None:
+            raise NotFoundError(f"no run with id {run_id!r}")
+        return record
+
+    def list_runs(self, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally of one status."""
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def get_many(self, run_ids: Iterable[str]) -> list[RunRecord]:
+        """The runs with these ids (missing ones are left out)."""
+        ids = list(run_ids)
+        if not ids:
+            return []
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(select(runs).where(runs.c.id.in_(ids)))]
+
+    def events(self, run_id: str) -> list[RunEvent]:
+        """A run's status history, oldest first."""
+        query = select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
+        with self._read() as conn:
+            return [
+                RunEvent(
+                    id=int(r.id),
+                    run_id=str(r.run_id),
+                    at=r.at,
+                    from_status=r.from_status,
+                    to_status=str(r.to_status),
+                    reason=r.reason,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def counts(self) -> dict[str, int]:
+        """How many runs there are of each status."""
+        query = select(runs.c.status, func.count()).group_by(runs.c.status)
+        with self._read() as conn:
+            return {str(status): int(n) for status, n in conn.execute(query)}
+
+    def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
+        """Ask for a cancel; returns the run and whether this call made the request."""
+
+        def work(conn: Connection) -> int:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
+                    runs.c.cancel_requested_at.is_(None),
+                )
+                .values(cancel_requested_at=utcnow())
+            )
+            return int(result.rowcount)
+
+        changed = self._write(work)
+        return self.get(run_id), changed == 1
+
+    # -- for the daemon -----------------------------------------------------
+
+    def pending_runs(self, limit: int) -> list[RunRecord]:
+        """Unclaimed PENDING runs, oldest first."""
+        query = (
+            select(runs)
+            .where(runs.c.status == RunStatus.PENDING.value, runs.c.launch_claimed_at.is_(None))
+            .order_by(runs.c.created_at, runs.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def active_runs(self) -> list[RunRecord]:
+        """Runs the daemon is responsible for: RUNNING, or PENDING and claimed for launch."""
+        query = select(runs).where(
+            (runs.c.status == RunStatus.RUNNING.value)
+            | ((runs.c.status == RunStatus.PENDING.value) & runs.c.launch_claimed_at.is_not(None))
+        )
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def cancel_requests(self) -> list[RunRecord]:
+        """PENDING or RUNNING runs somebody asked to cancel."""
+        query = select(runs).where(
+            runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
+            runs.c.cancel_requested_at.is_not(None),
+        )
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def claim_launch(self, run_id: str) -> bool:
+        """Mark a PENDING run as being launched by us (compare-and-set); False if it was not free."""
+
+        def work(conn: Connection) -> int:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.status == RunStatus.PENDING.value,
+                    runs.c.launch_claimed_at.is_(None),
+                    runs.c.cancel_requested_at.is_(None),
+                )
+                .values(launch_claimed_at=utcnow())
+            )
+            return int(result.rowcount)
+
+        return self._write(work) == 1
+
+    def release_claim(self, run_id: str) -> bool:
+        """Undo a launch claim on a run that is provably not started, so it is launched again."""
+
+        def work(conn: Connection) -> int:
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.PENDING.value)
+                .values(launch_claimed_at=None)
+            )
+            return int(result.rowcount)
+
+        return self._write(work) == 1
+
+    def transition(
+        self,
+        run_id: str,
+        to: RunStatus,
+        *,
+        reason: str | None,
+        values: Mapping[str, Any] | None = None,
+        expect: Iterable[RunStatus] | None = None,
+    ) -> bool:
+        """Move a run to `to` if its status allows (one compare-and-set UPDATE) and log the event.
+
+        Returns False, changing nothing, when the run is not in a status that may move to `to`.
+        """
+        sources = sources_of(to)
+        if expect is not None:
+            sources = sources & frozenset(expect)
+        if not sources:
+            return False
+        now = utcnow()
+        allowed = sorted(s.value for s in sources)
+
+        def work(conn: Connection) -> bool:
+            # Under BEGIN IMMEDIATE nobody else writes between this read and the update.
+            before = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status.in_(allowed))
+                .values(status=to.value, **dict(values or {}))
+            )
+            if result.rowcount != 1:
+                return False
+            conn.execute(
+                insert(run_events).values(
+                    run_id=run_id, at=now, from_status=before, to_status=to.value, reason=reason
+                )
+            )
+            return True
+
+        return self._write(work)
+
+    def mark_running(
+        self,
+        run_id: str,
+        *,
+        pid: int,
+        pgid: int,
+        run_dir: str,
+        boot_id: str,
+        pid_start_ticks: int,
+        keeper_pid: int,
+        keeper_start_ticks: int,
+        reason: str = "launched",
+    ) -> bool:
+        """PENDING -> RUNNING, in the same commit as the live pid and pgid."""
+        return self.transition(
+            run_id,
+            RunStatus.RUNNING,
+            reason=reason,
+            expect=[RunStatus.PENDING],
+            values={
+                "pid": pid,
+                "pgid": pgid,
+                "run_dir": run_dir,
+                "boot_id": boot_id,
+                "pid_start_ticks": pid_start_ticks,
+                "keeper_pid": keeper_pid,
+                "keeper_start_ticks": keeper_start_ticks,
+                "started_at": utcnow(),
+            },
+        )
+
+    def finish(
+        self,
+        run_id: str,
+        to: RunStatus,
+        *,
+        reason: str,
+        exit_code: int | None = None,
+        exit_signal: int | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """Move a run to a final status with its exit status and reason."""
+        return self.transition(
+            run_id,
+            to,
+            reason=reason,
+            values={
+                "exit_code": exit_code,
+                "exit_signal": exit_signal,
+                "error_message": error_message,
+                "completed_at": utcnow(),
+            },
+        )
+
+    def mark_timed_out(self, run_id: str) -> bool:
+        """Remember that the daemon is stopping this run for its timeout (survives a restart)."""
+
+        def work(conn: Connection) -> int:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.status == RunStatus.RUNNING.value,
+                    runs.c.timed_out_at.is_(None),
+                )
+                .values(timed_out_at=utcnow())
+            )
+            return int(result.rowcount)
+
+        return self._write(work) == 1
+
+    def record_progress(self, updates: Sequence[ProgressUpdate]) -> int:
+        """Write the latest progress of many runs in one transaction; returns rows changed."""
+        if not updates:
+            return 0
+        now = utcnow()
+        rows = [
+            {
+                "b_id": u.run_id,
+                "b_ce": u.current_erlang,
+                "b_te": u.total_erlangs,
+                "b_ci": u.current_iteration,
+                "b_ti": u.total_iterations,
+                "b_ei": u.erlang_index,
+                "b_off": u.offset,
+                "b_bad": u.bad_lines,
+                "b_at": now.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            }
+            for u in updates
+        ]
+        # Plain SQL with executemany: one prepared statement for the whole batch.
+        statement = text(
+            "UPDATE runs SET current_erlang = :b_ce, total_erlangs = :b_te,"
+            " current_iteration = :b_ci, total_iterations = :b_ti, erlang_index = :b_ei,"
+            " progress_offset = :b_off, progress_bad_lines = :b_bad,"
+            " progress_updated_at = :b_at"
+            " WHERE id = :b_id AND status = 'RUNNING'"
+        )
+
+        def work(conn: Connection) -> int:
+            return int(conn.execute(statement, rows).rowcount)
+
+        return self._write(work)
+
+    def checkpoint(self) -> None:
+        """Fold the -wal file back into the database and truncate it, if no reader prevents it."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def change_probe(self) -> ChangeProbe:
+        """A probe that tells cheaply whether another connection committed since last asked."""
+        return ChangeProbe(self.engine)
+
+
+class ChangeProbe:
+    """Holds one connection open and reads PRAGMA data_version, which moves on others' commits."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._conn = engine.connect() if self._sqlite else None
+        self._last: int | None = None
+
+    def changed(self) -> bool:
+        """True if another connection committed since the last call (always True off SQLite)."""
+        if self._conn is None:
+            return True
+        version = int(self._conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        changed = version != self._last
+        self._last = version
+        return changed
+
+    def close(self) -> None:
+        """Release the probe's connection."""
+        if self._conn is not None:
+            self._conn.close()
+
+
+def check_config_json(config_json: str) -> dict[str, Any]:
+    """Parse a run's config; ValidationError unless it is a JSON object."""
+    try:
+        value = json.loads(config_json)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"config must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message

@@ -1,0 +1,106 @@
+"""How a run ends (SPEC section 6): from what happened to status, exit fields and words. Pure."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from supervisor.states import RunStatus
+
+# Bounds, so that a simulation cannot flood the database through its error text.
+ERROR_MESSAGE_MAX_CHARS = 4000
+LOG_TAIL_LINES = 12
+
+# Signals people and programs send to ask a run to stop: such an end is a cancellation.
+CANCEL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A run's final status and what goes with it into the row and its event."""
+
+    status: RunStatus
+    exit_code: int | None
+    exit_signal: int | None
+    error_message: str | None
+    reason: str
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def bound(text: str, limit: int = ERROR_MESSAGE_MAX_CHARS) -> str:
+    """Keep the head and the tail of an over-long text, marking the cut."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 20) // 2
+    return f"{text[:half]}\n[... cut ...]\n{text[-half:]}"
+
+
+def _detail(last_error: str | None, log_tail: str | None) -> str:
+    if last_error:
+        return f": {last_error.strip()}"
+    if log_tail and log_tail.strip():
+        return f"; last lines of the log:\n{log_tail.rstrip()}"
+    return ""
+
+
+def classify_exit(
+    *,
+    exit_code: int | None,
+    exit_signal: int | None,
+    cancel_requested: bool,
+    timed_out: bool,
+    timeout_seconds: float | None = None,
+    last_error: str | None = None,
+    log_tail: str | None = None,
+) -> Outcome:
+    """The outcome of a run whose process ended with `exit_code` or `exit_signal`."""
+    how = (
+        f"killed by {_signal_name(exit_signal)}"
+        if exit_signal is not None
+        else f"exited with code {exit_code}"
+    )
+    if timed_out:
+        limit = f" of {timeout_seconds:g} s" if timeout_seconds else ""
+        message = f"timeout: the run exceeded its time limit{limit} and was stopped ({how})"
+        return Outcome(RunStatus.FAILED, exit_code, exit_signal, message, "timeout")
+    if cancel_requested:
+        message = f"cancelled on request ({how})"
+        return Outcome(RunStatus.CANCELLED, exit_code, exit_signal, message, "cancel requested")
+    if exit_signal is None and exit_code == 0:
+        return Outcome(RunStatus.COMPLETED, 0, None, None, "exit code 0")
+    if exit_signal is not None:
+        return _by_signal(exit_signal, last_error, log_tail)
+    message = bound(f"exited with code {exit_code}{_detail(last_error, log_tail)}")
+    return Outcome(RunStatus.FAILED, exit_code, None, message, f"exit code {exit_code}")
+
+
+def _by_signal(number: int, last_error: str | None, log_tail: str | None) -> Outcome:
+    name = _signal_name(number)
+    if number in CANCEL_SIGNALS:
+        message = f"cancelled: ended by {name} sent by another process"
+        return Outcome(RunStatus.CANCELLED, None, number, message, f"ended by {name}")
+    if number == signal.SIGKILL:
+        message = (
+            "killed by SIGKILL that the supervisor did not send "
+            "(possibly the kernel's out-of-memory killer; see `dmesg` or `journalctl -k`)"
+        )
+    else:
+        message = f"crashed: killed by {name}"
+    message = bound(message + _detail(last_error, log_tail))
+    return Outcome(RunStatus.FAILED, None, number, message, f"killed by {name}")
+
+
+def lost(reason: str) -> Outcome:
+    """A run whose exit status cannot be known (say why)."""
+    return Outcome(RunStatus.FAILED, None, None, bound(reason), "exit status lost")
+
+
+def not_started(reason: str) -> Outcome:
+    """A run that could not be started."""
+    return Outcome(RunStatus.FAILED, None, None, bound(f"could not start: {reason}"), "launch failed")

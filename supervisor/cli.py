@@ -170,7 +170,7 @@ def submit(
     text = config_json if config_json is not None else None
     if config_file is not None:
         text = _read_config_file(config_file)
-    source = "--config-file" if config_file is not None else "--config-json"
+    source = f"--config-file {config_file}" if config_file is not None else "--config-json"
     try:
         config = check_config_json(text) if text is not None else {}
     except ValidationError as exc:

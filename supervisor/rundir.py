@@ -63,6 +63,16 @@ def _ini_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _check_ini_name(name: str, section: str | None) -> None:
+    # A name INI cannot carry would be read back as something else (or crash the writer).
+    bad = not name or name != name.strip() or "\n" in name or "\r" in name
+    if section is not None:
+        bad = bad or "=" in name or ":" in name or name[0] in "#;["
+    if bad:
+        where = f"key {name!r} in [{section}]" if section is not None else f"section {name!r}"
+        raise ValidationError(f"config {where} cannot be written to an INI file")
+
+
 def _render_ini(config: dict[str, Any]) -> str:
     parser = configparser.RawConfigParser()
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep keys' case
@@ -72,10 +82,14 @@ def _render_ini(config: dict[str, Any]) -> str:
         parser.add_section(INI_GENERAL_SECTION)
         merged = {**sections.pop(INI_GENERAL_SECTION, {}), **general}
         for key, value in merged.items():
+            _check_ini_name(str(key), INI_GENERAL_SECTION)
             parser.set(INI_GENERAL_SECTION, str(key), _ini_value(value))
     for section, values in sections.items():
-        parser.add_section(section)
+        _check_ini_name(section, None)
+        if section != parser.default_section:  # [DEFAULT] always exists; add_section refuses it
+            parser.add_section(section)
         for key, value in values.items():
+            _check_ini_name(str(key), section)
             parser.set(section, str(key), _ini_value(value))
     out = io.StringIO()
     parser.write(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import string
 import tomllib
@@ -171,6 +172,9 @@ class _Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, "a number", value)
+        if not math.isfinite(value):
+            # TOML allows nan and inf; neither is a usable grace period or limit.
+            raise self.fail(key, "a finite number", value)
         if value < 0 or (positive and value == 0):
             raise self.fail(key, "a positive number" if positive else "a number >= 0", value)
         return float(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -11,6 +13,9 @@ from sqlalchemy.engine import Connection
 BUSY_TIMEOUT_MS = 30_000
 # Execution option that marks a read-only transaction (plain deferred BEGIN).
 READ_OPTION = "runsup_read"
+# Backoff while another connection keeps the file from switching to WAL.
+WAL_RETRY_FIRST_DELAY_SECONDS = 0.005
+WAL_RETRY_MAX_DELAY_SECONDS = 0.1
 
 
 def make_engine(url: str) -> Engine:
@@ -26,7 +31,7 @@ def make_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
@@ -43,3 +48,22 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, retried: switching a file to WAL needs it alone, and SQLite
+    answers "database is locked" at once (no busy handler) while another connection, such as a
+    second process creating the same fresh file, holds it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = WAL_RETRY_FIRST_DELAY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            message = str(exc).lower()
+            busy = "locked" in message or "busy" in message
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, WAL_RETRY_MAX_DELAY_SECONDS)

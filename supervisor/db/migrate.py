@@ -6,6 +6,8 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
+from supervisor.db.engine import READ_OPTION
+
 # The newest revision in migrations/versions; a test checks it against Alembic's head.
 HEAD_REVISION = "0002"
 # The revision whose schema is the original 15-column table other programs created.
@@ -24,7 +26,9 @@ def current_revision(conn: Connection) -> str | None:
 
 def ensure_schema(engine: Engine) -> str:
     """Bring the schema to HEAD_REVISION if it is behind; cheap when it is not. Returns it."""
-    with engine.connect() as conn:
+    with engine.connect() as plain:
+        # A deferred read: opening a database must not take its write lock.
+        conn = plain.execution_options(**{READ_OPTION: True})
         if current_revision(conn) == HEAD_REVISION:
             return HEAD_REVISION
     # The write lock (BEGIN IMMEDIATE) serialises two processes upgrading at once;

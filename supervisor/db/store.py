@@ -533,8 +533,12 @@ class Store:
         """Fold the -wal file back into the database and truncate it, if no reader prevents it."""
         if self.engine.dialect.name != "sqlite":
             return
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Outside any transaction: a checkpoint cannot run inside one.
+        conn = self.engine.raw_connection()
+        try:
+            conn.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
     def change_probe(self) -> ChangeProbe:
         """A probe that tells cheaply whether another connection committed since last asked."""
@@ -542,18 +546,27 @@ class Store:
 
 
 class ChangeProbe:
-    """Holds one connection open and reads PRAGMA data_version, which moves on others' commits."""
+    """Holds one raw connection open and reads PRAGMA data_version, which moves on others' commits.
+
+    A raw DBAPI connection (autocommit, as the engine sets it up) so that holding it open
+    never holds a transaction, let alone the write lock.
+    """
 
     def __init__(self, engine: Engine) -> None:
-        self._sqlite = engine.dialect.name == "sqlite"
-        self._conn = engine.connect() if self._sqlite else None
+        self._conn = engine.raw_connection() if engine.dialect.name == "sqlite" else None
         self._last: int | None = None
 
     def changed(self) -> bool:
         """True if another connection committed since the last call (always True off SQLite)."""
         if self._conn is None:
             return True
-        version = int(self._conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute("PRAGMA data_version")
+            row = cursor.fetchone()
+            version = int(row[0]) if row else 0
+        finally:
+            cursor.close()
         changed = version != self._last
         self._last = version
         return changed

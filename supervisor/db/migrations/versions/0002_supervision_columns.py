@@ -6,6 +6,8 @@ Revises: 0001
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -14,7 +16,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-NEW_COLUMNS: list[tuple[str, sa.types.TypeEngine[object]]] = [
+NEW_COLUMNS: list[tuple[str, Any]] = [
     ("exit_code", sa.Integer()),
     ("exit_signal", sa.Integer()),
     ("cancel_requested_at", sa.DateTime()),

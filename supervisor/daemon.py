@@ -35,6 +35,7 @@ from supervisor.processes import (
     LaunchSpec,
     LocalBackend,
     ProcessRecord,
+    Recovered,
     RunHandle,
 )
 from supervisor.progress import ProgressState, ProgressTail
@@ -46,8 +47,6 @@ log = structlog.get_logger(__name__)
 
 # While a run's process has exited but others remain in its group, look again this often.
 GROUP_POLL_INTERVAL_SECONDS = 0.05
-# A launch claim with no sign of a started process after this long is safe to launch again.
-LAUNCH_SETTLE_SECONDS = 3.0
 # After an error in one pass of the loop, wait this long before the next (no hot spin).
 ERROR_BACKOFF_SECONDS = 1.0
 # Truncate the -wal file once it has grown past this and no reader holds it.
@@ -294,7 +293,9 @@ class Daemon:
     def _begin_stop(self, signum: int) -> None:
         self.stopping = True
         self.notifier.stopping()
-        log.info("daemon_stopping", signal=signal.Signals(signum).name, on_stop=self.settings.on_stop)
+        log.info(
+            "daemon_stopping", signal=signal.Signals(signum).name, on_stop=self.settings.on_stop
+        )
         if self.settings.on_stop == "cancel":
             for run in self.runs.values():
                 self.store.request_cancel(run.run_id)
@@ -396,15 +397,18 @@ class Daemon:
         run = self.runs.get(record.id)
         if run is not None:
             self._request_cancel(run, "cancel requested")
-        elif record.status == RunStatus.PENDING and record.launch_claimed_at is None:
-            if self.store.transition(
+        elif (
+            record.status == RunStatus.PENDING
+            and record.launch_claimed_at is None
+            and self.store.transition(
                 record.id,
                 RunStatus.CANCELLED,
                 reason="cancelled before start",
                 expect=[RunStatus.PENDING],
                 values={"error_message": "cancelled before it started"},
-            ):
-                log.info("run_cancelled_pending", run_id=record.id)
+            )
+        ):
+            log.info("run_cancelled_pending", run_id=record.id)
 
     def _request_cancel(self, run: ActiveRun, why: str) -> None:
         run.cancel_requested = True
@@ -414,7 +418,9 @@ class Daemon:
     def _terminate(self, run: ActiveRun, why: str) -> None:
         run.term_sent_at = time.monotonic()
         sent = run.handle.signal_group(signal.SIGTERM)
-        log.info("run_terminating", run_id=run.run_id, pgid=run.handle.record.pgid, why=why, sent=sent)
+        log.info(
+            "run_terminating", run_id=run.run_id, pgid=run.handle.record.pgid, why=why, sent=sent
+        )
         crash_point("cancel_term_sent")
 
     def _launch_pending(self) -> None:
@@ -591,7 +597,11 @@ class Daemon:
                     run.timed_out = True
                 if run.term_sent_at is None:
                     self._terminate(run, f"timeout after {run.timeout_seconds:g} s")
-            if run.term_sent_at is not None and not run.kill_sent and now >= run.term_sent_at + grace:
+            if (
+                run.term_sent_at is not None
+                and not run.kill_sent
+                and now >= run.term_sent_at + grace
+            ):
                 crash_point("cancel_escalating")
                 if run.handle.group_alive():
                     run.handle.signal_group(signal.SIGKILL)
@@ -682,31 +692,17 @@ class Daemon:
             self._fail_unstarted(record.id, f"invalid run id {record.id!r}")
             return
         run_dir = Path(record.run_dir) if record.run_dir else self.settings.runs_dir / record.id
-        proc = _process_record(record)
-        found = self.backend.recover(rundir.record_dir(run_dir), proc)
+        found = self.backend.recover(
+            rundir.record_dir(run_dir), _process_record(record), run_id=record.id
+        )
         template = self.settings.templates.get(record.template)
-        pending = record.status == RunStatus.PENDING
-        if found.handle is None and found.exit is None and pending:
-            # Claimed, but no sign the process ever started: launch again once that is sure.
-            self._claims_waiting.setdefault(record.id, time.monotonic())
-            return
-        if pending and found.record is not None:
-            if not self.store.mark_running(
-                record.id,
-                pid=found.record.pid,
-                pgid=found.record.pgid,
-                run_dir=str(run_dir),
-                boot_id=found.record.boot_id,
-                pid_start_ticks=found.record.start_ticks,
-                keeper_pid=found.record.keeper_pid,
-                keeper_start_ticks=found.record.keeper_start_ticks,
-                reason="found started after a daemon restart",
-            ):
+        if record.status == RunStatus.PENDING:
+            if not self._recover_claim(record, run_dir, found):
                 return
             record = replace(record, status=RunStatus.RUNNING.value, started_at=utcnow())
         if found.handle is not None:
             run = self._track(record, found.handle, run_dir, template)
-            log.info("run_adopted", run_id=record.id, pid=found.record.pid if found.record else None)
+            log.info("run_adopted", run_id=record.id, pid=found.handle.record.pid)
             if found.handle.exit_status() is not None:
                 self._on_exit(run.run_id)
             return
@@ -716,6 +712,38 @@ class Daemon:
         out = outcomes.lost(found.lost or "exit status unknown")
         self.store.finish(record.id, out.status, reason=out.reason, error_message=out.error_message)
         log.warning("run_lost", run_id=record.id, reason=found.lost)
+
+    def _recover_claim(self, record: RunRecord, run_dir: Path, found: Recovered) -> bool:
+        """A PENDING run a dead daemon had claimed; True if it had started."""
+        self._claims_waiting.pop(record.id, None)
+        if found.never_started:
+            # Provably never started: launching it now cannot start it twice.
+            if self.store.release_claim(record.id):
+                log.warning("launch_claim_released", run_id=record.id, why=found.lost)
+                self._next_db_poll = 0.0
+            return False
+        if found.record is None:
+            if found.exit is not None:
+                self._fail_unstarted(
+                    record.id, f"the keeper failed before the simulation ran ({found.exit})"
+                )
+            elif found.handle is None and found.lost and found.lost.startswith("starting"):
+                self._claims_waiting[record.id] = time.monotonic()  # look again at the next rescan
+            else:
+                self._fail_unstarted(record.id, found.lost or "launch interrupted")
+            return False
+        proc = found.record
+        return self.store.mark_running(
+            record.id,
+            pid=proc.pid,
+            pgid=proc.pgid,
+            run_dir=str(run_dir),
+            boot_id=proc.boot_id,
+            pid_start_ticks=proc.start_ticks,
+            keeper_pid=proc.keeper_pid,
+            keeper_start_ticks=proc.keeper_start_ticks,
+            reason="found started after a daemon restart",
+        )
 
     def _settle_offline(
         self, record: RunRecord, run_dir: Path, template: Template | None, status: ExitStatus
@@ -748,23 +776,13 @@ class Daemon:
         log.info("run_settled_offline", run_id=record.id, status=out.status.value)
 
     def _settle_claims(self) -> None:
-        """Claims left by a daemon that died mid-launch: adopt if started, else launch again."""
-        now = time.monotonic()
-        for run_id, seen in list(self._claims_waiting.items()):
+        """Claims whose keeper was still starting at the last look: look again."""
+        for run_id in list(self._claims_waiting):
             record = self.store.find(run_id)
             if record is None or record.status != RunStatus.PENDING:
-                del self._claims_waiting[run_id]
+                self._claims_waiting.pop(run_id, None)
                 continue
-            run_dir = self.settings.runs_dir / run_id
-            found = self.backend.recover(rundir.record_dir(run_dir), None)
-            if found.handle is not None or found.exit is not None:
-                del self._claims_waiting[run_id]
-                self._recover_one(record)
-            elif now - seen >= LAUNCH_SETTLE_SECONDS:
-                del self._claims_waiting[run_id]
-                if self.store.release_claim(run_id):
-                    log.warning("launch_claim_released", run_id=run_id, why=found.lost)
-                    self._next_db_poll = 0.0
+            self._recover_one(record)
 
     # -- systemd status -------------------------------------------------------
 

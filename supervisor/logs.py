@@ -1,4 +1,4 @@
-"""structlog set-up: readable on a terminal, JSON lines otherwise, syslog priorities under journald."""
+"""structlog set-up: readable on a terminal, JSON lines otherwise, priorities for journald."""
 
 from __future__ import annotations
 

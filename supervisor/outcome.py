@@ -103,4 +103,6 @@ def lost(reason: str) -> Outcome:
 
 def not_started(reason: str) -> Outcome:
     """A run that could not be started."""
-    return Outcome(RunStatus.FAILED, None, None, bound(f"could not start: {reason}"), "launch failed")
+    return Outcome(
+        RunStatus.FAILED, None, None, bound(f"could not start: {reason}"), "launch failed"
+    )

@@ -945,11 +945,12 @@ class LocalBackend:
         self, record_dir: Path, record: ProcessRecord, run_id: str | None
     ) -> Recovered:
         boot_id = current_boot_id()
-        if record.boot_id != boot_id:
+        # A recorded exit is the truth even from an earlier boot: read it before the boot id.
+        status = _read_exit_file(record_dir)
+        if status is None and record.boot_id != boot_id:
             why = f"{LOST_MACHINE_RESTARTED} (boot id {record.boot_id}, now {boot_id})"
             log.warning("run_lost", run_id=run_id, why=why)
             return Recovered(lost=why, record=record)
-        status = _read_exit_file(record_dir)
         if status is not None:
             log.info(
                 "run_ended_while_away",
@@ -989,6 +990,9 @@ class LocalBackend:
         if boot_id is None:
             return Recovered(lost=f"{LOST_NEVER_STARTED} (no launch recorded)", never_started=True)
         if boot_id != current_boot_id():
+            status = _read_exit_file(record_dir)
+            if status is not None:
+                return Recovered(exit=status)
             why = f"{LOST_MACHINE_RESTARTED} (boot id {boot_id}, now {current_boot_id()})"
             # Nothing from that boot runs any more; whether the simulation ever ran is unknown.
             return Recovered(lost=why, never_started=not (record_dir / SIM_FILE).exists())

@@ -111,7 +111,9 @@ def create_run_dir(run_dir: Path, config: dict[str, Any], config_format: str) ->
 
 def _write_file(path: Path, content: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(content)
     os.replace(tmp, path)

@@ -135,11 +135,14 @@ def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
     if run.error_message:
-        lines.append(f"{'error'.ljust(width)}  " + run.error_message.replace("\n", "\n" + " " * (width + 2)))
+        lines.append(
+            f"{'error'.ljust(width)}  " + run.error_message.replace("\n", "\n" + " " * (width + 2))
+        )
     lines.append("")
     lines.append("history:")
     for e in events:
         lines.append(
-            f"  {format_time(e.at)}  {(e.from_status or '-'):>9} -> {e.to_status:<9}  {e.reason or ''}"
+            f"  {format_time(e.at)}  {(e.from_status or '-'):>9} -> {e.to_status:<9}"
+            f"  {e.reason or ''}"
         )
     return "\n".join(lines)

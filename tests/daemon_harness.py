@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,7 +112,9 @@ class DaemonHarness:
 
             def ready() -> bool:
                 if proc.poll() is not None:
-                    raise AssertionError(f"daemon exited with {proc.returncode}:\n{self.log_text()}")
+                    raise AssertionError(
+                        f"daemon exited with {proc.returncode}:\n{self.log_text()}"
+                    )
                 return self._logged("daemon_ready", start_at)
 
             wait_for("daemon_ready in the daemon's log", ready)
@@ -160,7 +163,7 @@ class DaemonHarness:
         wanted = set(statuses)
         return wait_for(
             f"run {run_id} to reach {sorted(wanted)}",
-            lambda: (r if (r := self.run(run_id)).status in wanted else None),
+            lambda: r if (r := self.run(run_id)).status in wanted else None,
             deadline,
         )
 
@@ -175,8 +178,6 @@ class DaemonHarness:
             self.proc.wait(DEFAULT_DEADLINE)
         for record in self.store.list_runs():
             if record.pgid and record.status == "RUNNING":
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(record.pgid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
         self.store.close()

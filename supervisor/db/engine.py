@@ -19,7 +19,7 @@ WAL_RETRY_MAX_DELAY_SECONDS = 0.1
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; for SQLite, WAL + synchronous=NORMAL + busy_timeout + BEGIN IMMEDIATE."""
+    """An engine for `url`; for SQLite: WAL, synchronous=NORMAL, busy_timeout, BEGIN IMMEDIATE."""
     if not url.startswith("sqlite"):
         return create_engine(url)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})

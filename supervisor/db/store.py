@@ -202,7 +202,7 @@ class Store:
                 yield conn
 
     def _write(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one write transaction; retry when another process held the lock too long."""
+        """Run `work` in one write transaction; retry if another process held the lock too long."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 with self.engine.begin() as conn:
@@ -355,7 +355,7 @@ class Store:
             return [_record(r) for r in conn.execute(query)]
 
     def claim_launch(self, run_id: str) -> bool:
-        """Mark a PENDING run as being launched by us (compare-and-set); False if it was not free."""
+        """Claim a PENDING run for launch (compare-and-set); False if it was not free."""
 
         def work(conn: Connection) -> int:
             result = conn.execute(

@@ -64,10 +64,7 @@ def test_simulation_gets_cwd_and_environment(daemon: DaemonHarness) -> None:
     )
     daemon.stop()
     daemon.settings["max_concurrent_runs"] = 1
-    daemon.write_config(
-        "[templates.envdump]\n"
-        f"command = [\"/bin/sh\", \"-c\", {json.dumps(script)}]\n"
-    )
+    daemon.write_config(f'[templates.envdump]\ncommand = ["/bin/sh", "-c", {json.dumps(script)}]\n')
     daemon.start(env={"NOTIFY_SOCKET": "/nonexistent/notify"})
     run_id = daemon.submit({}, template="envdump")
     assert daemon.wait_final(run_id).status == "COMPLETED"
@@ -185,10 +182,7 @@ def test_timeout_fails_with_reason(tmp_path: Path) -> None:
     harness = DaemonHarness(tmp_path, cancel_grace_seconds=1)
     py = json.dumps(str(Path(os.sys.executable)))
     harness.write_config(
-        "[templates.slow]\n"
-        'command = ["/bin/sleep", "60"]\n'
-        "timeout_seconds = 0.5\n"
-        f"# {py}\n"
+        f'[templates.slow]\ncommand = ["/bin/sleep", "60"]\ntimeout_seconds = 0.5\n# {py}\n'
     )
     harness.start()
     try:
@@ -251,7 +245,11 @@ def test_foreign_insert_is_picked_up(daemon: DaemonHarness) -> None:
         conn.execute(
             "INSERT INTO runs (id, status, config_json, template, created_at)"
             " VALUES (?, 'PENDING', ?, 'testsim', ?)",
-            ("0123456789ab", json.dumps({"exit_code": 0}), utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")),
+            (
+                "0123456789ab",
+                json.dumps({"exit_code": 0}),
+                utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),
+            ),
         )
     conn.close()
     assert daemon.wait_final("0123456789ab").status == "COMPLETED"
@@ -339,7 +337,7 @@ def test_progress_from_typed_and_untyped_records_with_bad_lines(daemon: DaemonHa
     run_id = daemon.submit({"progress": lines, "wait_for_file": str(gate)})
     rec = wait_for(
         "progress columns",
-        lambda: (r if (r := daemon.run(run_id)).current_iteration == 4 else None),
+        lambda: r if (r := daemon.run(run_id)).current_iteration == 4 else None,
     )
     assert rec.status == "RUNNING"
     assert rec.current_erlang == 350.5

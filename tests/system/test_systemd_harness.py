@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -35,12 +36,15 @@ NOTIFY_CODE = (
     "s.sendto(('READY=1' + chr(10) + 'STATUS=hello').encode(), a); "
     "time.sleep(3600)"
 )
+# The system interpreter: the namespace hides /tmp and /root, where a checkout's venv may live,
+# and the probe needs only the standard library.
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 NOTIFY_UNIT_TEXT = f"""[Unit]
 Description=harness Type=notify probe
 
 [Service]
 Type=notify
-ExecStart={sys.executable} -c "{NOTIFY_CODE}"
+ExecStart={SYSTEM_PYTHON} -c "{NOTIFY_CODE}"
 """
 
 

@@ -7,8 +7,6 @@ so that `runsup --help` and friends start fast.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,8 +18,6 @@ if TYPE_CHECKING:
     from supervisor.db import Store
     from supervisor.settings import Settings
 
-# `runsup logs --follow`: how often the log and the run's status are looked at again.
-LOG_FOLLOW_INTERVAL_SECONDS = 0.25
 CONFIG_OBJ_KEY = "config"
 
 
@@ -253,29 +249,9 @@ def cancel(ctx: click.Context, run_id: str, as_json: bool) -> None:
 @click.pass_context
 def logs(ctx: click.Context, run_id: str, follow: bool) -> None:
     """Print a run's log (the simulation's stdout and stderr)."""
-    store = _store(ctx)
-    run = store.get(run_id)
-    from supervisor.rundir import log_path
+    from supervisor.logview import print_log
 
-    path = log_path(Path(run.run_dir)) if run.run_dir else None
-    offset = 0
-    out = sys.stdout.buffer
-    while True:
-        if path is not None and path.exists():
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            offset += len(chunk)
-            out.write(chunk)
-            out.flush()
-        if not follow or run.is_final:
-            break
-        time.sleep(LOG_FOLLOW_INTERVAL_SECONDS)
-        run = store.get(run_id)
-        if path is None and run.run_dir:
-            path = log_path(Path(run.run_dir))
-    if path is None and not follow:
-        click.echo(f"run {run_id} has not started; no log yet", err=True)
+    raise SystemExit(print_log(_store(ctx), run_id, follow=follow))
 
 
 @cli.command()
@@ -283,7 +259,12 @@ def logs(ctx: click.Context, run_id: str, follow: bool) -> None:
 @click.argument("run_id", required=False)
 @click.pass_context
 def watch(ctx: click.Context, run_id: str | None) -> None:
-    """Live progress bars for running runs, until they end."""
+    """Live progress bars for running runs, until they end.
+
+    With RUN_ID, that run; without, every run pending or running now or starting meanwhile.
+    Plain lines when stdout is not a terminal. Exit status: 0 when every watched run
+    COMPLETED, 1 when one FAILED or was CANCELLED, 130 on Ctrl-C (the runs go on).
+    """
     from supervisor.watchview import watch_runs
 
     raise SystemExit(watch_runs(_store(ctx), run_id))
@@ -291,7 +272,13 @@ def watch(ctx: click.Context, run_id: str | None) -> None:
 
 @cli.command()
 @config_option
-@click.option("--state-dir", default=None, help="Keep the demo's database and runs here.")
+@click.option(
+    "--state-dir",
+    default=None,
+    metavar="DIR",
+    help="Keep the demo's database, runs and daemon log in DIR (default: a temporary "
+    "directory, removed at the end).",
+)
 @click.pass_context
 def demo(ctx: click.Context, state_dir: str | None) -> None:
     """A self-contained tour: daemon, demo runs, live progress, results."""

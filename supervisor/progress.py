@@ -80,15 +80,23 @@ class ProgressState:
         last_error = self.last_error
         if rec.type == "error":
             last_error = rec.message if rec.message is not None else NO_MESSAGE
+        iteration = self.current_iteration if rec.iteration is None else rec.iteration
+        index = self.erlang_index if rec.erlang_index is None else rec.erlang_index
+        if rec.type == "erlang_start":
+            # A new load starts with no iteration done: the previous load's count is stale.
+            iteration = 0 if rec.iteration is None else rec.iteration
+            if rec.erlang_index is None:
+                # SPEC's records need not carry erlang_index: count the loads started instead.
+                index = 0 if self.erlang_index is None else self.erlang_index + 1
         return ProgressState(
             current_erlang=self.current_erlang if rec.erlang is None else rec.erlang,
             total_erlangs=self.total_erlangs if rec.total_erlangs is None else rec.total_erlangs,
-            current_iteration=self.current_iteration if rec.iteration is None else rec.iteration,
+            current_iteration=iteration,
             total_iterations=(
                 self.total_iterations if rec.total_iterations is None else rec.total_iterations
             ),
             last_error=last_error,
-            erlang_index=self.erlang_index if rec.erlang_index is None else rec.erlang_index,
+            erlang_index=index,
         )
 
 

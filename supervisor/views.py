@@ -66,6 +66,16 @@ def exit_reason(run: RunRecord) -> str:
     return "-"
 
 
+def outcome_summary(run: RunRecord, width: int = 60) -> str:
+    """How a final run ended, for one table cell: the first line of its error message when it
+    has one (it names the code or signal and why), else exit_reason()."""
+    message = (run.error_message or "").strip()
+    if run.is_final and message:
+        line = message.splitlines()[0]
+        return line if len(line) <= width else line[: width - 1] + "…"
+    return exit_reason(run)
+
+
 def format_percent(fraction: float | None) -> str:
     """'42%' or '-'."""
     return "-" if fraction is None else f"{fraction * 100:.0f}%"
@@ -99,7 +109,7 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
             format_percent(progress_fraction(r)),
             format_time(r.created_at),
             format_duration(run_duration(r, now)),
-            exit_reason(r),
+            outcome_summary(r),
         ]
         for r in runs
     ]

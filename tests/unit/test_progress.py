@@ -504,3 +504,21 @@ def test_read_never_raises_on_bytes(raw: bytes, max_line: int) -> None:
         tail = ProgressTail(path, max_line_bytes=max_line, max_read_bytes=32)
         _read_all(tail)
         assert tail.offset == raw.rfind(b"\n") + 1
+
+
+def test_erlang_start_resets_iteration_and_counts_loads_without_index() -> None:
+    """SPEC-only simulations (no erlang_index) still give an honest overall position."""
+    state = ProgressState()
+    for line in (
+        b'{"type":"erlang_start","erlang":1.0,"total_erlangs":3}',
+        b'{"type":"iteration","erlang":1.0,"iteration":10,"total_iterations":10}',
+        b'{"type":"erlang_start","erlang":2.0,"total_erlangs":3}',
+    ):
+        rec = parse_line(line)
+        assert rec is not None
+        state = state.apply(rec)
+    assert state.erlang_index == 1
+    assert state.current_iteration == 0
+    explicit = parse_line(b'{"type":"erlang_start","erlang":5.0,"erlang_index":2}')
+    assert explicit is not None
+    assert state.apply(explicit).erlang_index == 2

@@ -226,7 +226,8 @@ class Daemon:
             self._db_watcher.start()
 
     def _shutdown(self) -> None:
-        self.notifier.stopping()
+        # The last STATUS= stays on the unit after it stops: say what was left running.
+        self.notifier.stopping(f"stopped, {len(self.runs)} left running")
         for watcher in (self._runs_watcher, self._db_watcher):
             if watcher is not None:
                 watcher.stop()

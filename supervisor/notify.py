@@ -171,9 +171,12 @@ class Notifier:
         """Announce a configuration reload (RELOADING=1 with MONOTONIC_USEC=)."""
         self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
 
-    def stopping(self) -> None:
-        """Announce the daemon is on its way out (STOPPING=1)."""
-        self.send("STOPPING=1")
+    def stopping(self, status: str | None = None) -> None:
+        """Announce the daemon is on its way out (STOPPING=1), with an optional STATUS=."""
+        fields = ["STOPPING=1"]
+        if status is not None:
+            fields.append(f"STATUS={_one_line(status)}")
+        self.send(*fields)
 
     def send(self, *fields: str) -> None:
         """Send fields as one datagram; never raises, logs the first failure after a success."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 # How long a statement waits for another process's lock before SQLite gives up.
 BUSY_TIMEOUT_MS = 30_000
@@ -16,12 +19,19 @@ READ_OPTION = "runsup_read"
 # Backoff while another connection keeps the file from switching to WAL.
 WAL_RETRY_FIRST_DELAY_SECONDS = 0.005
 WAL_RETRY_MAX_DELAY_SECONDS = 0.1
+# A new database file: SQLite's own default (rw-r--r--, less the umask) ...
+NEW_DATABASE_MODE = 0o644
+# ... plus group read and write when its folder lets the group create files there.
+GROUP_READ_WRITE = stat.S_IRGRP | stat.S_IWGRP
 
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; for SQLite: WAL, synchronous=NORMAL, busy_timeout, BEGIN IMMEDIATE."""
     if not url.startswith("sqlite"):
         return create_engine(url)
+    path = _sqlite_file(url)
+    if path is not None:
+        create_database_file(path)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -67,3 +77,34 @@ def _enable_wal(cursor: Any) -> None:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, WAL_RETRY_MAX_DELAY_SECONDS)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names; None for in-memory databases and URI filenames."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or parsed.query.get("uri"):
+        return None
+    return Path(database)
+
+
+def create_database_file(path: Path) -> None:
+    """Create an empty database file if none exists, with the group access its folder implies.
+
+    SQLite gives -wal and -shm the database file's mode. In a group-writable folder (the
+    service's setgid state directory, mode 2770) the group may create, replace and delete
+    these files anyway, so the database is made group read-write: a group member's program
+    (a GUI) can then read, submit runs and ask for cancels, and the -wal and -shm it may
+    create while the daemon is down (group inherited from the setgid folder, mode from the
+    database) stay writable for the daemon. Elsewhere the umask alone decides, as SQLite
+    would. An existing file is left as it is; errors are left for SQLite to report.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, NEW_DATABASE_MODE)
+    except OSError:
+        return
+    try:
+        if os.stat(path.parent).st_mode & stat.S_IWGRP:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | GROUP_READ_WRITE)
+    finally:
+        os.close(fd)

@@ -10,11 +10,14 @@ namespaces:
 - replaced /dev with a tmpfs holding only null, zero, full, random, urandom,
   tty, a private devpts and /dev/console (a pty copied to console.log);
 - mounted a cgroup2 hierarchy rooted at a cgroup of our own (cgroup namespace);
+- optionally bound a host directory read-only over /opt (where an installed venv lives);
 - made /, /sys and /proc/sys read-only;
 - checked all of that, refusing to start systemd otherwise.
 
-systemd then sees only the test's unit files and stub targets
-(SYSTEMD_UNIT_PATH), no generators, and boots a stub target. Teardown kills
+systemd then sees only the test's unit files (and drop-ins) and stub targets
+(SYSTEMD_UNIT_PATH), no generators, and boots a stub target; optionally with a
+journald of its own (its journal lives in the private /run), so `journalctl`
+works inside. Teardown kills
 its PID 1 by pid, which ends every process of the PID namespace, then kills
 whatever is left in its cgroup and removes the cgroup.
 """
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SYSTEMD_BINARY = Path("/usr/lib/systemd/systemd")
+JOURNALD_BINARY = Path("/usr/lib/systemd/systemd-journald")
 REQUIRED_TOOLS = ("unshare", "nsenter", "mount", "umount", "mknod", "stat", "readlink", "env")
 INNER_DIR = "/run/harness"
 """Where the harness's host work directory appears inside the namespace."""
@@ -49,6 +53,9 @@ STUB_TARGETS = ("sysinit.target", "basic.target", "shutdown.target", "multi-user
 """Stand-ins for the targets default dependencies name, pulling in nothing."""
 CGROUP_PREFIX = "runsup-harness-"
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+FIRST_ACCOUNT_ID = 900
+"""uid and gid of the first account added for the test (the next free one from there)."""
 
 BOOT_TIMEOUT_SECONDS = 30.0
 COMMAND_TIMEOUT_SECONDS = 30.0
@@ -72,14 +79,15 @@ UNSHARE_FLAGS = (
 NSENTER_FLAGS = ("--mount", "--pid", "--uts", "--ipc", "--net", "--cgroup", "--wd=/")
 
 # Runs as PID 1 of the new namespaces with arguments: host work dir, host mount namespace,
-# INNER_DIR, boot target, PATH, console pty, host cgroup. It first moves itself into the
-# harness cgroup and re-executes itself in a cgroup namespace rooted there, so that only
-# the namespace's processes (not unshare's parent) live in that cgroup. systemd logs only
-# to a terminal, so /dev/console is a pty whose other end the harness copies into
-# console.log. Every step is fatal (set -e); systemd is exec'd only after the final checks.
+# INNER_DIR, boot target, PATH, console pty, host cgroup, host directory for /opt (or "").
+# It first moves itself into the harness cgroup and re-executes itself in a cgroup
+# namespace rooted there, so that only the namespace's processes (not unshare's parent)
+# live in that cgroup. systemd logs only to a terminal, so /dev/console is a pty whose
+# other end the harness copies into console.log. Every step is fatal (set -e); systemd is
+# exec'd only after the final checks.
 SETUP_SH = r"""
 set -eu
-W="$1"; HOST_MNT_NS="$2"; INNER="$3"; TARGET="$4"; CONSOLE_PTY="$6"; CGROUP="$7"
+W="$1"; HOST_MNT_NS="$2"; INNER="$3"; TARGET="$4"; CONSOLE_PTY="$6"; CGROUP="$7"; OPT="$8"
 fail() { echo "harness setup: $*" >&2; exit 90; }
 [ "$$" = 1 ] || fail "not PID 1 of a new PID namespace"
 if [ -z "${HARNESS_IN_CGROUPNS:-}" ]; then
@@ -88,6 +96,12 @@ if [ -z "${HARNESS_IN_CGROUPNS:-}" ]; then
 fi
 [ "$(readlink /proc/self/ns/mnt)" != "$HOST_MNT_NS" ] || fail "still in the host mount namespace"
 mount --make-rprivate /
+# Before the private /var/cache and /tmp hide where OPT may live on the host.
+if [ -n "$OPT" ]; then
+  [ -d /opt ] || fail "no /opt to mount $OPT on"
+  mount --bind "$OPT" /opt
+  mount -o remount,bind,ro /opt
+fi
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p "$INNER"
 mount --bind "$W" "$INNER"
@@ -146,6 +160,43 @@ exec env -i container=runsup-harness PATH="$5" LANG=C.UTF-8 \
 
 STUB_UNIT = "[Unit]\nDescription=harness stub {name}\n"
 BOOT_UNIT = "[Unit]\nDescription=harness boot target\n"
+JOURNALD_UNITS = {
+    # The machine's socket unit, minus what a private /run has no use for.
+    "systemd-journald.socket": """[Unit]
+Description=harness journal socket
+DefaultDependencies=no
+
+[Socket]
+ListenDatagram=/run/systemd/journal/socket
+ListenStream=/run/systemd/journal/stdout
+PassCredentials=yes
+PassSecurity=yes
+ReceiveBuffer=8M
+Service=systemd-journald.service
+SocketMode=0666
+Timestamping=us
+""",
+    "systemd-journald.service": f"""[Unit]
+Description=harness journal service
+DefaultDependencies=no
+Requires=systemd-journald.socket
+After=systemd-journald.socket
+
+[Service]
+Type=notify
+ExecStart={JOURNALD_BINARY}
+Sockets=systemd-journald.socket
+RuntimeDirectory=systemd/journal
+RuntimeDirectoryPreserve=yes
+FileDescriptorStoreMax=4224
+StandardOutput=null
+""",
+}
+JOURNALD_BOOT_UNIT = (
+    "[Unit]\nDescription=harness boot target with journald\n"
+    "Wants=systemd-journald.socket systemd-journald.service\n"
+    "After=systemd-journald.socket systemd-journald.service\n"
+)
 
 
 class HarnessError(RuntimeError):
@@ -179,6 +230,20 @@ class SystemdNamespace:
             text=True,
             timeout=timeout,
             check=check,
+            env=_inner_env(),
+        )
+
+    def popen(self, *cmd: str) -> subprocess.Popen[str]:
+        """Start cmd inside the namespace without waiting (stdin and stdout are pipes).
+
+        Teardown ends it with the rest of the namespace; the caller may end it before.
+        """
+        return subprocess.Popen(
+            ["nsenter", f"--target={self.pid}", *NSENTER_FLAGS, "--", *cmd],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env=_inner_env(),
         )
 
@@ -280,41 +345,76 @@ def _inner_env() -> dict[str, str]:
     return {"PATH": INNER_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
 
-def _write_workdir(workdir: Path, unit_files: Mapping[str, str], users: Sequence[str]) -> None:
+def _unit_file_path(units: Path, name: str) -> Path:
+    """Where a unit file (`foo.service`) or a drop-in (`foo.service.d/bar.conf`) goes."""
+    parts = name.split("/")
+    ok = (
+        all(parts)
+        and ".." not in parts
+        and (len(parts) == 1 or (len(parts) == 2 and parts[0].endswith(".d")))
+    )
+    if not ok:
+        raise HarnessError(f"bad unit file name {name!r}")
+    return units.joinpath(*parts)
+
+
+def _write_workdir(
+    workdir: Path,
+    unit_files: Mapping[str, str],
+    users: Sequence[str],
+    members: Mapping[str, Sequence[str]],
+    *,
+    journald: bool,
+) -> None:
     """Lay out the unit directory, the empty generator directory and the console log."""
     units = workdir / UNITS_SUBDIR
     units.mkdir()
     (workdir / EMPTY_SUBDIR).mkdir()
     (workdir / CONSOLE_LOG).touch()
-    (units / BOOT_TARGET).write_text(BOOT_UNIT)
+    (units / BOOT_TARGET).write_text(JOURNALD_BOOT_UNIT if journald else BOOT_UNIT)
     for name in STUB_TARGETS:
         (units / name).write_text(STUB_UNIT.format(name=name))
-    for name, text in unit_files.items():
-        if "/" in name or not name:
-            raise HarnessError(f"bad unit file name {name!r}")
-        (units / name).write_text(text)
-    if users:
-        _write_accounts(workdir / "etc", users)
+    for name, text in {**(JOURNALD_UNITS if journald else {}), **unit_files}.items():
+        path = _unit_file_path(units, name)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    if users or members:
+        _write_accounts(workdir / "etc", users, members)
     workdir.chmod(0o755)
 
 
-def _write_accounts(etc: Path, users: Sequence[str]) -> None:
-    """Copies of /etc/passwd and /etc/group with system users added, bound over the originals."""
+def _write_accounts(etc: Path, users: Sequence[str], members: Mapping[str, Sequence[str]]) -> None:
+    """Copies of /etc/passwd and /etc/group with accounts added, bound over the originals.
+
+    Each user gets a group of its own name; members adds users to groups (supplementary).
+    """
     etc.mkdir()
     passwd = Path("/etc/passwd").read_text()
-    group = Path("/etc/group").read_text()
+    group_lines = Path("/etc/group").read_text().splitlines()
     taken = {
-        int(line.split(":")[2]) for line in (passwd + group).splitlines() if line.count(":") >= 3
+        int(line.split(":")[2])
+        for line in [*passwd.splitlines(), *group_lines]
+        if line.count(":") >= 3
     }
-    next_id = 900
+    next_id = FIRST_ACCOUNT_ID
     for user in users:
         while next_id in taken:
             next_id += 1
         taken.add(next_id)
         passwd += f"{user}:x:{next_id}:{next_id}::/var/lib/{user}:/usr/sbin/nologin\n"
-        group += f"{user}:x:{next_id}:\n"
+        group_lines.append(f"{user}:x:{next_id}:")
+    for name, extra in members.items():
+        for index, line in enumerate(group_lines):
+            fields = line.split(":")
+            if len(fields) == 4 and fields[0] == name:
+                present = [m for m in fields[3].split(",") if m]
+                fields[3] = ",".join([*present, *(m for m in extra if m not in present)])
+                group_lines[index] = ":".join(fields)
+                break
+        else:
+            raise HarnessError(f"members: no group {name!r}")
     (etc / "passwd").write_text(passwd)
-    (etc / "group").write_text(group)
+    (etc / "group").write_text("\n".join(group_lines) + "\n")
 
 
 def _child_of(parent: int) -> int | None:
@@ -395,15 +495,26 @@ def booted_systemd(
     unit_files: Mapping[str, str],
     *,
     users: Sequence[str] = (),
+    members: Mapping[str, Sequence[str]] | None = None,
+    opt_dir: Path | None = None,
+    journald: bool = False,
     boot_timeout: float = BOOT_TIMEOUT_SECONDS,
 ) -> Iterator[SystemdNamespace]:
     """Boot systemd on unit_files (name -> text) in isolated namespaces; tear it down after.
 
-    users are system accounts added to private copies of /etc/passwd and /etc/group.
+    Names may be unit files (`foo.service`) or drop-ins (`foo.service.d/bar.conf`).
+    users are accounts (each with its own group) added to private copies of /etc/passwd
+    and /etc/group; members adds users to groups ({"group": ["user", ...]}). opt_dir is a
+    host directory seen read-only as /opt inside. journald=True starts a journald of the
+    namespace's own at boot, so services log to a journal that `journalctl` reads.
     """
     reason = skip_reason()
     if reason is not None:
         raise HarnessError(reason)
+    if journald and not JOURNALD_BINARY.exists():
+        raise HarnessError(f"systemd-journald is not installed ({JOURNALD_BINARY} missing)")
+    if opt_dir is not None and not opt_dir.is_dir():
+        raise HarnessError(f"opt_dir {opt_dir} is not a directory")
     root = cgroup2_root()
     assert root is not None
     workdir = Path(tempfile.mkdtemp(prefix="runsup-harness-"))
@@ -412,7 +523,7 @@ def booted_systemd(
     pump: _ConsolePump | None = None
     pid: int | None = None
     try:
-        _write_workdir(workdir, unit_files, users)
+        _write_workdir(workdir, unit_files, users, members or {}, journald=journald)
         pump = _ConsolePump(workdir / CONSOLE_LOG)
         cgroup.mkdir()
         host_mnt_ns = os.readlink("/proc/self/ns/mnt")
@@ -433,6 +544,7 @@ def booted_systemd(
                     INNER_PATH,
                     pump.slave_path,
                     str(cgroup),
+                    str(opt_dir) if opt_dir is not None else "",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,

@@ -70,7 +70,7 @@ def setting(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> st
         ("User", "run-supervisor"),
         ("Group", "run-supervisor"),
         ("StateDirectory", "run-supervisor"),
-        ("StateDirectoryMode", "0750"),
+        ("StateDirectoryMode", "2770"),
         ("RuntimeDirectory", "run-supervisor"),
         ("RuntimeDirectoryPreserve", "yes"),
         ("LogsDirectory", "run-supervisor"),

@@ -118,6 +118,11 @@ def test_stopping_payload(notifier: Notifier, receiver: Receiver) -> None:
     assert receiver.recv() == "STOPPING=1"
 
 
+def test_stopping_payload_with_status(notifier: Notifier, receiver: Receiver) -> None:
+    notifier.stopping("stopped, 2 left running")
+    assert receiver.recv() == "STOPPING=1\nSTATUS=stopped, 2 left running"
+
+
 def test_reloading_payload_carries_monotonic_usec(notifier: Notifier, receiver: Receiver) -> None:
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()

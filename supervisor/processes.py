@@ -458,6 +458,14 @@ def _read_boot_id_file(record_dir: Path) -> str | None:
         return None
 
 
+def process_age_seconds(start_ticks: int) -> float:
+    """How long ago a process with this start time (clock ticks since boot) started.
+
+    Both ends are read off the kernel's boot clock, so a wall-clock jump does not change it.
+    """
+    return _process_age_seconds(start_ticks)
+
+
 def _process_age_seconds(start_ticks: int) -> float:
     uptime = float(Path("/proc/uptime").read_text(encoding="ascii").split()[0])
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
@@ -476,9 +484,19 @@ def _fd_at_least(fd: int, minimum: int) -> int:
 def _open_log(path: Path) -> tuple[int, int]:
     """The log opened for appending (fd, size before the run): the keeper's stdout and stderr."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    # A symlink planted at the name is not followed (ELOOP); a FIFO fails (ENXIO), never blocks.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     fd = _fd_at_least(os.open(path, flags, LOG_FILE_MODE), SPAWN_FIRST_FREE_FD)
-    return fd, os.fstat(fd).st_size
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)  # O_NONBLOCK off again for the keeper
+        os.fchmod(fd, LOG_FILE_MODE)  # exactly, whatever the umask: the service's group reads
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, st.st_size
 
 
 def _pipe(
@@ -634,11 +652,17 @@ class LocalRunHandle:
         if self._status is not None:
             return self._status
         fd = self._open_fd()
+        reaped = None
         if not self._keeper_gone_at_start:
             if not _readable(fd, 0):
                 return None
-            _reap(fd)  # our child (launched by this process): no zombie; not ours: nothing
+            reaped = _reap(fd)  # our child (launched by this process): no zombie; not ours: None
         status = _read_exit_file(self._record_dir)
+        if status is None and reaped is not None and reaped.si_code == os.CLD_EXITED:
+            # The keeper could not write its record (disk full, record dir gone) but ended by
+            # itself, and it exits with the simulation's $?: we are its parent and saw that.
+            status = decode_shell_status(reaped.si_status)
+            log.warning("exit_record_missing", run_id=self.run_id, keeper_status=reaped.si_status)
         self._status = status if status is not None else UNKNOWN_EXIT
         if status is None:
             log.warning(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
+import errno
 import io
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,11 @@ INI_GENERAL_SECTION = "general_settings"
 # Readable by the service's group (a GUI user), writable by nobody else.
 RUN_DIR_MODE = 0o750
 FILE_MODE = 0o640
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted at the name fails (ENXIO) instead of blocking the daemon.
+_NEW_FILE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+)
 
 
 def run_dir_for(runs_dir: Path, run_id: str) -> Path:
@@ -99,21 +107,66 @@ def _render_ini(config: dict[str, Any]) -> str:
 def create_run_dir(run_dir: Path, config: dict[str, Any], config_format: str) -> Path:
     """Make the run directory, its logs/ and record folders, and write the config; returns its path.
 
-    An existing directory is reused (a relaunch after a crash before anything started).
+    An existing directory is reused (a relaunch after a crash before anything started), but only
+    a plain directory of this user's: a symlink or anything else planted at one of these paths
+    is refused (ValidationError), never followed. Everything is opened relative to the run
+    directory's descriptor, so nothing swapped in meanwhile redirects a write. Modes are set
+    exactly (RUN_DIR_MODE, FILE_MODE), whatever the umask: the service's group can read.
     """
-    run_dir.mkdir(mode=RUN_DIR_MODE, exist_ok=True)
-    (run_dir / LOGS_DIRNAME).mkdir(mode=RUN_DIR_MODE, exist_ok=True)
-    record_dir(run_dir).mkdir(mode=RUN_DIR_MODE, exist_ok=True)
+    try:
+        content = render_config(config, config_format).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"config cannot be written as UTF-8 text: {exc}") from None
     target = config_path(run_dir, config_format)
-    _write_file(target, render_config(config, config_format))
+    top = _make_dir(run_dir)
+    try:
+        for sub in (LOGS_DIRNAME, RECORD_DIRNAME):
+            os.close(_make_dir(run_dir / sub, parent_fd=top))
+        _write_file(top, target.name, content)
+    finally:
+        os.close(top)
     return target
 
 
-def _write_file(path: Path, content: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(content)
-    os.replace(tmp, path)
+def _make_dir(path: Path, parent_fd: int | None = None) -> int:
+    """mkdir (or reuse) a plain directory of ours at `path`; returns an open descriptor of it."""
+    name: str | Path = path.name if parent_fd is not None else path
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, RUN_DIR_MODE, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValidationError(f"{path} {_what_is_there(name, parent_fd)}") from None
+        raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise ValidationError(
+            f"{path} belongs to uid {st.st_uid}, not to the supervisor (uid {os.geteuid()})"
+        )
+    os.fchmod(fd, RUN_DIR_MODE)
+    return fd
+
+
+def _what_is_there(name: str | Path, parent_fd: int | None) -> str:
+    try:
+        st = os.lstat(name, dir_fd=parent_fd)
+    except OSError:
+        return "is not a directory"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link, not a directory: refusing to follow it"
+    return f"exists and is not a directory ({stat.filemode(st.st_mode)})"
+
+
+def _write_file(dir_fd: int, name: str, content: bytes) -> None:
+    tmp = name + ".tmp"
+    fd = os.open(tmp, _NEW_FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

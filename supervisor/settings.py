@@ -26,6 +26,11 @@ DEFAULT_CANCEL_GRACE_SECONDS = 10.0
 DEFAULT_RESCAN_INTERVAL_SECONDS = 2.0
 DEFAULT_DB_POLL_INTERVAL_SECONDS = 2.0
 DEFAULT_POLL_DELAY_MS = 300
+# Each run's log is cut in the middle (head and tail kept) once it grows past this.
+DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
+MIN_MAX_LOG_BYTES = 64 * 1024  # as supervisor.logcap.MIN_CAP_BYTES (not imported: start-up cost)
+# The daemon folds the SQLite -wal file back (and truncates it) once it is larger than this.
+DEFAULT_WAL_CHECKPOINT_BYTES = 8 * 1024 * 1024
 
 CONFIG_FORMATS = ("json", "ini")
 ON_STOP_CHOICES = ("detach", "cancel")
@@ -80,6 +85,8 @@ class Settings:
     db_poll_interval_seconds: float = DEFAULT_DB_POLL_INTERVAL_SECONDS
     force_polling: bool = False
     poll_delay_ms: int = DEFAULT_POLL_DELAY_MS
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    wal_checkpoint_bytes: int = DEFAULT_WAL_CHECKPOINT_BYTES
     config_file: Path | None = None
 
     @property
@@ -230,6 +237,8 @@ _TOP_KEYS = frozenset(
         "db_poll_interval_seconds",
         "force_polling",
         "poll_delay_ms",
+        "max_log_bytes",
+        "wal_checkpoint_bytes",
     }
 )
 _TEMPLATE_KEYS = frozenset({"command", "config_format", "env", "timeout_seconds"})
@@ -251,6 +260,8 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
 
     on_stop = top.choice("on_stop", ON_STOP_CHOICES) or "detach"
     poll_delay = top.integer("poll_delay_ms", minimum=1)
+    max_log = top.integer("max_log_bytes", minimum=MIN_MAX_LOG_BYTES)
+    wal_bytes = top.integer("wal_checkpoint_bytes", minimum=1)
     return Settings(
         database=database or str(state_dir / DATABASE_FILENAME),
         runs_dir=_resolve(runs_dir, base) if runs_dir else state_dir / RUNS_DIRNAME,
@@ -266,6 +277,8 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
         ),
         force_polling=bool(top.boolean("force_polling")),
         poll_delay_ms=poll_delay if poll_delay is not None else DEFAULT_POLL_DELAY_MS,
+        max_log_bytes=max_log if max_log is not None else DEFAULT_MAX_LOG_BYTES,
+        wal_checkpoint_bytes=wal_bytes if wal_bytes is not None else DEFAULT_WAL_CHECKPOINT_BYTES,
         config_file=source,
     )
 

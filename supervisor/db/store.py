@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Row, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from supervisor.db.engine import READ_OPTION, make_engine
+from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.schema import run_events, runs
 from supervisor.errors import DatabaseError, NotFoundError, ValidationError
@@ -173,6 +173,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Commits of this store that change more than the progress cache; see ChangeProbe.
+        self.status_writes = 0
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Store:
@@ -201,8 +203,14 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def _write(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one write transaction; retry if another process held the lock too long."""
+    def _write(self, work: Callable[[Connection], T], *, progress_only: bool = False) -> T:
+        """Run `work` in one write transaction; retry if another process held the lock too long.
+
+        `progress_only`: the transaction touches nothing but the progress cache, so it does not
+        count in `status_writes` (it gives a ChangeProbe nothing to look at).
+        """
+        if not progress_only:
+            self.status_writes += 1
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 with self.engine.begin() as conn:
@@ -500,81 +508,104 @@ class Store:
         """Write the latest progress of many runs in one transaction; returns rows changed."""
         if not updates:
             return 0
-        now = utcnow()
-        rows = [
-            {
-                "b_id": u.run_id,
-                "b_ce": u.current_erlang,
-                "b_te": u.total_erlangs,
-                "b_ci": u.current_iteration,
-                "b_ti": u.total_iterations,
-                "b_ei": u.erlang_index,
-                "b_off": u.offset,
-                "b_bad": u.bad_lines,
-                "b_at": now.strftime("%Y-%m-%d %H:%M:%S.%f"),
-            }
+        at = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
+        # One prepared statement for the whole batch (executemany), with positional parameters
+        # straight to the driver where it takes them (SQLite): a 200-run batch then costs
+        # 0.8 ms of CPU instead of 2.2 ms through text() and named parameters (bench/ load).
+        args = [
+            (
+                u.current_erlang,
+                u.total_erlangs,
+                u.current_iteration,
+                u.total_iterations,
+                u.erlang_index,
+                u.offset,
+                u.bad_lines,
+                at,
+                u.run_id,
+            )
             for u in updates
         ]
-        # Plain SQL with executemany: one prepared statement for the whole batch.
-        statement = text(
-            "UPDATE runs SET current_erlang = :b_ce, total_erlangs = :b_te,"
-            " current_iteration = :b_ci, total_iterations = :b_ti, erlang_index = :b_ei,"
-            " progress_offset = :b_off, progress_bad_lines = :b_bad,"
-            " progress_updated_at = :b_at"
-            " WHERE id = :b_id AND status = 'RUNNING'"
-        )
 
         def work(conn: Connection) -> int:
-            return int(conn.execute(statement, rows).rowcount)
+            if conn.dialect.paramstyle == "qmark":
+                return int(conn.exec_driver_sql(_PROGRESS_QMARK_SQL, args).rowcount)
+            rows = [dict(zip(_PROGRESS_KEYS, a, strict=True)) for a in args]
+            return int(conn.execute(text(_PROGRESS_NAMED_SQL), rows).rowcount)
 
-        return self._write(work)
+        return self._write(work, progress_only=True)
 
-    def checkpoint(self) -> None:
-        """Fold the -wal file back into the database and truncate it, if no reader prevents it."""
+    def checkpoint(self) -> bool:
+        """Fold the -wal file back into the database and truncate it; False if not done now.
+
+        Never waits: TRUNCATE calls the busy handler until every reader has left its old
+        snapshot, which with busy_timeout would stall the caller up to BUSY_TIMEOUT_MS per try
+        while some program keeps a read transaction open. So this call runs with no busy
+        timeout and reports "not now" instead; the caller tries again later.
+        """
         if self.engine.dialect.name != "sqlite":
-            return
+            return True
         # Outside any transaction: a checkpoint cannot run inside one.
         conn = self.engine.raw_connection()
         try:
-            conn.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA busy_timeout=0")
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                row = cursor.fetchone()
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         finally:
             conn.close()
+        return row is not None and int(row[0]) == 0
 
     def change_probe(self) -> ChangeProbe:
-        """A probe that tells cheaply whether another connection committed since last asked."""
-        return ChangeProbe(self.engine)
+        """A probe that tells cheaply whether runs changed other than by our progress writes."""
+        return ChangeProbe(self)
 
 
 class ChangeProbe:
-    """Holds one raw connection open and reads PRAGMA data_version, which moves on others' commits.
+    """Tells whether another program committed, or this store changed more than progress.
 
-    A raw DBAPI connection (autocommit, as the engine sets it up) so that holding it open
-    never holds a transaction, let alone the write lock.
+    Reads PRAGMA data_version, which moves on every commit made by *another* connection, on
+    the store's own pooled connection (the loop uses one at a time, so the pool holds one):
+    then the store's own commits do not show there, and `Store.status_writes` counts those
+    that matter (status changes, claims), leaving out the progress cache. So the daemon's
+    progress batches no longer look like news from other programs: at 10,000 progress lines a
+    second they had caused about 20 extra database passes a second (bench/ load scenario).
+    A value read on another connection than last time counts as a change (never a miss).
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._conn = engine.raw_connection() if engine.dialect.name == "sqlite" else None
-        self._last: int | None = None
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._sqlite = store.engine.dialect.name == "sqlite"
+        self._key = f"runsup_data_version_{id(self)}"  # in the connection's own info dict
+        self._last_writes: int | None = None
 
     def changed(self) -> bool:
-        """True if another connection committed since the last call (always True off SQLite)."""
-        if self._conn is None:
+        """True if something may have changed since the last call (always True off SQLite)."""
+        if not self._sqlite:
             return True
-        cursor = self._conn.cursor()
+        conn = self._store.engine.raw_connection()
         try:
-            cursor.execute("PRAGMA data_version")
-            row = cursor.fetchone()
-            version = int(row[0]) if row else 0
+            cursor = conn.cursor()
+            try:
+                cursor.execute("PRAGMA data_version")
+                row = cursor.fetchone()
+                version = int(row[0]) if row else 0
+            finally:
+                cursor.close()
+            last = conn.info.get(self._key)
+            conn.info[self._key] = version
         finally:
-            cursor.close()
-        changed = version != self._last
-        self._last = version
+            conn.close()  # back to the pool
+        writes = self._store.status_writes
+        changed = version != last or writes != self._last_writes
+        self._last_writes = writes
         return changed
 
     def close(self) -> None:
-        """Release the probe's connection."""
-        if self._conn is not None:
-            self._conn.close()
+        """Nothing is held between calls (kept for callers that close their probe)."""
 
 
 def check_config_json(config_json: str) -> dict[str, Any]:
@@ -583,9 +614,29 @@ def check_config_json(config_json: str) -> dict[str, Any]:
         value = json.loads(config_json)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"config is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationError("config is not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ValidationError(f"config must be a JSON object, got {type(value).__name__}")
     return value
+
+
+# record_progress's statement, with named parameters (any driver) and positional ones (SQLite).
+_PROGRESS_KEYS = ("b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_at", "b_id")
+_PROGRESS_NAMED_SQL = (
+    "UPDATE runs SET current_erlang = :b_ce, total_erlangs = :b_te,"
+    " current_iteration = :b_ci, total_iterations = :b_ti, erlang_index = :b_ei,"
+    " progress_offset = :b_off, progress_bad_lines = :b_bad,"
+    " progress_updated_at = :b_at"
+    " WHERE id = :b_id AND status = 'RUNNING'"
+)
+_PROGRESS_QMARK_SQL = (
+    "UPDATE runs SET current_erlang = ?, total_erlangs = ?,"
+    " current_iteration = ?, total_iterations = ?, erlang_index = ?,"
+    " progress_offset = ?, progress_bad_lines = ?,"
+    " progress_updated_at = ?"
+    " WHERE id = ? AND status = 'RUNNING'"
+)
 
 
 def _is_busy(exc: OperationalError) -> bool:

@@ -208,26 +208,22 @@ class Daemon:
         self._lock_fd = fd
 
     def _start_watchers(self) -> None:
-        s = self.settings
-        self._runs_watcher = DirectoryWatcher(
-            [s.runs_dir],
-            self.wake,
-            recursive=True,
-            force_polling=s.force_polling,
-            poll_delay_ms=s.poll_delay_ms,
-        )
-        self._runs_watcher.start()
-        db_path = s.database_path
+        self._runs_watcher = self._watcher(self.settings.runs_dir, recursive=True)
+        db_path = self.settings.database_path
         if db_path is not None:
             # Other programs' commits touch the -wal file: a hint to look at the database.
-            self._db_watcher = DirectoryWatcher(
-                [db_path.parent],
-                self.wake,
-                recursive=False,
-                force_polling=s.force_polling,
-                poll_delay_ms=s.poll_delay_ms,
-            )
-            self._db_watcher.start()
+            self._db_watcher = self._watcher(db_path.parent, recursive=False)
+
+    def _watcher(self, path: Path, *, recursive: bool) -> DirectoryWatcher:
+        watcher = DirectoryWatcher(
+            [path],
+            self.wake,
+            recursive=recursive,
+            force_polling=self.settings.force_polling,
+            poll_delay_ms=self.settings.poll_delay_ms,
+        )
+        watcher.start()
+        return watcher
 
     def _shutdown(self) -> None:
         # The last STATUS= stays on the unit after it stops: say what was left running.
@@ -570,17 +566,7 @@ class Daemon:
         """A PENDING run whose process now exists: record RUNNING with its pid and pgid."""
         proc = handle.record
         try:
-            recorded = self.store.mark_running(
-                record.id,
-                pid=proc.pid,
-                pgid=proc.pgid,
-                run_dir=str(run_dir),
-                boot_id=proc.boot_id,
-                pid_start_ticks=proc.start_ticks,
-                keeper_pid=proc.keeper_pid,
-                keeper_start_ticks=proc.keeper_start_ticks,
-                reason=reason,
-            )
+            recorded = self._mark_running(record.id, proc, run_dir, reason)
         except Exception as exc:
             # The run is started but not recorded (database locked or full past every retry):
             # its keeper's files find it again at the next rescan, as after a crash.
@@ -787,9 +773,14 @@ class Daemon:
             else:
                 self._fail_unstarted(record.id, found.lost or "launch interrupted")
             return False
-        proc = found.record
+        return self._mark_running(
+            record.id, found.record, run_dir, "found started after a daemon restart"
+        )
+
+    def _mark_running(self, run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> bool:
+        """PENDING -> RUNNING with the process identity a restarted daemon will need."""
         return self.store.mark_running(
-            record.id,
+            run_id,
             pid=proc.pid,
             pgid=proc.pgid,
             run_dir=str(run_dir),
@@ -797,7 +788,7 @@ class Daemon:
             pid_start_ticks=proc.start_ticks,
             keeper_pid=proc.keeper_pid,
             keeper_start_ticks=proc.keeper_start_ticks,
-            reason="found started after a daemon restart",
+            reason=reason,
         )
 
     def _settle_offline(

@@ -20,6 +20,8 @@ from supervisor.db import RunRecord, Store
 RUNSUP = Path(sys.executable).parent / "runsup"
 TEST_SIM = Path(__file__).parent / "sims" / "testsim.py"
 DEFAULT_DEADLINE = 30.0
+# The test simulation writes this first, after installing its signal handlers.
+READY = {"type": "start", "config": {"total_erlangs": 1, "total_iterations": 3}}
 POLL_SECONDS = 0.01
 T = TypeVar("T")
 
@@ -166,6 +168,17 @@ class DaemonHarness:
             lambda: r if (r := self.run(run_id)).status in wanted else None,
             deadline,
         )
+
+    def wait_set_up(self, run_id: str) -> tuple[int, int]:
+        """Wait until the run is RUNNING and its test simulation has set up (it wrote READY)."""
+        rec = wait_for(
+            f"run {run_id} running and set up",
+            lambda: (
+                r if (r := self.run(run_id)).status == "RUNNING" and r.total_iterations else None
+            ),
+        )
+        assert rec.pid is not None and rec.pgid is not None
+        return rec.pid, rec.pgid
 
     def wait_final(self, run_id: str, deadline: float = DEFAULT_DEADLINE) -> RunRecord:
         """Wait until the run has ended."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import DaemonHarness, group_alive, pid_alive, wait_for
+from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_for
 
 from supervisor.db import utcnow
 
@@ -24,19 +24,6 @@ def daemon(tmp_path: Path) -> Iterator[DaemonHarness]:
     harness.start()
     yield harness
     harness.close()
-
-
-READY = {"type": "start", "config": {"total_erlangs": 1, "total_iterations": 1}}
-
-
-def running(d: DaemonHarness, run_id: str) -> tuple[int, int]:
-    """Wait until the run is RUNNING and its simulation has set up (it wrote READY)."""
-    rec = wait_for(
-        f"run {run_id} running and set up",
-        lambda: r if (r := d.run(run_id)).status == "RUNNING" and r.total_iterations else None,
-    )
-    assert rec.pid is not None and rec.pgid is not None
-    return rec.pid, rec.pgid
 
 
 # -- SPEC section 6, row by row ---------------------------------------------
@@ -100,7 +87,7 @@ def test_nonzero_exit_without_error_record_quotes_the_log(daemon: DaemonHarness)
 
 def test_cancel_request_terminates_group_and_records_cancelled(daemon: DaemonHarness) -> None:
     run_id = daemon.submit({"sleep": 60, "children": 2, "progress": [READY]})
-    pid, pgid = running(daemon, run_id)
+    pid, pgid = daemon.wait_set_up(run_id)
     assert pid == pgid
     daemon.store.request_cancel(run_id)
     rec = daemon.wait_final(run_id)
@@ -113,7 +100,7 @@ def test_cancel_of_sim_that_exits_by_itself_on_sigterm_keeps_its_code(
     daemon: DaemonHarness,
 ) -> None:
     run_id = daemon.submit({"sleep": 60, "term_exit_code": 4, "progress": [READY]})
-    running(daemon, run_id)
+    daemon.wait_set_up(run_id)
     daemon.store.request_cancel(run_id)
     rec = daemon.wait_final(run_id)
     assert rec.status == "CANCELLED"
@@ -122,7 +109,7 @@ def test_cancel_of_sim_that_exits_by_itself_on_sigterm_keeps_its_code(
 
 def test_cancel_escalates_to_sigkill_when_sigterm_is_ignored(daemon: DaemonHarness) -> None:
     run_id = daemon.submit({"sleep": 60, "ignore_term": True, "progress": [READY]})
-    _, pgid = running(daemon, run_id)
+    _, pgid = daemon.wait_set_up(run_id)
     asked = time.monotonic()
     daemon.store.request_cancel(run_id)
     rec = daemon.wait_final(run_id)
@@ -139,7 +126,7 @@ def test_cancel_via_cli_command(daemon: DaemonHarness) -> None:
     from daemon_harness import RUNSUP
 
     run_id = daemon.submit({"sleep": 60, "progress": [READY]})
-    running(daemon, run_id)
+    daemon.wait_set_up(run_id)
     out = subprocess.run(
         [str(RUNSUP), "--config", str(daemon.config), "cancel", run_id],
         capture_output=True,
@@ -153,7 +140,7 @@ def test_cancel_via_cli_command(daemon: DaemonHarness) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_from_someone_else_is_cancelled(daemon: DaemonHarness, sig: int) -> None:
     run_id = daemon.submit({"sleep": 60, "progress": [READY]})
-    _, pgid = running(daemon, run_id)
+    _, pgid = daemon.wait_set_up(run_id)
     os.killpg(pgid, sig)
     rec = daemon.wait_final(run_id)
     assert rec.status == "CANCELLED"
@@ -162,7 +149,7 @@ def test_signal_from_someone_else_is_cancelled(daemon: DaemonHarness, sig: int) 
 
 def test_sigkill_from_someone_else_fails_naming_oom(daemon: DaemonHarness) -> None:
     run_id = daemon.submit({"sleep": 60, "progress": [READY]})
-    _, pgid = running(daemon, run_id)
+    _, pgid = daemon.wait_set_up(run_id)
     os.killpg(pgid, signal.SIGKILL)
     rec = daemon.wait_final(run_id)
     assert rec.status == "FAILED"
@@ -221,7 +208,7 @@ def test_pending_run_cancelled_without_starting(tmp_path: Path) -> None:
     harness.start()
     try:
         blocker = harness.submit({"sleep": 60, "progress": [READY]})
-        running(harness, blocker)
+        harness.wait_set_up(blocker)
         launches = tmp_path / "launches"
         queued = harness.submit({"launches_file": str(launches)})
         harness.store.request_cancel(queued)
@@ -420,7 +407,7 @@ def test_sighup_reloads_templates_and_broken_file_is_refused(daemon: DaemonHarne
 
 def test_sigterm_with_detach_leaves_runs_running(daemon: DaemonHarness) -> None:
     run_id = daemon.submit({"sleep": 60, "progress": [READY]})
-    pid, _ = running(daemon, run_id)
+    pid, _ = daemon.wait_set_up(run_id)
     assert daemon.stop() == 0
     assert pid_alive(pid)
     assert daemon.run(run_id).status == "RUNNING"

@@ -14,13 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import DaemonHarness, group_alive, pid_alive, wait_for
+from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_for
 
 from supervisor.daemon import CRASH_POINT_VARIABLE
 from supervisor.db import utcnow
 from supervisor.processes import current_boot_id, identify
-
-READY = {"type": "start", "config": {"total_erlangs": 1, "total_iterations": 3}}
 
 
 @pytest.fixture
@@ -41,16 +39,6 @@ def history(h: DaemonHarness, run_id: str) -> list[tuple[str | None, str]]:
     return [(e.from_status, e.to_status) for e in h.store.events(run_id)]
 
 
-def set_up(h: DaemonHarness, run_id: str) -> tuple[int, int]:
-    """Wait until the run is RUNNING and its simulation has installed its handlers."""
-    rec = wait_for(
-        f"{run_id} running and set up",
-        lambda: r if (r := h.run(run_id)).status == "RUNNING" and r.total_iterations else None,
-    )
-    assert rec.pid is not None and rec.pgid is not None
-    return rec.pid, rec.pgid
-
-
 def test_detached_runs_survive_restart_and_keep_reporting(harness: DaemonHarness) -> None:
     marks = harness.tmp / "launches"
     gate = harness.tmp / "gate"
@@ -58,7 +46,7 @@ def test_detached_runs_survive_restart_and_keep_reporting(harness: DaemonHarness
         {"launches_file": str(marks), "wait_for_file": str(gate), "progress": [READY]}
     )
     harness.start()
-    pid, _ = set_up(harness, run_id)
+    pid, _ = harness.wait_set_up(run_id)
     assert harness.stop() == 0
     assert pid_alive(pid), "on_stop=detach must leave the run running"
     harness.start()
@@ -83,7 +71,7 @@ def test_exit_code_while_daemon_is_dead_is_the_true_one(harness: DaemonHarness) 
     gate = harness.tmp / "gate"
     run_id = harness.submit({"wait_for_file": str(gate), "exit_code": 5, "progress": [READY]})
     harness.start()
-    pid, _ = set_up(harness, run_id)
+    pid, _ = harness.wait_set_up(run_id)
     harness.kill()
     gate.write_text("")
     wait_for("the simulation to end", lambda: not pid_alive(pid))
@@ -105,7 +93,7 @@ def test_signal_while_daemon_is_dead_is_recorded_truthfully(
 ) -> None:
     run_id = harness.submit({"sleep": 120, "progress": [READY]})
     harness.start()
-    pid, pgid = set_up(harness, run_id)
+    pid, pgid = harness.wait_set_up(run_id)
     harness.kill()
     os.killpg(pgid, sig)
     wait_for("the simulation to end", lambda: not pid_alive(pid))
@@ -145,7 +133,7 @@ def test_daemon_killed_at_each_point_of_a_run_life(
     run_id = harness.submit({"launches_file": str(marks), "progress": [READY], **config})
     harness.start(env={CRASH_POINT_VARIABLE: point}, wait_ready=False)
     if cancel:
-        set_up(harness, run_id)
+        harness.wait_set_up(run_id)
         harness.store.request_cancel(run_id)
     assert harness.wait_exit() == -signal.SIGKILL, "the armed crash point must kill the daemon"
     assert f'"point": "{point}"' in harness.log_text()
@@ -207,7 +195,7 @@ def test_a_reused_pid_is_never_mistaken_for_the_run(harness: DaemonHarness) -> N
 def test_killed_keeper_loses_status_but_not_the_run_row(harness: DaemonHarness) -> None:
     run_id = harness.submit({"sleep": 120, "progress": [READY]})
     harness.start()
-    _, pgid = set_up(harness, run_id)
+    _, pgid = harness.wait_set_up(run_id)
     rec = harness.run(run_id)
     assert rec.keeper_pid is not None
     os.kill(rec.keeper_pid, signal.SIGKILL)
@@ -225,7 +213,7 @@ def test_on_stop_cancel_cancels_every_run_before_exiting(tmp_path: Path) -> None
             h.submit({"sleep": 120, "ignore_term": True, "progress": [READY]}),
         ]
         h.start()
-        groups = [set_up(h, run_id)[1] for run_id in ids]
+        groups = [h.wait_set_up(run_id)[1] for run_id in ids]
         assert h.stop() == 0
         # Recorded before the daemon exited: no waiting here.
         recs = [h.run(run_id) for run_id in ids]

@@ -1,6 +1,7 @@
 """Wall time of `runsup list` on a 100-row database (target: median under 0.5 s).
 
 Usage: python bench/cli_startup.py [--runs N] [--rows N] [--check]
+(also the `cli` scenario of bench/run.py)
 
 Runs the installed `runsup` next to this interpreter against a temporary database, so
 nothing touches the real state directory. Prints the median; with --check, exits 1 when
@@ -50,36 +51,47 @@ def fill(store: Store, rows: int) -> None:
         store.finish(run_id, final, reason="bench", exit_code=0 if final == "COMPLETED" else 1)
 
 
+def measure(runs: int, rows: int, tmp: Path | None = None) -> list[float]:
+    """Wall times of `runs` calls of `runsup list` on a fresh `rows`-row database in `tmp`."""
+    if tmp is not None:
+        tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="runsup-bench-", dir=tmp) as where:
+        root = Path(where)
+        db = root / "runs.db"
+        store = Store.open(f"sqlite:///{db}")
+        fill(store, rows)
+        store.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSUP_")}
+        env.update(
+            HOME=str(root),
+            XDG_STATE_HOME=str(root / "state"),
+            RUNSUP_DATABASE=str(db),
+            RUNSUP_RUNS_DIR=str(root / "runs"),
+        )
+        command = [str(RUNSUP), "list"]
+        subprocess.run(command, env=env, check=True, capture_output=True)  # warm the caches
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            times.append(time.perf_counter() - started)
+            listed = len(result.stdout.splitlines()) - 1
+            if listed != rows:
+                raise RuntimeError(f"expected {rows} rows in the listing, got {listed}")
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--check", action="store_true", help="exit 1 above the target")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="runsup-bench-") as tmp:
-        db = Path(tmp) / "runs.db"
-        store = Store.open(f"sqlite:///{db}")
-        fill(store, args.rows)
-        store.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSUP_")}
-        env.update(
-            HOME=tmp,
-            XDG_STATE_HOME=str(Path(tmp) / "state"),
-            RUNSUP_DATABASE=str(db),
-            RUNSUP_RUNS_DIR=str(Path(tmp) / "runs"),
-        )
-        command = [str(RUNSUP), "list"]
-        subprocess.run(command, env=env, check=True, capture_output=True)  # warm the caches
-        times = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-            times.append(time.perf_counter() - started)
-            listed = len(result.stdout.splitlines()) - 1
-            if listed != args.rows:
-                print(f"expected {args.rows} rows in the listing, got {listed}", file=sys.stderr)
-                return 2
+    try:
+        times = measure(args.runs, args.rows)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
     median = statistics.median(times)
     verdict = "OK" if median < TARGET_SECONDS else "SLOW"

@@ -345,11 +345,8 @@ class Daemon:
 
     def _read_tail(self, run: ActiveRun, *, to_end: bool = False) -> None:
         self._progress_read.add(run.run_id)
-        while True:
-            for record in run.tail.read():
-                run.state = run.state.apply(record)
-            if not (to_end and run.tail.more):
-                return
+        for record in run.tail.read_to_end() if to_end else run.tail.read():
+            run.state = run.state.apply(record)
 
     def _flush_progress(self) -> None:
         # Only runs whose tail was read can have new progress: with 200 runs, comparing every
@@ -796,13 +793,9 @@ class Daemon:
     ) -> None:
         """A run that ended while no daemon watched: its keeper kept the true status."""
         self._bound_log(run_dir)
-        tail = ProgressTail(rundir.progress_path(run_dir), offset=0)
         state = ProgressState()
-        while True:
-            for rec in tail.read():
-                state = state.apply(rec)
-            if not tail.more:
-                break
+        for rec in ProgressTail(rundir.progress_path(run_dir), offset=0).read_to_end():
+            state = state.apply(rec)
         out = outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,

@@ -283,6 +283,13 @@ class ProgressTail:
         """True when the last read stopped at max_read_bytes and more bytes are waiting."""
         return self._more
 
+    def read_to_end(self) -> list[ProgressRecord]:
+        """Records of everything appended so far, in as many bounded reads as that takes."""
+        out = self.read()
+        while self._more:
+            out += self.read()
+        return out
+
     def read(self) -> list[ProgressRecord]:
         """Records of the complete lines appended since the last call; never raises for files."""
         self._more = False

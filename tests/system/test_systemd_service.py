@@ -16,7 +16,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 # --import-mode=importlib does not put the test's folder on sys.path; the helpers are plain
 # modules next to this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from daemon_harness import wait_for as until
 from systemd_harness import SystemdNamespace, booted_systemd, skip_reason
 from systemd_install import INNER_RUNSUP, install_skip_reason, service_opt
 
@@ -96,18 +96,6 @@ on_stop = "{on_stop}"
 [templates.testsim]
 command = ["{{python}}", "{INNER_SIM}", "{{config_path}}"]
 {extra}"""
-
-
-def until(what: str, check: Callable[[], T | None], deadline: float = DEADLINE_SECONDS) -> T:
-    """Poll check until it returns something truthy; fail naming what at the deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
-        time.sleep(POLL_SECONDS)
 
 
 @dataclass

@@ -413,15 +413,6 @@ _streams = st.lists(_pieces, max_size=25).map(b"".join)
 MAX_LINE = 48  # small, so that over-long lines are common in generated streams
 
 
-def _read_all(tail: ProgressTail) -> list[ProgressRecord]:
-    """Read until the tail reports nothing more waiting."""
-    out: list[ProgressRecord] = []
-    while True:
-        out += tail.read()
-        if not tail.more:
-            return out
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=_streams,
@@ -438,7 +429,7 @@ def test_chunked_reads_equal_one_read(
         whole_path = Path(tmp) / "whole.jsonl"
         whole_path.write_bytes(data)
         whole = ProgressTail(whole_path, max_line_bytes=MAX_LINE)
-        expected = _read_all(whole)
+        expected = whole.read_to_end()
 
         path = Path(tmp) / "chunked.jsonl"
         path.write_bytes(b"")
@@ -453,7 +444,7 @@ def test_chunked_reads_equal_one_read(
                 tail = ProgressTail(
                     path, tail.offset, max_line_bytes=MAX_LINE, max_read_bytes=read_bytes
                 )
-            records += _read_all(tail)
+            records += tail.read_to_end()
         bad += tail.bad_lines
         assert records == expected
         assert bad == whole.bad_lines
@@ -502,7 +493,7 @@ def test_read_never_raises_on_bytes(raw: bytes, max_line: int) -> None:
         path = Path(tmp) / "progress.jsonl"
         path.write_bytes(raw)
         tail = ProgressTail(path, max_line_bytes=max_line, max_read_bytes=32)
-        _read_all(tail)
+        tail.read_to_end()
         assert tail.offset == raw.rfind(b"\n") + 1
 
 

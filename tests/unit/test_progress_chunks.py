@@ -29,14 +29,6 @@ _LINES = st.sampled_from(
 _streams = st.lists(st.one_of(st.binary(max_size=30), _ALPHABET, _LINES), max_size=40).map(b"".join)
 
 
-def _read_all(tail: ProgressTail) -> list[ProgressRecord]:
-    out: list[ProgressRecord] = []
-    while True:
-        out += tail.read()
-        if not tail.more:
-            return out
-
-
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=_streams,
@@ -51,7 +43,7 @@ def test_any_bytes_in_any_chunks_read_as_whole(
         whole_path = Path(tmp) / "whole.jsonl"
         whole_path.write_bytes(data)
         whole = ProgressTail(whole_path, max_line_bytes=max_line)
-        expected = _read_all(whole)
+        expected = whole.read_to_end()
 
         path = Path(tmp) / "progress.jsonl"
         path.write_bytes(b"")
@@ -61,7 +53,7 @@ def test_any_bytes_in_any_chunks_read_as_whole(
         for lo, hi in itertools.pairwise(bounds):
             with path.open("ab") as fh:
                 fh.write(data[lo:hi])
-            records += _read_all(tail)
+            records += tail.read_to_end()
         assert records == expected
         assert tail.bad_lines == whole.bad_lines
         assert tail.offset == whole.offset == data.rfind(b"\n") + 1

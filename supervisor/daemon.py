@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -85,7 +85,6 @@ class ActiveRun:
     exit: ExitStatus | None = None
     outcome: Outcome | None = None
     flushed: ProgressUpdate | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def progress_update(self) -> ProgressUpdate:
         """The run's progress as a row update."""

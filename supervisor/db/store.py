@@ -221,6 +221,15 @@ class Store:
                 time.sleep(WRITE_RETRY_DELAY_SECONDS * attempt)
         raise AssertionError("unreachable")
 
+    def _update_one(self, run_id: str, conditions: list[Any], **values: Any) -> bool:
+        """One conditional UPDATE of a run (a compare-and-set); True if it changed the row."""
+
+        def work(conn: Connection) -> int:
+            statement = update(runs).where(runs.c.id == run_id, *conditions).values(**values)
+            return int(conn.execute(statement).rowcount)
+
+        return self._write(work) == 1
+
     # -- for every program --------------------------------------------------
 
     def submit(self, template: str, config_json: str, name: str | None = None) -> RunRecord:
@@ -316,20 +325,15 @@ class Store:
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""
 
-        def work(conn: Connection) -> int:
-            result = conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
-                    runs.c.cancel_requested_at.is_(None),
-                )
-                .values(cancel_requested_at=utcnow())
-            )
-            return int(result.rowcount)
-
-        changed = self._write(work)
-        return self.get(run_id), changed == 1
+        changed = self._update_one(
+            run_id,
+            [
+                runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
+                runs.c.cancel_requested_at.is_(None),
+            ],
+            cancel_requested_at=utcnow(),
+        )
+        return self.get(run_id), changed
 
     # -- for the daemon -----------------------------------------------------
 
@@ -364,34 +368,23 @@ class Store:
 
     def claim_launch(self, run_id: str) -> bool:
         """Claim a PENDING run for launch (compare-and-set); False if it was not free."""
-
-        def work(conn: Connection) -> int:
-            result = conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.status == RunStatus.PENDING.value,
-                    runs.c.launch_claimed_at.is_(None),
-                    runs.c.cancel_requested_at.is_(None),
-                )
-                .values(launch_claimed_at=utcnow())
-            )
-            return int(result.rowcount)
-
-        return self._write(work) == 1
+        return self._update_one(
+            run_id,
+            [
+                runs.c.status == RunStatus.PENDING.value,
+                runs.c.launch_claimed_at.is_(None),
+                runs.c.cancel_requested_at.is_(None),
+            ],
+            launch_claimed_at=utcnow(),
+        )
 
     def release_claim(self, run_id: str) -> bool:
         """Undo a launch claim on a run that is provably not started, so it is launched again."""
-
-        def work(conn: Connection) -> int:
-            result = conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status == RunStatus.PENDING.value)
-                .values(launch_claimed_at=None)
-            )
-            return int(result.rowcount)
-
-        return self._write(work) == 1
+        return self._update_one(
+            run_id,
+            [runs.c.status == RunStatus.PENDING.value],
+            launch_claimed_at=None,
+        )
 
     def transition(
         self,
@@ -489,20 +482,11 @@ class Store:
 
     def mark_timed_out(self, run_id: str) -> bool:
         """Remember that the daemon is stopping this run for its timeout (survives a restart)."""
-
-        def work(conn: Connection) -> int:
-            result = conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.status == RunStatus.RUNNING.value,
-                    runs.c.timed_out_at.is_(None),
-                )
-                .values(timed_out_at=utcnow())
-            )
-            return int(result.rowcount)
-
-        return self._write(work) == 1
+        return self._update_one(
+            run_id,
+            [runs.c.status == RunStatus.RUNNING.value, runs.c.timed_out_at.is_(None)],
+            timed_out_at=utcnow(),
+        )
 
     def record_progress(self, updates: Sequence[ProgressUpdate]) -> int:
         """Write the latest progress of many runs in one transaction; returns rows changed."""

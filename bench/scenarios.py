@@ -441,7 +441,8 @@ def _serial_launches(root: Path, n: int) -> tuple[float, float]:
 
     import structlog
 
-    from supervisor.processes import LaunchSpec, LocalBackend
+    from supervisor.executors.base import LaunchSpec
+    from supervisor.executors.local.executor import LocalBackend
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     backend = LocalBackend()

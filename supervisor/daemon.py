@@ -27,19 +27,18 @@ from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
 from supervisor.db import ProgressUpdate, RunRecord, Store, is_valid_run_id, utcnow
 from supervisor.errors import ConfigError, LaunchError, SupervisorError
-from supervisor.notify import Notifier, scrub_environment
-from supervisor.outcome import Outcome
-from supervisor.processes import (
+from supervisor.executors.base import (
     Backend,
     ExitStatus,
     LaunchSpec,
-    LocalBackend,
     ProcessRecord,
     Recovered,
     RunHandle,
-    current_boot_id,
-    process_age_seconds,
 )
+from supervisor.executors.local.executor import LocalBackend
+from supervisor.executors.local.identity import current_boot_id, process_age_seconds
+from supervisor.notify import Notifier, scrub_environment
+from supervisor.outcome import Outcome
 from supervisor.progress import ProgressState, ProgressTail
 from supervisor.settings import Settings, Template, load_settings
 from supervisor.states import RunStatus
@@ -51,8 +50,6 @@ log = structlog.get_logger(__name__)
 GROUP_POLL_INTERVAL_SECONDS = 0.05
 # After an error in one pass of the loop, wait this long before the next (no hot spin).
 ERROR_BACKOFF_SECONDS = 1.0
-# How much of the log end to quote when a run fails without an error record.
-LOG_TAIL_BYTES = 4096
 DAEMON_LOCK_FILENAME = ".daemon.lock"
 # Bits always added to the daemon's umask (hence its runs'): as systemd's UMask=0027.
 UMASK_FLOOR = 0o027
@@ -870,16 +867,7 @@ def _run_age(record: RunRecord) -> float:
 
 
 def _log_tail(run_dir: Path) -> str | None:
-    path = rundir.log_path(run_dir)
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - LOG_TAIL_BYTES))
-            data = fh.read()
-    except OSError:
-        return None
-    lines = data.decode("utf-8", "replace").splitlines()
+    lines = logcap.tail_lines(rundir.log_path(run_dir))
     return "\n".join(lines[-outcomes.LOG_TAIL_LINES :]) or None
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.states import FINAL_STATUSES
 from supervisor.views import table
 
 if TYPE_CHECKING:
@@ -97,8 +98,6 @@ SCRUBBED_VARIABLES: Final = (
 )
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG: Final = 1
-
-FINAL_STATUSES: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1

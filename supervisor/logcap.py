@@ -139,3 +139,19 @@ def _copy_down(fd: int, dest: int, src: int) -> Cut:
             break
     os.ftruncate(fd, dest)
     return Cut(src - dest, "copy", dest)
+
+
+TAIL_BYTES: Final = 4096
+"""How much of a log's end is read to quote its last lines."""
+
+
+def tail_lines(path: Path, *, start: int = 0, max_bytes: int = TAIL_BYTES) -> list[str]:
+    """The lines in the last `max_bytes` of the log (none before `start`); [] if unreadable."""
+    try:
+        with path.open("rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(start, end - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()

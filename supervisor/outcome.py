@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
+from supervisor.signames import signal_name
 from supervisor.states import RunStatus
 
 # Bounds, so that a simulation cannot flood the database through its error text.
@@ -24,13 +25,6 @@ class Outcome:
     exit_signal: int | None
     error_message: str | None
     reason: str
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def bound(text: str, limit: int = ERROR_MESSAGE_MAX_CHARS) -> str:
@@ -61,7 +55,7 @@ def classify_exit(
 ) -> Outcome:
     """The outcome of a run whose process ended with `exit_code` or `exit_signal`."""
     how = (
-        f"killed by {_signal_name(exit_signal)}"
+        f"killed by {signal_name(exit_signal)}"
         if exit_signal is not None
         else f"exited with code {exit_code}"
     )
@@ -81,7 +75,7 @@ def classify_exit(
 
 
 def _by_signal(number: int, last_error: str | None, log_tail: str | None) -> Outcome:
-    name = _signal_name(number)
+    name = signal_name(number)
     if number in CANCEL_SIGNALS:
         message = f"cancelled: ended by {name} sent by another process"
         return Outcome(RunStatus.CANCELLED, None, number, message, f"ended by {name}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Sequence
 from datetime import datetime
 
 from supervisor.db import RunEvent, RunRecord, utcnow
+from supervisor.signames import signal_name
 from supervisor.states import RunStatus
 
 
@@ -45,14 +45,6 @@ def run_duration(run: RunRecord, now: datetime | None = None) -> float | None:
         return None
     end = run.completed_at or now or utcnow()
     return (end - run.started_at).total_seconds()
-
-
-def signal_name(number: int) -> str:
-    """SIGTERM for 15; the number itself if it names no signal."""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def exit_reason(run: RunRecord) -> str:

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from supervisor.db import RunRecord, Store, utcnow
-from supervisor.states import RunStatus
+from supervisor.states import FINAL_STATUSES, RunStatus
 from supervisor.views import format_duration, outcome_summary, progress_fraction, run_duration
 
 if TYPE_CHECKING:
@@ -55,10 +55,6 @@ BAR_WIDTH = 22
 WIDE_TERMINAL_COLUMNS = 110
 # TERM values that cannot redraw in place.
 DUMB_TERMINALS = frozenset({"", "dumb", "unknown"})
-
-FINAL_STATUSES = frozenset(
-    {RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value}
-)
 
 EXIT_ALL_COMPLETED = 0
 EXIT_SOME_NOT_COMPLETED = 1

@@ -19,7 +19,7 @@ from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.schema import run_events, runs
 from supervisor.errors import DatabaseError, NotFoundError, ValidationError
-from supervisor.states import RunStatus, sources_of
+from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
 
 RUN_ID_BYTES = 6  # 12 lowercase hex characters (SPEC section 3)
 # A write that still finds the database locked after busy_timeout is tried again this often.
@@ -85,7 +85,7 @@ class RunRecord:
     @property
     def is_final(self) -> bool:
         """True once the run has reached COMPLETED, FAILED or CANCELLED."""
-        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self.status in FINAL_STATUSES
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; timestamps as ISO-8601 UTC."""

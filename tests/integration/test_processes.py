@@ -24,26 +24,27 @@ import pytest
 import structlog.testing
 
 from supervisor.errors import LaunchError
-from supervisor.processes import (
-    BOOT_ID_FILE,
-    EXIT_FILE,
-    KEEPER_FILE,
-    LOST_KEEPER_KILLED,
-    LOST_MACHINE_RESTARTED,
-    SIM_FILE,
+from supervisor.executors.base import (
     UNKNOWN_EXIT,
     Backend,
     ExitStatus,
     LaunchSpec,
-    LocalBackend,
-    LocalRunHandle,
     ProcessIdentity,
     ProcessRecord,
+)
+from supervisor.executors.local.executor import (
+    LOST_KEEPER_KILLED,
+    LOST_MACHINE_RESTARTED,
+    LocalBackend,
+)
+from supervisor.executors.local.handle import LocalRunHandle
+from supervisor.executors.local.identity import (
     current_boot_id,
     identify,
     is_same_process,
     parse_stat_line,
 )
+from supervisor.executors.local.keeper import BOOT_ID_FILE, EXIT_FILE, KEEPER_FILE, SIM_FILE
 
 DEADLINE = 10.0  # seconds any awaited condition may take before the test fails
 POLL = 0.01
@@ -603,7 +604,8 @@ def test_recover_from_files_of_another_boot(tmp_path: Path) -> None:
 HELPER = """
 import dataclasses, json, sys, time
 from pathlib import Path
-from supervisor.processes import LaunchSpec, LocalBackend
+from supervisor.executors.base import LaunchSpec
+from supervisor.executors.local.executor import LocalBackend
 d = Path(sys.argv[1])
 h = LocalBackend().launch(LaunchSpec(run_id="sigint", argv=["sleep", "60"], cwd=d,
     env={"PATH": "/usr/bin:/bin"}, log_path=d / "sim.log", record_dir=d / "rec"))

@@ -18,7 +18,7 @@ from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_fo
 
 from supervisor.daemon import CRASH_POINT_VARIABLE
 from supervisor.db import utcnow
-from supervisor.processes import current_boot_id, identify
+from supervisor.executors.local.identity import current_boot_id, identify
 
 
 @pytest.fixture

@@ -11,15 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.errors import LaunchError
-from supervisor.processes import (
-    EXIT_FILE,
-    UNKNOWN_EXIT,
-    ExitStatus,
-    _read_exit_file,
-    decode_shell_status,
-    parse_stat_line,
-    resolve_program,
-)
+from supervisor.executors.base import UNKNOWN_EXIT, ExitStatus
+from supervisor.executors.local.identity import parse_stat_line
+from supervisor.executors.local.keeper import EXIT_FILE, decode_shell_status, read_exit_file
+from supervisor.executors.local.spawn import resolve_program
 
 # The 50 fields after comm of a real line (state, ppid, pgrp, session, ..., starttime is 20th).
 REST = (
@@ -124,11 +119,11 @@ def test_exit_file_only_complete_lines_count(
     tmp_path: Path, content: bytes, expected: ExitStatus | None
 ) -> None:
     (tmp_path / EXIT_FILE).write_bytes(content)
-    assert _read_exit_file(tmp_path) == expected
+    assert read_exit_file(tmp_path) == expected
 
 
 def test_exit_file_missing(tmp_path: Path) -> None:
-    assert _read_exit_file(tmp_path) is None
+    assert read_exit_file(tmp_path) is None
 
 
 def _program(path: Path, mode: int = 0o755) -> Path:

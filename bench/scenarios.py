@@ -436,16 +436,16 @@ def _layout_cost(where: Path) -> float:
 
 
 def _serial_launches(root: Path, n: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per LocalBackend.launch of /bin/true, one after the other."""
+    """(wall, CPU) seconds per LocalExecutor.launch of /bin/true, one after the other."""
     import logging
 
     import structlog
 
     from supervisor.executors.base import LaunchSpec
-    from supervisor.executors.local.executor import LocalBackend
+    from supervisor.executors.local.executor import LocalExecutor
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    backend = LocalBackend()
+    executor = LocalExecutor()
     env = {"PATH": os.environ.get("PATH", os.defpath)}
     handles = []
     wall = cpu = 0.0
@@ -456,7 +456,7 @@ def _serial_launches(root: Path, n: int) -> tuple[float, float]:
             str(i), ["/bin/true"], run_dir, env, run_dir / "logs" / "sim.log", run_dir / ".runsup"
         )
         t0, c0 = now(), time.process_time()
-        handles.append(backend.launch(spec))
+        handles.append(executor.launch(spec))
         wall += now() - t0
         cpu += time.process_time() - c0
         if len(handles) >= CONCURRENCY:
@@ -509,7 +509,7 @@ def limits(root: Path, sizes: Sizes) -> list[Result]:
     rows += [
         Result(
             "limits",
-            "one launch (LocalBackend.launch): wall",
+            "one launch (LocalExecutor.launch): wall",
             wall * MS,
             "ms",
             "",
@@ -518,7 +518,7 @@ def limits(root: Path, sizes: Sizes) -> list[Result]:
         ),
         Result(
             "limits",
-            "one launch (LocalBackend.launch): CPU",
+            "one launch (LocalExecutor.launch): CPU",
             cpu * MS,
             "ms",
             "",

@@ -25,3 +25,7 @@ class LaunchError(SupervisorError):
 
 class DatabaseError(SupervisorError):
     """The database cannot be opened or used."""
+
+
+class DatabaseBusy(DatabaseError):
+    """Another program held the database's write lock past our wait: try again later."""

@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.schema import run_events, runs
-from supervisor.errors import DatabaseError, NotFoundError, ValidationError
+from supervisor.errors import DatabaseBusy, DatabaseError, NotFoundError, ValidationError
 from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
 
 RUN_ID_BYTES = 6  # 12 lowercase hex characters (SPEC section 3)
@@ -125,6 +125,136 @@ class ProgressUpdate:
     bad_lines: int
 
 
+@dataclass(frozen=True)
+class RowChange:
+    """One compare-and-set write of a run's row, to commit alone or in a batch.
+
+    Applies only while the row's status is one of `expect`; with `to`, it moves the status and
+    appends the `run_events` row (at the change's own time, not the commit's).
+    """
+
+    run_id: str
+    expect: frozenset[RunStatus]
+    values: Mapping[str, Any]
+    to: RunStatus | None = None
+    reason: str | None = None
+    at: datetime = field(default_factory=lambda: utcnow())
+
+
+def running_change(
+    run_id: str,
+    *,
+    pid: int,
+    pgid: int,
+    run_dir: str,
+    boot_id: str,
+    pid_start_ticks: int,
+    keeper_pid: int,
+    keeper_start_ticks: int,
+    reason: str = "launched",
+) -> RowChange:
+    """PENDING -> RUNNING with the process identity a restarted daemon will need."""
+    now = utcnow()
+    values = {
+        "pid": pid,
+        "pgid": pgid,
+        "run_dir": run_dir,
+        "boot_id": boot_id,
+        "pid_start_ticks": pid_start_ticks,
+        "keeper_pid": keeper_pid,
+        "keeper_start_ticks": keeper_start_ticks,
+        "started_at": now,
+    }
+    return RowChange(run_id, frozenset({RunStatus.PENDING}), values, RunStatus.RUNNING, reason, now)
+
+
+def final_change(
+    run_id: str,
+    to: RunStatus,
+    *,
+    reason: str,
+    exit_code: int | None = None,
+    exit_signal: int | None = None,
+    error_message: str | None = None,
+    expect: Iterable[RunStatus] | None = None,
+) -> RowChange:
+    """A move to a final status with how the run ended."""
+    now = utcnow()
+    sources = sources_of(to) if expect is None else sources_of(to) & frozenset(expect)
+    values = {
+        "exit_code": exit_code,
+        "exit_signal": exit_signal,
+        "error_message": error_message,
+        "completed_at": now,
+    }
+    return RowChange(run_id, sources, values, to, reason, now)
+
+
+def timed_out_change(run_id: str) -> RowChange:
+    """Remember that the daemon is stopping this run for its timeout (survives a restart)."""
+    return RowChange(run_id, frozenset({RunStatus.RUNNING}), {"timed_out_at": utcnow()})
+
+
+def claim_released_change(run_id: str) -> RowChange:
+    """Undo a launch claim on a run that is provably not started, so it is launched again."""
+    return RowChange(run_id, frozenset({RunStatus.PENDING}), {"launch_claimed_at": None})
+
+
+def _apply(conn: Connection, change: RowChange) -> bool:
+    """Apply one RowChange inside the caller's transaction; True if the row matched."""
+    if not change.expect:
+        return False
+    allowed = sorted(s.value for s in change.expect)
+    values = dict(change.values)
+    before = None
+    if change.to is not None:
+        values["status"] = change.to.value
+        # Under BEGIN IMMEDIATE nobody else writes between this read and the update.
+        before = conn.execute(select(runs.c.status).where(runs.c.id == change.run_id)).scalar()
+    result = conn.execute(
+        update(runs).where(runs.c.id == change.run_id, runs.c.status.in_(allowed)).values(values)
+    )
+    if result.rowcount != 1:
+        return False
+    if change.to is not None:
+        conn.execute(
+            insert(run_events).values(
+                run_id=change.run_id,
+                at=change.at,
+                from_status=before,
+                to_status=change.to.value,
+                reason=change.reason,
+            )
+        )
+    return True
+
+
+def _write_progress(conn: Connection, updates: Sequence[ProgressUpdate]) -> int:
+    """UPDATE the progress cache of RUNNING rows; returns rows changed."""
+    at = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
+    # One prepared statement for the whole batch (executemany), with positional parameters
+    # straight to the driver where it takes them (SQLite): a 200-run batch then costs
+    # 0.8 ms of CPU instead of 2.2 ms through text() and named parameters (bench/ load).
+    args = [
+        (
+            u.current_erlang,
+            u.total_erlangs,
+            u.current_iteration,
+            u.total_iterations,
+            u.erlang_index,
+            u.offset,
+            u.bad_lines,
+            at,
+            u.run_id,
+        )
+        for u in updates
+    ]
+    if conn.dialect.paramstyle == "qmark":
+        return int(conn.exec_driver_sql(_PROGRESS_QMARK_SQL, args).rowcount)
+    rows = [dict(zip(_PROGRESS_KEYS, a, strict=True)) for a in args]
+    return int(conn.execute(text(_PROGRESS_NAMED_SQL), rows).rowcount)
+
+
 def _as_int(value: object) -> int | None:
     # Other programs write rows too, and SQLite stores what it is given.
     if isinstance(value, bool) or value is None:
@@ -171,15 +301,35 @@ def _record(row: Row[Any]) -> RunRecord:
 class Store:
     """Intent-named operations on the runs database; the only user of SQLAlchemy sessions."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        write_attempts: int = WRITE_ATTEMPTS,
+    ) -> None:
         self.engine = engine
+        self.busy_timeout_ms = busy_timeout_ms
+        self.write_attempts = write_attempts
         # Commits of this store that change more than the progress cache; see ChangeProbe.
         self.status_writes = 0
 
     @classmethod
-    def open(cls, url: str, *, upgrade: bool = True) -> Store:
-        """Open (and create or upgrade, unless told not to) the database at `url`."""
-        engine = make_engine(url)
+    def open(
+        cls,
+        url: str,
+        *,
+        upgrade: bool = True,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        write_attempts: int = WRITE_ATTEMPTS,
+    ) -> Store:
+        """Open (and create or upgrade, unless told not to) the database at `url`.
+
+        A caller that must not wait (the daemon's loop) passes a short `busy_timeout_ms` and
+        one write attempt: a write that finds the database locked then raises DatabaseBusy
+        soon, and the caller tries again later instead of blocking.
+        """
+        engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
         try:
             if upgrade:
                 ensure_schema(engine)
@@ -188,7 +338,7 @@ class Store:
         except (OperationalError, DBAPIError) as exc:
             engine.dispose()
             raise DatabaseError(f"cannot open database {url}: {exc.orig}") from None
-        return cls(engine)
+        return cls(engine, busy_timeout_ms=busy_timeout_ms, write_attempts=write_attempts)
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -211,13 +361,15 @@ class Store:
         """
         if not progress_only:
             self.status_writes += 1
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        for attempt in range(1, self.write_attempts + 1):
             try:
                 with self.engine.begin() as conn:
                     return work(conn)
             except OperationalError as exc:
-                if attempt == WRITE_ATTEMPTS or not _is_busy(exc):
+                if not _is_busy(exc):
                     raise
+                if attempt == self.write_attempts:
+                    raise DatabaseBusy(f"the database stayed locked: {exc.orig}") from None
                 time.sleep(WRITE_RETRY_DELAY_SECONDS * attempt)
         raise AssertionError("unreachable")
 
@@ -380,11 +532,7 @@ class Store:
 
     def release_claim(self, run_id: str) -> bool:
         """Undo a launch claim on a run that is provably not started, so it is launched again."""
-        return self._update_one(
-            run_id,
-            [runs.c.status == RunStatus.PENDING.value],
-            launch_claimed_at=None,
-        )
+        return self.commit_batch([claim_released_change(run_id)])[0]
 
     def transition(
         self,
@@ -402,60 +550,66 @@ class Store:
         sources = sources_of(to)
         if expect is not None:
             sources = sources & frozenset(expect)
-        if not sources:
-            return False
-        now = utcnow()
-        allowed = sorted(s.value for s in sources)
+        change = RowChange(run_id, sources, dict(values or {}), to=to, reason=reason)
+        return self._write(lambda conn: _apply(conn, change))
 
-        def work(conn: Connection) -> bool:
-            # Under BEGIN IMMEDIATE nobody else writes between this read and the update.
-            before = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
-            result = conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status.in_(allowed))
-                .values(status=to.value, **dict(values or {}))
-            )
-            if result.rowcount != 1:
-                return False
-            conn.execute(
-                insert(run_events).values(
-                    run_id=run_id, at=now, from_status=before, to_status=to.value, reason=reason
+    def commit_batch(
+        self, changes: Sequence[RowChange], progress: Sequence[ProgressUpdate] = ()
+    ) -> list[bool]:
+        """Apply many compare-and-set changes and progress updates in ONE transaction.
+
+        Returns, for each change, whether it applied. All or nothing: if the database stays
+        locked, DatabaseBusy is raised and nothing is written.
+        """
+        if not changes and not progress:
+            return []
+
+        # Starts before progress before ends: progress lands only on RUNNING rows, so a run
+        # started, moved on and ended within one batch keeps its last progress.
+        finals = [i for i, c in enumerate(changes) if c.to is not None and c.to.is_final]
+        final_set = set(finals)
+        order = [i for i in range(len(changes)) if i not in final_set]
+
+        def work(conn: Connection) -> list[bool]:
+            results = [False] * len(changes)
+            for i in order:
+                results[i] = _apply(conn, changes[i])
+            if progress:
+                _write_progress(conn, progress)
+            for i in finals:
+                results[i] = _apply(conn, changes[i])
+            return results
+
+        return self._write(work, progress_only=not changes)
+
+    def claim_many(self, run_ids: Sequence[str]) -> list[str]:
+        """Claim these PENDING runs for launch in one transaction; returns the ones claimed."""
+        if not run_ids:
+            return []
+        now = utcnow()
+
+        def work(conn: Connection) -> list[str]:
+            won = []
+            for run_id in run_ids:
+                statement = (
+                    update(runs)
+                    .where(
+                        runs.c.id == run_id,
+                        runs.c.status == RunStatus.PENDING.value,
+                        runs.c.launch_claimed_at.is_(None),
+                        runs.c.cancel_requested_at.is_(None),
+                    )
+                    .values(launch_claimed_at=now)
                 )
-            )
-            return True
+                if conn.execute(statement).rowcount == 1:
+                    won.append(run_id)
+            return won
 
         return self._write(work)
 
-    def mark_running(
-        self,
-        run_id: str,
-        *,
-        pid: int,
-        pgid: int,
-        run_dir: str,
-        boot_id: str,
-        pid_start_ticks: int,
-        keeper_pid: int,
-        keeper_start_ticks: int,
-        reason: str = "launched",
-    ) -> bool:
-        """PENDING -> RUNNING, in the same commit as the live pid and pgid."""
-        return self.transition(
-            run_id,
-            RunStatus.RUNNING,
-            reason=reason,
-            expect=[RunStatus.PENDING],
-            values={
-                "pid": pid,
-                "pgid": pgid,
-                "run_dir": run_dir,
-                "boot_id": boot_id,
-                "pid_start_ticks": pid_start_ticks,
-                "keeper_pid": keeper_pid,
-                "keeper_start_ticks": keeper_start_ticks,
-                "started_at": utcnow(),
-            },
-        )
+    def mark_running(self, run_id: str, **process: Any) -> bool:
+        """PENDING -> RUNNING, in the same commit as the live pid and pgid (see running_change)."""
+        return self.commit_batch([running_change(run_id, **process)])[0]
 
     def finish(
         self,
@@ -468,56 +622,25 @@ class Store:
         error_message: str | None = None,
     ) -> bool:
         """Move a run to a final status with its exit status and reason."""
-        return self.transition(
+        change = final_change(
             run_id,
             to,
             reason=reason,
-            values={
-                "exit_code": exit_code,
-                "exit_signal": exit_signal,
-                "error_message": error_message,
-                "completed_at": utcnow(),
-            },
+            exit_code=exit_code,
+            exit_signal=exit_signal,
+            error_message=error_message,
         )
+        return self.commit_batch([change])[0]
 
     def mark_timed_out(self, run_id: str) -> bool:
         """Remember that the daemon is stopping this run for its timeout (survives a restart)."""
-        return self._update_one(
-            run_id,
-            [runs.c.status == RunStatus.RUNNING.value, runs.c.timed_out_at.is_(None)],
-            timed_out_at=utcnow(),
-        )
+        return self.commit_batch([timed_out_change(run_id)])[0]
 
     def record_progress(self, updates: Sequence[ProgressUpdate]) -> int:
         """Write the latest progress of many runs in one transaction; returns rows changed."""
         if not updates:
             return 0
-        at = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
-        # One prepared statement for the whole batch (executemany), with positional parameters
-        # straight to the driver where it takes them (SQLite): a 200-run batch then costs
-        # 0.8 ms of CPU instead of 2.2 ms through text() and named parameters (bench/ load).
-        args = [
-            (
-                u.current_erlang,
-                u.total_erlangs,
-                u.current_iteration,
-                u.total_iterations,
-                u.erlang_index,
-                u.offset,
-                u.bad_lines,
-                at,
-                u.run_id,
-            )
-            for u in updates
-        ]
-
-        def work(conn: Connection) -> int:
-            if conn.dialect.paramstyle == "qmark":
-                return int(conn.exec_driver_sql(_PROGRESS_QMARK_SQL, args).rowcount)
-            rows = [dict(zip(_PROGRESS_KEYS, a, strict=True)) for a in args]
-            return int(conn.execute(text(_PROGRESS_NAMED_SQL), rows).rowcount)
-
-        return self._write(work, progress_only=True)
+        return self._write(lambda conn: _write_progress(conn, updates), progress_only=True)
 
     def checkpoint(self) -> bool:
         """Fold the -wal file back into the database and truncate it; False if not done now.
@@ -538,7 +661,7 @@ class Store:
                 cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 row = cursor.fetchone()
             finally:
-                cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                cursor.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         finally:
             conn.close()
         return row is not None and int(row[0]) == 0

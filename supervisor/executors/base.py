@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from supervisor.signames import signal_name
+
 
 @dataclass(frozen=True)
 class ExitStatus:
@@ -19,6 +21,14 @@ class ExitStatus:
     def known(self) -> bool:
         """False for the 'exit status unknown' value."""
         return self.exit_code is not None or self.exit_signal is not None
+
+    def describe(self) -> str:
+        """In words: "exit code 3", "killed by SIGTERM" or "exit status unknown"."""
+        if self.exit_signal is not None:
+            return f"killed by {signal_name(self.exit_signal)}"
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        return "exit status unknown"
 
 
 UNKNOWN_EXIT = ExitStatus(None, None)
@@ -68,12 +78,12 @@ class LaunchSpec:
 
 
 class RunHandle(Protocol):
-    """A started run as the daemon loop sees it, whatever runs it."""
+    """A started run as the loop sees it, whatever runs it."""
 
     record: ProcessRecord
 
-    def fileno(self) -> int:
-        """Readable once the run's keeper (hence the simulation) has ended; for selectors."""
+    def fileno(self) -> int | None:
+        """Readable once the run has ended, for selectors; None: only Executor.poll tells."""
         ...
 
     def exit_status(self) -> ExitStatus | None:
@@ -88,42 +98,101 @@ class RunHandle(Protocol):
         """True while any live process is left in the run's group."""
         ...
 
+    def leftover_fileno(self) -> int | None:
+        """After group_alive() said True: readable when the process it found ends; None if the
+        executor cannot tell (the loop then looks again on a timer)."""
+        ...
+
     def close(self) -> None:
         """Release what the handle holds (file descriptors); idempotent."""
         ...
 
 
-@dataclass(frozen=True)
-class Recovered:
-    """The outcome of looking for a run after a restart.
+class Launch(Protocol):
+    """A launch in flight: begun without waiting, finished once the executor reports back."""
 
-    `handle` set: something of the run may still be alive. Without `lost` it is the adopted,
-    running run. With `lost` (the keeper was killed) its exit_status() is UNKNOWN_EXIT at once
-    and it serves to stop and watch what is left of the group.
-    `exit` set: the run ended while nobody watched and the keeper recorded how.
-    `lost` set: why the status cannot be known, in words. `never_started` tells the one case
-    in which launching again is safe (no simulation was ever started from `record_dir`).
-    """
+    run_id: str
+    deadline: float  # monotonic: poll() must be called by then at the latest
 
-    handle: RunHandle | None = None
-    exit: ExitStatus | None = None
-    lost: str | None = None
-    record: ProcessRecord | None = None
-    never_started: bool = False
-
-
-class Backend(Protocol):
-    """Starts runs and finds them again; the daemon loop knows nothing else about processes."""
-
-    def launch(self, spec: LaunchSpec) -> RunHandle:
-        """Start a run; raises LaunchError with words a person can act on."""
+    def fileno(self) -> int | None:
+        """Readable when poll() may make progress; None: poll at the deadline or on a timer."""
         ...
 
-    def recover(
-        self, record_dir: Path, record: ProcessRecord | None, *, run_id: str | None = None
-    ) -> Recovered:
-        """Find a run again (record None: the daemon died mid-launch, look at the files).
+    def poll(self) -> RunHandle | None:
+        """The started run, or None while still starting; raises LaunchError if it failed."""
+        ...
 
-        `run_id` only labels log lines.
-        """
+    def abandon(self) -> None:
+        """Stop waiting for the report (the loop is exiting); the run is found again later."""
+        ...
+
+
+# -- what looking for a run after a restart can find: one case each ------------------------------
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """The run is still going: watch it."""
+
+    handle: RunHandle
+
+
+@dataclass(frozen=True)
+class EndedWhileAway:
+    """The run ended while nobody watched and its exit status was kept."""
+
+    exit: ExitStatus
+    record: ProcessRecord | None  # its process, when the row never got it (a claim)
+
+
+@dataclass(frozen=True)
+class StillStarting:
+    """A launch is still under way (its keeper has not reported yet): look again later."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class NeverStarted:
+    """Provably nothing was started: launching it again cannot start it twice."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class FailedToStart:
+    """The launch ran and failed before the simulation could start."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """How the run ended cannot be known; `leftover` watches what may be left of its group."""
+
+    why: str
+    record: ProcessRecord | None
+    leftover: RunHandle | None = None
+
+
+Recovery = Adopted | EndedWhileAway | StillStarting | NeverStarted | FailedToStart | Lost
+
+
+class Executor(Protocol):
+    """Where runs run: starts them, looks at them, finds them again after a restart."""
+
+    name: str
+    # Seconds between two batched looks at every run (poll()); None: the handles' fds tell.
+    poll_interval: float | None
+
+    def begin_launch(self, spec: LaunchSpec) -> Launch:
+        """Start starting a run without waiting; LaunchError for what is wrong before starting."""
+        ...
+
+    def poll(self, handles: Sequence[RunHandle]) -> None:
+        """Refresh what the handles know, for all of them at once (one query, not one each)."""
+        ...
+
+    def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
+        """Find a run again (record None: the daemon died mid-launch, look at the files)."""
         ...

@@ -26,16 +26,20 @@ import structlog.testing
 from supervisor.errors import LaunchError
 from supervisor.executors.base import (
     UNKNOWN_EXIT,
-    Backend,
+    Adopted,
+    EndedWhileAway,
+    Executor,
     ExitStatus,
     LaunchSpec,
+    Lost,
+    NeverStarted,
     ProcessIdentity,
     ProcessRecord,
 )
 from supervisor.executors.local.executor import (
     LOST_KEEPER_KILLED,
     LOST_MACHINE_RESTARTED,
-    LocalBackend,
+    LocalExecutor,
 )
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
@@ -106,7 +110,7 @@ class Runs:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.backend = LocalBackend()
+        self.executor = LocalExecutor()
         self.handles: list[LocalRunHandle] = []
         self._count = 0
 
@@ -137,7 +141,7 @@ class Runs:
         cwd: Path | None = None,
     ) -> tuple[LocalRunHandle, LaunchSpec]:
         spec = self.spec(argv, env=env, cwd=cwd)
-        return self.track(self.backend.launch(spec)), spec
+        return self.track(self.executor.launch(spec)), spec
 
     def track(self, handle: LocalRunHandle) -> LocalRunHandle:
         self.handles.append(handle)
@@ -325,7 +329,7 @@ def test_log_gets_stdout_and_stderr_appended(runs: Runs) -> None:
     spec = runs.spec(sh("echo out; echo err >&2; exit 1"))
     spec.log_path.parent.mkdir(parents=True)
     spec.log_path.write_text("earlier\n")
-    handle = runs.track(runs.backend.launch(spec))
+    handle = runs.track(runs.executor.launch(spec))
     assert wait_exit(handle) == ExitStatus(1, None)
     assert log_text(spec) == "earlier\nout\nerr\n"
 
@@ -372,7 +376,7 @@ def test_unknown_command(runs: Runs) -> None:
     with pytest.raises(
         LaunchError, match=r"command 'surely-no-such-command' not found on PATH=/nowhere:/bin"
     ):
-        runs.backend.launch(spec)
+        runs.executor.launch(spec)
     assert children() == before
     assert not (spec.record_dir / KEEPER_FILE).exists()
 
@@ -383,13 +387,13 @@ def test_not_executable(runs: Runs, tmp_path: Path) -> None:
     script.chmod(0o644)
     before = children()
     with pytest.raises(LaunchError, match=rf"'{script}' is not executable"):
-        runs.backend.launch(runs.spec([str(script)]))
+        runs.executor.launch(runs.spec([str(script)]))
     assert children() == before
 
 
 def test_missing_working_directory(runs: Runs, tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match=r"working directory .* does not exist"):
-        runs.backend.launch(runs.spec(["true"], cwd=tmp_path / "gone"))
+        runs.executor.launch(runs.spec(["true"], cwd=tmp_path / "gone"))
 
 
 def fake_setsid(tmp_path: Path, body: str) -> str:
@@ -400,7 +404,7 @@ def fake_setsid(tmp_path: Path, body: str) -> str:
 
 
 def test_keeper_ending_before_the_simulation_starts(runs: Runs, tmp_path: Path) -> None:
-    runs.backend = LocalBackend(
+    runs.executor = LocalExecutor(
         setsid_path=fake_setsid(tmp_path, "echo setsid is broken >&2; exit 3")
     )
     before = children()
@@ -410,18 +414,18 @@ def test_keeper_ending_before_the_simulation_starts(runs: Runs, tmp_path: Path) 
         match=r"ended before the simulation started \(keeper exit code 3\); "
         r"its log says: setsid is broken",
     ):
-        runs.backend.launch(spec)
+        runs.executor.launch(spec)
     assert children() == before  # reaped, nothing left
 
 
 def test_keeper_not_reporting_in_time(runs: Runs, tmp_path: Path) -> None:
-    runs.backend = LocalBackend(
+    runs.executor = LocalExecutor(
         setsid_path=fake_setsid(tmp_path, "exec sleep 60"), report_timeout=0.3
     )
     before = children()
     spec = runs.spec(["sleep", "60"])
     with pytest.raises(LaunchError, match=r"did not report the simulation's start within 0.3 s"):
-        runs.backend.launch(spec)
+        runs.executor.launch(spec)
     assert children() == before
     keeper_pid, _ = parse_stat_line((spec.record_dir / KEEPER_FILE).read_text())
     wait_for(lambda: not live_group_members(keeper_pid), "the keeper's group to die")
@@ -429,10 +433,10 @@ def test_keeper_not_reporting_in_time(runs: Runs, tmp_path: Path) -> None:
 
 def test_setsid_that_forks_is_caught(runs: Runs, tmp_path: Path) -> None:
     # A setsid that forks would leave the keeper waiting for the wrong process.
-    runs.backend = LocalBackend(setsid_path=fake_setsid(tmp_path, 'exec /usr/bin/setsid -f "$@"'))
+    runs.executor = LocalExecutor(setsid_path=fake_setsid(tmp_path, 'exec /usr/bin/setsid -f "$@"'))
     spec = runs.spec(["sleep", "60"])
     with pytest.raises(LaunchError, match="outside its own session"):
-        runs.backend.launch(spec)
+        runs.executor.launch(spec)
     sim_pid, _ = parse_stat_line((spec.record_dir / SIM_FILE).read_text())
     wait_for(lambda: not live_group_members(sim_pid), "the stray simulation to be killed")
 
@@ -440,7 +444,7 @@ def test_setsid_that_forks_is_caught(runs: Runs, tmp_path: Path) -> None:
 def test_refuses_to_start_twice_from_one_record_dir(runs: Runs) -> None:
     handle, spec = runs.launch(["sleep", "60"])
     with pytest.raises(LaunchError, match="still running"):
-        runs.backend.launch(spec)
+        runs.executor.launch(spec)
     assert is_same_process(handle.record.sim_identity)
 
 
@@ -450,9 +454,9 @@ def test_refuses_to_start_twice_from_one_record_dir(runs: Runs) -> None:
 def test_new_backend_adopts_a_live_run_and_sees_its_exit(runs: Runs) -> None:
     first, spec = runs.launch(sh("echo ready; while [ ! -e release ]; do sleep 0.02; done; exit 7"))
     ready(spec)
-    backend: Backend = LocalBackend()  # as after a daemon restart
-    found = backend.recover(spec.record_dir, first.record)
-    assert found.lost is None and found.exit is None and found.record == first.record
+    executor: Executor = LocalExecutor()  # as after a daemon restart
+    found = executor.recover(spec.record_dir, first.record, run_id="r")
+    assert isinstance(found, Adopted) and found.handle.record == first.record
     assert isinstance(found.handle, LocalRunHandle)
     adopted = runs.track(found.handle)
     assert adopted.exit_status() is None
@@ -467,19 +471,18 @@ def test_run_that_ended_while_away(runs: Runs) -> None:
     poller = select.poll()
     poller.register(first.fileno(), select.POLLIN)
     assert poller.poll(DEADLINE * 1000)
-    found = LocalBackend().recover(spec.record_dir, first.record)
-    assert found == dataclasses.replace(found, handle=None, exit=ExitStatus(5, None), lost=None)
+    found = LocalExecutor().recover(spec.record_dir, first.record, run_id="r")
+    assert found == EndedWhileAway(ExitStatus(5, None), first.record)
 
 
 def test_keeper_killed_means_lost_but_the_group_can_still_be_stopped(runs: Runs) -> None:
     first, spec = runs.launch(["sleep", "60"])
     os.kill(first.record.keeper_pid, signal.SIGKILL)
     wait_for(lambda: not is_same_process(first.record.keeper_identity), "the keeper to die")
-    found = LocalBackend().recover(spec.record_dir, first.record)
-    assert found.lost is not None and found.lost.startswith(LOST_KEEPER_KILLED)
-    assert found.exit is None and not found.never_started
-    assert isinstance(found.handle, LocalRunHandle)
-    left = runs.track(found.handle)
+    found = LocalExecutor().recover(spec.record_dir, first.record, run_id="r")
+    assert isinstance(found, Lost) and found.why.startswith(LOST_KEEPER_KILLED)
+    assert isinstance(found.leftover, LocalRunHandle)
+    left = runs.track(found.leftover)
     assert left.exit_status() == UNKNOWN_EXIT  # at once: nothing will ever record it
     assert select.select([left.fileno()], [], [], 0)[0]
     assert left.group_alive()
@@ -491,9 +494,9 @@ def test_keeper_killed_means_lost_but_the_group_can_still_be_stopped(runs: Runs)
 def test_other_boot_means_machine_restarted(runs: Runs) -> None:
     first, spec = runs.launch(["sleep", "60"])
     stale = dataclasses.replace(first.record, boot_id="00000000-0000-0000-0000-000000000000")
-    found = LocalBackend().recover(spec.record_dir, stale)
-    assert found.handle is None and found.exit is None
-    assert found.lost is not None and found.lost.startswith(LOST_MACHINE_RESTARTED)
+    found = LocalExecutor().recover(spec.record_dir, stale, run_id="r")
+    assert isinstance(found, Lost) and found.leftover is None
+    assert found.why.startswith(LOST_MACHINE_RESTARTED)
     assert is_same_process(first.record.sim_identity)  # nothing was touched
 
 
@@ -519,9 +522,9 @@ def test_reused_pid_is_never_signalled(runs: Runs, bystander: subprocess.Popen[b
     )
     record_dir = runs.base / "old-run"
     record_dir.mkdir()
-    found = LocalBackend().recover(record_dir, record)
-    assert found.handle is None and found.exit is None
-    assert found.lost is not None and found.lost.startswith(LOST_KEEPER_KILLED)
+    found = LocalExecutor().recover(record_dir, record, run_id="r")
+    assert isinstance(found, Lost) and found.leftover is None
+    assert found.why.startswith(LOST_KEEPER_KILLED)
     # Even a handle made from that record refuses.
     handle = LocalRunHandle(
         record, record_dir=record_dir, run_id="old", keeper_pidfd=None, sim_pidfd=None
@@ -565,8 +568,8 @@ def test_own_pid_with_wrong_start_time_is_never_signalled(tmp_path: Path) -> Non
 
 def test_recover_from_files_when_the_record_was_never_saved(runs: Runs) -> None:
     first, spec = runs.launch(["sleep", "60"])
-    found = LocalBackend().recover(spec.record_dir, None)
-    assert found.record == first.record
+    found = LocalExecutor().recover(spec.record_dir, None, run_id="r")
+    assert isinstance(found, Adopted) and found.handle.record == first.record
     assert isinstance(found.handle, LocalRunHandle)
     runs.track(found.handle)
     assert found.handle.exit_status() is None
@@ -575,39 +578,37 @@ def test_recover_from_files_when_the_record_was_never_saved(runs: Runs) -> None:
 def test_recover_never_started(runs: Runs, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    found = LocalBackend().recover(empty, None)
-    assert found.never_started and found.handle is None and found.exit is None
-    assert found.lost is not None
+    found = LocalExecutor().recover(empty, None, run_id="r")
+    assert isinstance(found, NeverStarted) and found.why
 
     # A keeper that ran and was killed before the simulation reported.
-    runs.backend = LocalBackend(
+    runs.executor = LocalExecutor(
         setsid_path=fake_setsid(tmp_path, "kill -9 $PPID; exec sleep 60"), report_timeout=0.3
     )
     spec = runs.spec(["sleep", "60"])
     with pytest.raises(LaunchError, match="keeper killed by SIGKILL"):
-        runs.backend.launch(spec)
+        runs.executor.launch(spec)
     keeper_pid, _ = parse_stat_line((spec.record_dir / KEEPER_FILE).read_text())
     # What it left in its group was SIGKILLed too.
     wait_for(lambda: not live_group_members(keeper_pid), "the keeper's group to die")
     assert not (spec.record_dir / SIM_FILE).exists()
-    found = LocalBackend().recover(spec.record_dir, None)
-    assert found.never_started and found.handle is None and found.exit is None
+    found = LocalExecutor().recover(spec.record_dir, None, run_id="r")
+    assert isinstance(found, NeverStarted)
 
 
 def test_recover_from_files_of_another_boot(tmp_path: Path) -> None:
     (tmp_path / BOOT_ID_FILE).write_text("00000000-0000-0000-0000-000000000000\n")
-    found = LocalBackend().recover(tmp_path, None)
-    assert found.lost is not None and found.lost.startswith(LOST_MACHINE_RESTARTED)
-    assert found.handle is None and found.exit is None
+    found = LocalExecutor().recover(tmp_path, None, run_id="r")
+    assert isinstance(found, NeverStarted) and found.why.startswith(LOST_MACHINE_RESTARTED)
 
 
 HELPER = """
 import dataclasses, json, sys, time
 from pathlib import Path
 from supervisor.executors.base import LaunchSpec
-from supervisor.executors.local.executor import LocalBackend
+from supervisor.executors.local.executor import LocalExecutor
 d = Path(sys.argv[1])
-h = LocalBackend().launch(LaunchSpec(run_id="sigint", argv=["sleep", "60"], cwd=d,
+h = LocalExecutor().launch(LaunchSpec(run_id="sigint", argv=["sleep", "60"], cwd=d,
     env={"PATH": "/usr/bin:/bin"}, log_path=d / "sim.log", record_dir=d / "rec"))
 print("RECORD", json.dumps(dataclasses.asdict(h.record)), flush=True)
 time.sleep(60)
@@ -640,8 +641,8 @@ def test_ctrl_c_to_the_daemons_group_reaches_neither_keeper_nor_simulation(
     assert is_same_process(record.keeper_identity)
     assert is_same_process(record.sim_identity)
     # Now an orphan of a dead daemon: adopted, stopped, and its status read.
-    found = LocalBackend().recover(tmp_path / "rec", record)
-    assert isinstance(found.handle, LocalRunHandle)
+    found = LocalExecutor().recover(tmp_path / "rec", record, run_id="r")
+    assert isinstance(found, Adopted) and isinstance(found.handle, LocalRunHandle)
     handle = runs.track(found.handle)
     assert handle.signal_group(signal.SIGTERM)
     assert wait_exit(handle) == ExitStatus(None, signal.SIGTERM)

@@ -7,12 +7,27 @@ import os
 import re
 import shutil
 import signal
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
 from supervisor.errors import LaunchError
-from supervisor.executors.base import LaunchSpec, ProcessIdentity, ProcessRecord, Recovered
+from supervisor.executors.base import (
+    Adopted,
+    EndedWhileAway,
+    ExitStatus,
+    FailedToStart,
+    LaunchSpec,
+    Lost,
+    NeverStarted,
+    ProcessIdentity,
+    ProcessRecord,
+    Recovery,
+    RunHandle,
+    StillStarting,
+)
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
     current_boot_id,
@@ -45,7 +60,6 @@ from supervisor.executors.local.spawn import (
     log_tail,
     make_pipe,
     open_log,
-    read_report,
     resolve_program,
 )
 from supervisor.signames import signal_name
@@ -59,6 +73,8 @@ LAUNCH_REPORT_TIMEOUT = 5.0
 # After a failed launch: how long to wait for the keeper to end by itself, then to be reaped.
 KEEPER_EXIT_GRACE = 1.0
 KEEPER_REAP_TIMEOUT = 2.0
+# The keeper reports one /proc stat line (well under this).
+REPORT_READ_BYTES = 4096
 
 LOST_MACHINE_RESTARTED = "the machine restarted"
 LOST_KEEPER_KILLED = "the keeper process was killed; exit status unknown"
@@ -70,8 +86,11 @@ LOST_NEVER_STARTED = "never started"
 DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
-class LocalBackend:
+class LocalExecutor:
     """Runs simulations on this machine under a per-run sh keeper."""
+
+    name = "local"
+    poll_interval: float | None = None  # each run's keeper pidfd tells when it ends
 
     def __init__(
         self,
@@ -86,8 +105,8 @@ class LocalBackend:
 
     # -- launch --
 
-    def launch(self, spec: LaunchSpec) -> LocalRunHandle:
-        """Start the run under its keeper; returns once the simulation's pid is known."""
+    def begin_launch(self, spec: LaunchSpec) -> LocalLaunch:
+        """Spawn the run's keeper and return at once; the launch completes in LocalLaunch.poll."""
         cwd, argv = self._check_spec(spec)
         record_dir = spec.record_dir.absolute()
         with contextlib.ExitStack() as ours:
@@ -97,7 +116,7 @@ class LocalBackend:
                     log_fd, log_start = open_log(spec.log_path.absolute())
                     theirs.callback(os.close, log_fd)
                     report, report_child = make_pipe(ours, theirs, child_writes=True)
-                    _go, go_child = make_pipe(ours, theirs, child_writes=False)
+                    go, go_child = make_pipe(ours, theirs, child_writes=False)
                 except OSError as exc:
                     raise LaunchError(f"cannot prepare the run's files: {exc}") from exc
                 keeper_pid = self._spawn(
@@ -110,18 +129,31 @@ class LocalBackend:
                 os.killpg(keeper_pid, signal.SIGKILL)
                 os.waitpid(keeper_pid, 0)
                 raise LaunchError(f"cannot watch the run's keeper: {exc}") from exc
-            try:
-                line, why = read_report(report, self.report_timeout)
-                if line is None:
-                    grace = KEEPER_EXIT_GRACE if why == KEEPER_ENDED else 0.0
-                    raise self._abort(
-                        spec, record_dir, keeper_pid, keeper_fd, why, log_start, grace
-                    )
-                # Leaving the `with` closes the go pipe: the simulation may exec.
-                return self._handle_for(spec, record_dir, keeper_pid, keeper_fd, line, log_start)
-            except BaseException:
-                os.close(keeper_fd)
-                raise
+            os.set_blocking(report, False)
+            launch = LocalLaunch(
+                self,
+                spec,
+                record_dir=record_dir,
+                keeper_pid=keeper_pid,
+                keeper_fd=keeper_fd,
+                report_fd=report,
+                go_fd=go,
+                log_start=log_start,
+            )
+            ours.pop_all()  # the pipes' ends now belong to the launch
+            return launch
+
+    def launch(self, spec: LaunchSpec) -> LocalRunHandle:
+        """Start a run and wait until the simulation's pid is known (tests and tools)."""
+        launch = self.begin_launch(spec)
+        while True:
+            readable(launch.fileno(), max(0.0, launch.deadline - time.monotonic()))
+            handle = launch.poll()
+            if handle is not None:
+                return handle
+
+    def poll(self, handles: Sequence[RunHandle]) -> None:
+        """Nothing to do: each local handle's pidfd tells when its run ends."""
 
     def _check_spec(self, spec: LaunchSpec) -> tuple[Path, list[str]]:
         if not spec.argv:
@@ -188,7 +220,7 @@ class LocalBackend:
         except (OSError, ValueError) as exc:
             raise LaunchError(f"could not start the run's keeper ({SH_PATH}): {exc}") from exc
 
-    def _handle_for(
+    def handle_for(
         self,
         spec: LaunchSpec,
         record_dir: Path,
@@ -201,16 +233,16 @@ class LocalBackend:
             sim = parse_stat(line)
         except ValueError:
             why = f"reported garbage instead of the simulation's pid: {line[:80]!r}"
-            raise self._abort(spec, record_dir, keeper_pid, keeper_fd, why, log_start) from None
+            raise self.abort(spec, record_dir, keeper_pid, keeper_fd, why, log_start) from None
         if not (sim.ppid == keeper_pid and sim.pgrp == sim.pid == sim.session):
             # setsid forked (not util-linux, or run by a group leader): the keeper would be
             # waiting for the wrong process and report the run over at once.
             why = f"started the simulation outside its own session (setsid {self.setsid_path})"
-            raise self._abort(spec, record_dir, keeper_pid, keeper_fd, why, log_start)
+            raise self.abort(spec, record_dir, keeper_pid, keeper_fd, why, log_start)
         keeper_stat = read_stat(keeper_pid)  # our unreaped child: present, maybe a zombie
         if keeper_stat is None:
             why = "vanished although it was not reaped"
-            raise self._abort(spec, record_dir, keeper_pid, keeper_fd, why, log_start)
+            raise self.abort(spec, record_dir, keeper_pid, keeper_fd, why, log_start)
         boot_id = current_boot_id()
         record = ProcessRecord(
             pid=sim.pid,
@@ -238,7 +270,7 @@ class LocalBackend:
             sim_pidfd=sim_fd,
         )
 
-    def _abort(
+    def abort(
         self,
         spec: LaunchSpec,
         record_dir: Path,
@@ -278,25 +310,21 @@ class LocalBackend:
 
     # -- recover --
 
-    def recover(
-        self, record_dir: Path, record: ProcessRecord | None, *, run_id: str | None = None
-    ) -> Recovered:
+    def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
         """Find a run again after a restart, from its saved record or from its files alone."""
         record_dir = record_dir.absolute()
         if record is None:
             return self._recover_from_files(record_dir, run_id)
         return self._recover_record(record_dir, record, run_id)
 
-    def _recover_record(
-        self, record_dir: Path, record: ProcessRecord, run_id: str | None
-    ) -> Recovered:
+    def _recover_record(self, record_dir: Path, record: ProcessRecord, run_id: str) -> Recovery:
         boot_id = current_boot_id()
         # A recorded exit is the truth even from an earlier boot: read it before the boot id.
         status = read_exit_file(record_dir)
         if status is None and record.boot_id != boot_id:
             why = f"{LOST_MACHINE_RESTARTED} (boot id {record.boot_id}, now {boot_id})"
             log.warning("run_lost", run_id=run_id, why=why)
-            return Recovered(lost=why, record=record)
+            return Lost(why, record)
         if status is not None:
             log.info(
                 "run_ended_while_away",
@@ -304,7 +332,7 @@ class LocalBackend:
                 exit_code=status.exit_code,
                 exit_signal=status.exit_signal,
             )
-            return Recovered(exit=status, record=record)
+            return EndedWhileAway(status, record)
         keeper_fd = open_pidfd(record.keeper_identity, zombie_ok=False)
         sim_fd = open_pidfd(record.sim_identity, zombie_ok=True)
         if keeper_fd is not None:
@@ -316,32 +344,34 @@ class LocalBackend:
                 keeper_pidfd=keeper_fd,
                 sim_pidfd=sim_fd,
             )
-            return Recovered(handle=handle, record=record)
+            return Adopted(handle)
         status = read_exit_file(record_dir)  # the keeper may have finished since the first look
         if status is not None:
             if sim_fd is not None:
                 os.close(sim_fd)
-            return Recovered(exit=status, record=record)
+            return EndedWhileAway(status, record)
         why = f"{LOST_KEEPER_KILLED} (keeper pid {record.keeper_pid})"
         log.warning("run_lost", run_id=run_id, why=why, simulation_alive=sim_fd is not None)
         if sim_fd is None:
-            return Recovered(lost=why, record=record)
+            return Lost(why, record)
         handle = LocalRunHandle(
             record, record_dir=record_dir, run_id=run_id, keeper_pidfd=None, sim_pidfd=sim_fd
         )
-        return Recovered(handle=handle, lost=why, record=record)
+        return Lost(why, record, leftover=handle)
 
-    def _recover_from_files(self, record_dir: Path, run_id: str | None) -> Recovered:
+    def _recover_from_files(self, record_dir: Path, run_id: str) -> Recovery:
         boot_id = read_boot_id_file(record_dir)
         if boot_id is None:
-            return Recovered(lost=f"{LOST_NEVER_STARTED} (no launch recorded)", never_started=True)
+            return NeverStarted(f"{LOST_NEVER_STARTED} (no launch recorded)")
         if boot_id != current_boot_id():
             status = read_exit_file(record_dir)
             if status is not None:
-                return Recovered(exit=status)
+                return _failed_before_start(status)
             why = f"{LOST_MACHINE_RESTARTED} (boot id {boot_id}, now {current_boot_id()})"
             # Nothing from that boot runs any more; whether the simulation ever ran is unknown.
-            return Recovered(lost=why, never_started=not (record_dir / SIM_FILE).exists())
+            if (record_dir / SIM_FILE).exists():
+                return Lost(why, None)
+            return NeverStarted(why)
         sim = identity_from_file(record_dir / SIM_FILE, boot_id)
         keeper = identity_from_file(record_dir / KEEPER_FILE, boot_id)
         if sim is not None and keeper is not None:
@@ -357,23 +387,23 @@ class LocalBackend:
         return self._recover_unreported(record_dir, keeper, run_id)
 
     def _recover_unreported(
-        self, record_dir: Path, keeper: ProcessIdentity | None, run_id: str | None
-    ) -> Recovered:
+        self, record_dir: Path, keeper: ProcessIdentity | None, run_id: str
+    ) -> Recovery:
         """No simulation ever reported from here: say so, or wait for a keeper still starting."""
         if keeper is not None and is_same_process(keeper):
             age = process_age_seconds(keeper.start_ticks)
             if age < self.report_timeout:
                 # Not blocking here: the caller looks again later.
-                return Recovered(lost=f"starting (keeper pid {keeper.pid}, {age:.1f} s old)")
+                return StillStarting(f"keeper pid {keeper.pid} is {age:.1f} s old")
             self._kill_stuck_keeper(keeper, run_id)
             why = f"{LOST_NEVER_STARTED} (keeper pid {keeper.pid} never reported; killed)"
-            return Recovered(lost=why, never_started=True)
+            return NeverStarted(why)
         status = read_exit_file(record_dir)
         if status is not None:
             # The keeper ran and recorded a failure before the simulation could start.
-            return Recovered(exit=status)
+            return _failed_before_start(status)
         seen = "its keeper started but ended" if keeper is not None else "no keeper started"
-        return Recovered(lost=f"{LOST_NEVER_STARTED} ({seen})", never_started=True)
+        return NeverStarted(f"{LOST_NEVER_STARTED} ({seen})")
 
     def _kill_stuck_keeper(self, keeper: ProcessIdentity, run_id: str | None) -> None:
         # The keeper leads its own group: this stops it and a setsid not yet done.
@@ -396,3 +426,96 @@ class LocalBackend:
             os.close(fd)
         if sent:
             log.warning("signal_sent", run_id=run_id, pgid=leader.pid, signal="SIGKILL", why=why)
+
+
+def _failed_before_start(status: ExitStatus) -> FailedToStart:
+    how = status.describe()
+    return FailedToStart(f"the keeper failed before the simulation ran ({how})")
+
+
+class LocalLaunch:
+    """A keeper spawned and not yet heard from: the loop polls it when its report pipe stirs."""
+
+    def __init__(
+        self,
+        executor: LocalExecutor,
+        spec: LaunchSpec,
+        *,
+        record_dir: Path,
+        keeper_pid: int,
+        keeper_fd: int,
+        report_fd: int,
+        go_fd: int,
+        log_start: int,
+    ) -> None:
+        """Take ownership of the keeper's pidfd and of our ends of its two pipes."""
+        self.run_id = spec.run_id
+        self.deadline = time.monotonic() + executor.report_timeout
+        self._executor = executor
+        self._spec = spec
+        self._record_dir = record_dir
+        self._keeper_pid = keeper_pid
+        self._keeper_fd: int | None = keeper_fd
+        self._report_fd: int | None = report_fd
+        self._go_fd: int | None = go_fd
+        self._log_start = log_start
+        self._buffer = b""
+
+    def fileno(self) -> int:
+        """The report pipe: readable once the keeper reported (or ended)."""
+        if self._report_fd is None:
+            raise ValueError("the launch is over")
+        return self._report_fd
+
+    def poll(self) -> LocalRunHandle | None:
+        """The run's handle once the keeper reported; None before; LaunchError if it failed."""
+        line, why = self._read()
+        if line is None and not why:
+            return None
+        keeper_fd = self._keeper_fd
+        assert keeper_fd is not None
+        self._keeper_fd = None  # from here on the handle or _abort owns it
+        try:
+            if line is None:
+                grace = KEEPER_EXIT_GRACE if why == KEEPER_ENDED else 0.0
+                raise self._executor.abort(
+                    self._spec, self._record_dir, self._keeper_pid, keeper_fd, why,
+                    self._log_start, grace,
+                )
+            return self._executor.handle_for(
+                self._spec, self._record_dir, self._keeper_pid, keeper_fd, line, self._log_start
+            )
+        except BaseException:
+            os.close(keeper_fd)
+            raise
+        finally:
+            self._close_pipes()  # closing the go pipe lets the simulation exec
+
+    def _read(self) -> tuple[str | None, str]:
+        """(line, "") once reported; (None, why) if it failed; (None, "") not yet."""
+        fd = self.fileno()
+        while b"\n" not in self._buffer:
+            try:
+                chunk = os.read(fd, REPORT_READ_BYTES)
+            except BlockingIOError:
+                if time.monotonic() >= self.deadline:
+                    timeout = self._executor.report_timeout
+                    return None, f"did not report the simulation's start within {timeout:g} s"
+                return None, ""
+            if not chunk:
+                return None, KEEPER_ENDED
+            self._buffer += chunk
+        return self._buffer.split(b"\n", 1)[0].decode("utf-8", "replace"), ""
+
+    def abandon(self) -> None:
+        """Let the keeper go on unwatched: a restarted daemon finds the run from its files."""
+        self._close_pipes()
+        if self._keeper_fd is not None:
+            os.close(self._keeper_fd)
+            self._keeper_fd = None
+
+    def _close_pipes(self) -> None:
+        for fd in (self._report_fd, self._go_fd):
+            if fd is not None:
+                os.close(fd)
+        self._report_fd = self._go_fd = None

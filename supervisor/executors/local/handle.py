@@ -8,11 +8,15 @@ from types import TracebackType
 
 import structlog
 
-from supervisor.executors.base import UNKNOWN_EXIT, ExitStatus, ProcessRecord
+from supervisor.executors.base import UNKNOWN_EXIT, ExitStatus, ProcessIdentity, ProcessRecord
 from supervisor.executors.local.identity import (
-    group_members_alive,
+    EXITED_STATES,
+    Stat,
     leader_is_ours,
+    live_group_member,
+    open_pidfd,
     pidfd_group_signal,
+    read_stat,
     readable,
     reap,
 )
@@ -43,6 +47,8 @@ class LocalRunHandle:
         self._fd: int | None = keeper_pidfd if keeper_pidfd is not None else os.eventfd(1)
         self._sim_pidfd = sim_pidfd
         self._status: ExitStatus | None = None
+        self._member: Stat | None = None  # a live process of the group, found by group_alive()
+        self._member_fd: int | None = None
 
     def __enter__(self) -> LocalRunHandle:
         return self
@@ -154,12 +160,40 @@ class LocalRunHandle:
             present = True
         # Signal 0 also "reaches" zombies; only a look at the members tells them apart. The
         # group still exists here, so its number cannot have been reused meanwhile.
-        return bool(present) and group_members_alive(self.record.pgid)
+        return bool(present) and self._member_alive()
+
+    def _member_alive(self) -> bool:
+        """True if a live process is in the group; keeps a pidfd of it to wait on.
+
+        The scan of /proc is what costs (milliseconds with many processes): while the member
+        found last time still lives in the group, no scan is needed, and the loop waits on its
+        pidfd (leftover_fileno) instead of looking again on a timer.
+        """
+        if self._member_fd is not None:
+            if not readable(self._member_fd, 0) and self._member is not None:
+                found = read_stat(self._member.pid)
+                if found is not None and found.start_ticks == self._member.start_ticks and (
+                    found.pgrp == self.record.pgid and found.state not in EXITED_STATES
+                ):
+                    return True
+            os.close(self._member_fd)
+            self._member_fd = self._member = None
+        member = live_group_member(self.record.pgid)
+        if member is None:
+            return False
+        identity = ProcessIdentity(member.pid, member.start_ticks, self.record.boot_id)
+        self._member_fd = open_pidfd(identity, zombie_ok=False)
+        self._member = member if self._member_fd is not None else None
+        return True
+
+    def leftover_fileno(self) -> int | None:
+        """A pidfd of the group member group_alive() found last: readable when it ends."""
+        return self._member_fd
 
     def close(self) -> None:
         """Close the pidfds (the processes are not touched)."""
-        for fd in (self._fd, self._sim_pidfd):
+        for fd in (self._fd, self._sim_pidfd, self._member_fd):
             if fd is not None:
                 os.close(fd)
-        self._fd = None
-        self._sim_pidfd = None
+        self._fd = self._sim_pidfd = self._member_fd = None
+        self._member = None

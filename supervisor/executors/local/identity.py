@@ -135,8 +135,8 @@ def reap(pidfd: int) -> os.waitid_result | None:
 
 
 
-def group_members_alive(pgid: int) -> bool:
-    """True if some process that is not a zombie has process group `pgid`."""
+def live_group_member(pgid: int) -> Stat | None:
+    """A process of group `pgid` that is not a zombie, or None (a scan of all of /proc)."""
     # Zombies stay in their group until reaped, and an init that does not reap (as in some
     # containers) keeps orphans' zombies forever: they must not count as alive.
     for entry in os.scandir(PROC_PATH):
@@ -144,8 +144,8 @@ def group_members_alive(pgid: int) -> bool:
             continue
         found = read_stat(int(entry.name))
         if found is not None and found.pgrp == pgid and found.state not in EXITED_STATES:
-            return True
-    return False
+            return found
+    return None
 
 
 _group_pidfd_signals: bool | None = None  # PIDFD_SIGNAL_PROCESS_GROUP works (found on first use)

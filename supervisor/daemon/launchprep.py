@@ -1,0 +1,71 @@
+"""From a PENDING row to what an executor needs: checks, the run directory, command, environment.
+
+Any program may write a PENDING row, so every row is checked as `runsup submit` checks its
+input (the same functions), and a row that cannot run gets words a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from supervisor import rundir
+from supervisor.db import RunRecord, check_config_json, is_valid_run_id
+from supervisor.errors import ValidationError
+from supervisor.executors.base import LaunchSpec
+from supervisor.notify import scrub_environment
+from supervisor.settings import Template
+
+
+def row_problem(record: RunRecord, templates: Mapping[str, Template]) -> str | None:
+    """Why a PENDING row some program wrote cannot be run, or None if it can."""
+    if not is_valid_run_id(record.id):
+        return f"invalid run id {record.id!r}: expected 12 lowercase hex characters"
+    if record.template not in templates:
+        known = ", ".join(sorted(templates))
+        return f"unknown template {record.template!r} (known: {known})"
+    try:
+        check_config_json(record.config_json)
+    except ValidationError as exc:
+        return f"config_json: {exc}"
+    return None
+
+
+def prepare(record: RunRecord, template: Template, runs_dir: Path) -> LaunchSpec:
+    """Create the run directory and its config; the launch spec. OSError if the disk says no."""
+    run_dir = rundir.run_dir_for(runs_dir, record.id)
+    config = check_config_json(record.config_json)
+    config_file = rundir.create_run_dir(run_dir, config, template.config_format)
+    return launch_spec(record.id, template, run_dir, config_file)
+
+
+def launch_spec(run_id: str, template: Template, run_dir: Path, config_file: Path) -> LaunchSpec:
+    """The command with its placeholders filled in, and the environment SPEC section 4 gives."""
+    progress = rundir.progress_path(run_dir)
+    values = {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "config_path": str(config_file),
+        "progress_path": str(progress),
+        "python": sys.executable,
+    }
+    env = scrub_environment(os.environ)
+    env.update(template.env)
+    env.update(
+        {
+            "RUNSUP_RUN_ID": run_id,
+            "RUNSUP_RUN_DIR": str(run_dir),
+            "RUNSUP_PROGRESS_FILE": str(progress),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return LaunchSpec(
+        run_id=run_id,
+        argv=template.render_command(values),
+        cwd=run_dir,
+        env=env,
+        log_path=rundir.log_path(run_dir),
+        record_dir=rundir.record_dir(run_dir),
+    )

@@ -1,0 +1,1074 @@
+"""The supervision loop: composes the store, the executors, progress tails and watchers.
+
+One thread runs the loop; signal handlers and watcher threads only record and wake it.
+Everything the loop waits for is a file descriptor (a wake pipe, a launch's report pipe, a run's
+end, a leftover process) or a deadline, so it is idle when nothing happens and reacts within
+milliseconds when something does. Nothing in a pass waits for long: a launch is begun and
+finished when its executor reports back, and status writes are gathered in an Outbox that
+commits a pass's starts, ends and progress in one transaction and, while another program holds
+the database locked, keeps them and tries again while the loop goes on serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import selectors
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import structlog
+
+from supervisor import logcap, rundir
+from supervisor import outcome as outcomes
+from supervisor.daemon import launchprep, recovery
+from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
+from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
+from supervisor.db import (
+    ProgressUpdate,
+    RunRecord,
+    Store,
+    claim_released_change,
+    final_change,
+    is_valid_run_id,
+    running_change,
+    timed_out_change,
+    utcnow,
+)
+from supervisor.errors import ConfigError, DatabaseBusy, LaunchError, SupervisorError
+from supervisor.executors.base import Executor, ExitStatus, Launch, ProcessRecord, RunHandle
+from supervisor.executors.local.executor import LocalExecutor
+from supervisor.executors.local.identity import current_boot_id, process_age_seconds
+from supervisor.notify import Notifier
+from supervisor.outcome import Outcome
+from supervisor.progress import ProgressState, ProgressTail
+from supervisor.settings import Settings, Template, load_settings
+from supervisor.states import RunStatus
+from supervisor.watch import DirectoryWatcher
+
+log = structlog.get_logger(__name__)
+
+# A run that exited with processes left in its group: look at the group again after this long,
+# doubling up to the maximum (the loop also wakes when the leftover it watches ends), so a
+# group that lingers costs a bounded number of /proc scans, not one every few milliseconds.
+GROUP_CHECK_FIRST_SECONDS = 0.05
+GROUP_CHECK_MAX_SECONDS = 2.0
+# After an error in one pass of the loop, wait this long before the next (no hot spin).
+ERROR_BACKOFF_SECONDS = 1.0
+# The loop's own writes wait at most this long for another program's write lock, then give up
+# and try again later: a locked database must never stall the loop (systemd's watchdog, signal
+# escalation and progress go on meanwhile).
+LOOP_BUSY_TIMEOUT_MS = 100
+# A claim whose keeper was still starting at the last look is looked at again this often.
+CLAIM_RECHECK_SECONDS = 0.5
+# On the way out, keep trying to commit what is left for at most this long.
+SHUTDOWN_FLUSH_SECONDS = 5.0
+DAEMON_LOCK_FILENAME = ".daemon.lock"
+# Bits always added to the daemon's umask (hence its runs'): as systemd's UMask=0027.
+UMASK_FLOOR = 0o027
+# Crash points for fault-injection tests; inert unless this variable names one.
+CRASH_POINT_VARIABLE = "RUNSUP_TEST_CRASH_POINT"
+
+# Selector tags: what a ready file descriptor means.
+_WAKE = "wake"
+_EXIT = "exit"
+_LAUNCH = "launch"
+_LEFTOVER = "leftover"
+
+
+def crash_point(name: str) -> None:
+    """Die at once, as a SIGKILL would, if a test armed this point (does nothing otherwise)."""
+    if os.environ.get(CRASH_POINT_VARIABLE) == name:
+        log.warning("crash_point_reached", point=name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Clock(Protocol):
+    """Time as the loop reads it; tests pass their own."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (deadlines)."""
+        ...
+
+    def utcnow(self) -> datetime:
+        """The wall clock, UTC (only for what is compared with stored timestamps)."""
+        ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+    def utcnow(self) -> datetime:
+        """The current UTC time."""
+        return utcnow()
+
+
+@dataclass
+class TrackedRun:
+    """A run the loop is responsible for, from its start until its final status is committed."""
+
+    run_id: str
+    run_dir: Path
+    template: Template | None
+    handle: RunHandle
+    tail: ProgressTail
+    progress: ProgressState
+    state: RunState
+    flushed: ProgressUpdate | None = None
+    exit_fd: int | None = None  # registered with the selector until the run ends
+    leftover_fd: int | None = None  # registered with the selector while the group lingers
+    group_check_at: float | None = None
+    group_check_delay: float = GROUP_CHECK_FIRST_SECONDS
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        """The template's wall-clock limit."""
+        return self.template.timeout_seconds if self.template else None
+
+    def progress_update(self) -> ProgressUpdate:
+        """The run's progress as a row update."""
+        s = self.progress
+        return ProgressUpdate(
+            run_id=self.run_id,
+            current_erlang=s.current_erlang,
+            total_erlangs=s.total_erlangs,
+            current_iteration=s.current_iteration,
+            total_iterations=s.total_iterations,
+            erlang_index=s.erlang_index,
+            offset=self.tail.offset,
+            bad_lines=self.tail.bad_lines,
+        )
+
+
+@dataclass
+class InFlight:
+    """A launch begun and not yet reported back."""
+
+    launch: Launch
+    record: RunRecord
+    template: Template
+    run_dir: Path
+    fd: int | None  # registered with the selector (unregistered by number: poll closes it)
+
+
+class Daemon:
+    """The supervisor: takes PENDING runs, watches them, settles them, survives restarts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        executor: Executor | None = None,
+        notifier: Notifier | None = None,
+        config_file: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor: Executor = executor or LocalExecutor()
+        self.notifier = notifier or Notifier.from_environ()
+        self.config_file = config_file
+        self.clock: Clock = clock or SystemClock()
+        self.outbox = Outbox(store)
+        self.runs: dict[str, TrackedRun] = {}
+        self.launching: dict[str, InFlight] = {}
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signals: list[int] = []
+        self.stopping = False
+        self._forced = False
+        self._pending_count = 0
+        self._claims_waiting: dict[str, float] = {}  # run id -> monotonic time to look again
+        self._cancel_seen: set[str] = set()  # cancels asked while the run was still launching
+        self._progress_read: set[str] = set()  # runs whose tail was read since the last flush
+        self._next_rescan = 0.0
+        self._next_db_poll = 0.0
+        self._db_unsynced = False  # a database pass failed half-way: look again
+        self._next_watchdog = 0.0
+        self._last_status = ""
+        self._probe = store.change_probe()
+        self._runs_watcher: DirectoryWatcher | None = None
+        self._db_watcher: DirectoryWatcher | None = None
+        self._lock_fd: int | None = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the loop look around now (called from other threads and signal handlers)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only record it; the loop acts (uvicorn's rule). A second SIGINT forces exit.
+        if signum == signal.SIGINT and self.stopping:
+            self._forced = True
+        self._signals.append(signum)
+        self.wake()
+
+    def run(self) -> int:
+        """Serve until asked to stop; returns the exit code."""
+        self._acquire_lock()
+        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, ""))
+        self._start_watchers()
+        self.recover()
+        self._guarded(lambda: self._sync_db_or_wait(force=True))
+        self._guarded(self._flush)
+        self.notifier.ready(self._status_text())
+        log.info(
+            "daemon_ready",
+            runs_dir=str(self.settings.runs_dir),
+            database=self.settings.database,
+            max_concurrent_runs=self.settings.max_concurrent_runs,
+            adopted=len(self.runs),
+        )
+        try:
+            while not self._done():
+                self._guarded(self.step)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _done(self) -> bool:
+        if not self.stopping:
+            return False
+        if self._forced or self.settings.on_stop == "detach":
+            return True
+        return not self.runs and not self.launching
+
+    def _guarded(self, step: Any) -> None:
+        try:
+            step()
+        except Exception as exc:  # the daemon never dies of one bad pass
+            log.error("loop_error", error=str(exc), error_type=type(exc).__name__, exc_info=True)
+            self._db_unsynced = True
+            time.sleep(ERROR_BACKOFF_SECONDS)
+
+    def _acquire_lock(self) -> None:
+        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        path = self.settings.runs_dir / DAEMON_LOCK_FILENAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = path.read_text().strip() or "?"
+            raise SupervisorError(
+                f"another runsup daemon (pid {other}) already serves {self.settings.runs_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _start_watchers(self) -> None:
+        self._runs_watcher = self._watcher(self.settings.runs_dir, recursive=True)
+        db_path = self.settings.database_path
+        if db_path is not None:
+            # Other programs' commits touch the -wal file: a hint to look at the database.
+            self._db_watcher = self._watcher(db_path.parent, recursive=False)
+
+    def _watcher(self, path: Path, *, recursive: bool) -> DirectoryWatcher:
+        watcher = DirectoryWatcher(
+            [path],
+            self.wake,
+            recursive=recursive,
+            force_polling=self.settings.force_polling,
+            poll_delay_ms=self.settings.poll_delay_ms,
+        )
+        watcher.start()
+        return watcher
+
+    def _shutdown(self) -> None:
+        # The last STATUS= stays on the unit after it stops: say what was left running.
+        self.notifier.stopping(f"stopped, {len(self.runs)} left running")
+        for watcher in (self._runs_watcher, self._db_watcher):
+            if watcher is not None:
+                watcher.stop()
+        for flight in list(self.launching.values()):
+            # Its keeper goes on; the next daemon finds the claimed run from its files.
+            flight.launch.abandon()
+        self.launching.clear()
+        self._queue_progress()
+        deadline = self.clock.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        while not self.outbox.flush(self.clock.monotonic()) and self.clock.monotonic() < deadline:
+            time.sleep(max(0.0, self.outbox.retry_at - self.clock.monotonic()))
+        if len(self.outbox):
+            log.error("writes_lost_at_exit", writes=len(self.outbox), error=self.outbox.last_error)
+        for run in list(self.runs.values()):
+            # Detach: the keeper goes on and the next daemon re-adopts the run.
+            self._forget(run)
+        self._probe.close()
+        log.info("daemon_stopped", detached=self.settings.on_stop == "detach")
+
+    # -- one pass -----------------------------------------------------------
+
+    def step(self) -> None:
+        """One pass: wait for something to happen (or a deadline), then act on all of it."""
+        timeout = self._next_timeout()
+        for key, _ in self.selector.select(timeout):
+            kind, run_id = key.data
+            if kind == _WAKE:
+                self._drain_wake()
+            elif kind == _LAUNCH:
+                self._poll_launch(run_id)
+            elif kind == _EXIT:
+                self._on_exit(run_id)
+            elif kind == _LEFTOVER:
+                self._check_group(run_id)
+        self._handle_signals()
+        now = self.clock.monotonic()
+        self._poll_due_launches(now)
+        changed = self._runs_watcher.drain() if self._runs_watcher else set()
+        self._read_progress(self._runs_touched(changed))
+        # Only runs whose log changed: a progress line cannot grow the log (and a cap check
+        # per progress batch cost ~8 % of the loop at 10,000 lines/s; bench/ load scenario).
+        self._bound_logs(self._runs_touched(p for p in changed if p.name == rundir.LOG_FILENAME))
+        db_hint = bool(self._db_watcher.drain()) if self._db_watcher else False
+        if now >= self._next_rescan:
+            self._rescan(now)
+            self._next_rescan = now + self.settings.rescan_interval_seconds
+        if db_hint or now >= self._next_db_poll:
+            self._next_db_poll = now + self.settings.db_poll_interval_seconds
+            self._sync_db_or_wait(force=False)
+        self._check_deadlines(now)
+        self._flush()
+        self._report_status()
+
+    def _next_timeout(self) -> float:
+        now = self.clock.monotonic()
+        deadlines = [self._next_rescan, self._next_db_poll]
+        if self.notifier.watchdog_interval:
+            deadlines.append(self._next_watchdog)
+        if self.outbox.blocked_since is not None:
+            deadlines.append(self.outbox.retry_at)
+        for flight in self.launching.values():
+            deadlines.append(flight.launch.deadline)
+        for run in self.runs.values():
+            due = run.state.next_deadline()
+            if due is not None:
+                deadlines.append(due)
+            if run.group_check_at is not None:
+                deadlines.append(run.group_check_at)
+        if self._claims_waiting:
+            deadlines.append(min(self._claims_waiting.values()))
+        return max(0.0, min(deadlines) - now)
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif not self.stopping:
+                self._begin_stop(signum)
+
+    def _begin_stop(self, signum: int) -> None:
+        self.stopping = True
+        self.notifier.stopping()
+        log.info(
+            "daemon_stopping", signal=signal.Signals(signum).name, on_stop=self.settings.on_stop
+        )
+        if self.settings.on_stop == "cancel":
+            for run in self.runs.values():
+                self.store.request_cancel(run.run_id)
+                self._request_cancel(run)
+            self._cancel_seen.update(self.launching)
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.config_file)
+        except ConfigError as exc:
+            log.error("reload_refused", error=str(exc))
+        else:
+            # Where the runs and the database live cannot change under live runs.
+            kept = replace(new, database=self.settings.database, runs_dir=self.settings.runs_dir)
+            self.settings = kept
+            log.info(
+                "config_reloaded",
+                templates=sorted(kept.templates),
+                max_concurrent_runs=kept.max_concurrent_runs,
+            )
+        self.notifier.ready(self._status_text())
+
+    def _flush(self) -> None:
+        self._queue_progress()
+        self.outbox.flush(self.clock.monotonic())
+
+    # -- progress -----------------------------------------------------------
+
+    def _runs_touched(self, paths: Iterable[Path]) -> set[str]:
+        touched: set[str] = set()
+        # String prefix, not Path.relative_to: 0.3 us a path instead of 3.6 (hundreds a pass).
+        prefix = str(self.settings.runs_dir).rstrip(os.sep) + os.sep
+        cut = len(prefix)
+        for path in paths:
+            text = str(path)
+            if text.startswith(prefix):
+                first = text[cut:].partition(os.sep)[0]
+                if first in self.runs:
+                    touched.add(first)
+        return touched
+
+    def _read_progress(self, run_ids: Iterable[str]) -> None:
+        for run_id in run_ids:
+            run = self.runs.get(run_id)
+            if run is not None:
+                self._read_tail(run)
+
+    def _read_tail(self, run: TrackedRun, *, to_end: bool = False) -> None:
+        self._progress_read.add(run.run_id)
+        for record in run.tail.read_to_end() if to_end else run.tail.read():
+            run.progress = run.progress.apply(record)
+
+    def _queue_progress(self) -> None:
+        # Only runs whose tail was read can have new progress: with 200 runs, comparing every
+        # run on every pass (half the passes read nothing) cost ~2 % of a core (bench/ load).
+        for run_id in self._progress_read:
+            run = self.runs.get(run_id)
+            if run is None:
+                continue
+            update = run.progress_update()
+            if update != run.flushed:
+                self.outbox.progress(update)
+                run.flushed = update
+        self._progress_read.clear()
+
+    def _rescan(self, now: float) -> None:
+        """The truth behind the hints: re-read every progress file, look at every run."""
+        for run in list(self.runs.values()):
+            self._read_tail(run)
+        self._bound_logs(list(self.runs))
+        self._checkpoint_if_large()
+        if self.executor.poll_interval is not None:
+            self.executor.poll([run.handle for run in self.runs.values()])
+        for run in list(self.runs.values()):
+            if run.state.exit is None:
+                self._on_exit(run.run_id)
+
+    def _bound_logs(self, run_ids: Iterable[str]) -> None:
+        for run_id in run_ids:
+            run = self.runs.get(run_id)
+            if run is not None:
+                self._bound_log(run.run_dir)
+
+    def _bound_log(self, run_dir: Path) -> None:
+        """Cut the middle of the run's log once it is past max_log_bytes (see logcap)."""
+        try:
+            cut = logcap.bound_log(rundir.log_path(run_dir), self.settings.max_log_bytes)
+        except OSError as exc:
+            log.warning("log_cut_failed", run_dir=str(run_dir), error=str(exc))
+            return
+        if cut.removed:
+            log.info(
+                "log_cut",
+                run_dir=str(run_dir),
+                removed_bytes=cut.removed,
+                size_after=cut.size_after,
+                method=cut.method,
+            )
+
+    def _checkpoint_if_large(self) -> None:
+        path = self.settings.database_path
+        if path is None:
+            return
+        try:
+            size = os.stat(f"{path}-wal").st_size
+        except OSError:
+            return
+        if size <= self.settings.wal_checkpoint_bytes:
+            return
+        if self.store.checkpoint():
+            log.info("wal_checkpointed", wal_bytes_before=size)
+        else:  # a reader holds an old snapshot: again at the next rescan
+            log.debug("wal_checkpoint_deferred", wal_bytes=size)
+
+    # -- the database: new runs and cancel requests --------------------------
+
+    def _sync_db_or_wait(self, *, force: bool) -> None:
+        """Look at the database; if it is locked, look again soon (never a failed pass)."""
+        try:
+            self._sync_db(force=force)
+        except DatabaseBusy as exc:
+            self._next_db_poll = self.clock.monotonic() + RETRY_INTERVAL_SECONDS
+            log.debug("database_busy", error=str(exc))
+
+    def _sync_db(self, *, force: bool) -> None:
+        # The probe forgets a change once asked: a pass that failed half-way (database busy
+        # or full, a bad row) must look again next time even if nobody commits meanwhile.
+        if not self._probe.changed() and not force and not self._db_unsynced:
+            return
+        self._db_unsynced = True
+        for record in self.store.cancel_requests():
+            self._on_cancel_request(record)
+        if not self.stopping:
+            self._launch_pending()
+        counts = self.store.counts()
+        self._pending_count = counts.get(RunStatus.PENDING.value, 0)
+        self._db_unsynced = False
+
+    def _on_cancel_request(self, record: RunRecord) -> None:
+        run = self.runs.get(record.id)
+        if run is not None:
+            if not run.state.cancel_requested:
+                self._request_cancel(run)
+        elif record.id in self.launching:
+            self._cancel_seen.add(record.id)  # acted on as soon as the launch reports
+        elif (
+            record.status == RunStatus.PENDING
+            and record.launch_claimed_at is None
+            and self.store.transition(
+                record.id,
+                RunStatus.CANCELLED,
+                reason="cancelled before start",
+                expect=[RunStatus.PENDING],
+                values={"error_message": "cancelled before it started"},
+            )
+        ):
+            log.info("run_cancelled_pending", run_id=record.id)
+
+    def _request_cancel(self, run: TrackedRun) -> None:
+        self._act(run, run.state.request_cancel(self.clock.monotonic()))
+
+    def _free_slots(self) -> int:
+        busy = len(self.runs) + len(self.launching) + len(self._claims_waiting)
+        return self.settings.max_concurrent_runs - busy
+
+    def _launch_pending(self) -> None:
+        free = self._free_slots()
+        if free <= 0:
+            return
+        candidates = []
+        for record in self.store.pending_runs(free):
+            problem = launchprep.row_problem(record, self.settings.templates)
+            if problem is not None:
+                self._fail_unstarted_now(record.id, problem)
+            else:
+                candidates.append(record)
+        claimed = set(self.store.claim_many([r.id for r in candidates]))
+        for record in candidates:
+            if record.id in claimed:  # else cancelled or taken in the meantime
+                crash_point("launch_claimed")
+                self._begin_launch(record)
+
+    def _begin_launch(self, record: RunRecord) -> None:
+        template = self.settings.templates[record.template]
+        run_dir = rundir.run_dir_for(self.settings.runs_dir, record.id)
+        try:
+            spec = launchprep.prepare(record, template, self.settings.runs_dir)
+            launch = self.executor.begin_launch(spec)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self._fail_unstarted(record.id, f"cannot prepare run directory {run_dir}: {reason}")
+            return
+        except SupervisorError as exc:
+            self._fail_unstarted(record.id, str(exc))
+            return
+        crash_point("launch_spawned")
+        fd = launch.fileno()
+        if fd is not None:
+            self.selector.register(fd, selectors.EVENT_READ, (_LAUNCH, record.id))
+        self.launching[record.id] = InFlight(launch, record, template, run_dir, fd)
+
+    def _poll_due_launches(self, now: float) -> None:
+        for run_id, flight in list(self.launching.items()):
+            if flight.fd is None or now >= flight.launch.deadline:
+                self._poll_launch(run_id)
+
+    def _poll_launch(self, run_id: str) -> None:
+        flight = self.launching.get(run_id)
+        if flight is None:
+            return
+        try:
+            handle = flight.launch.poll()
+        except LaunchError as exc:
+            self._end_launch(flight)
+            self._fail_unstarted(run_id, str(exc))
+            return
+        if handle is None:
+            return
+        self._end_launch(flight)
+        self._started(flight, handle)
+
+    def _end_launch(self, flight: InFlight) -> None:
+        self.launching.pop(flight.record.id, None)
+        if flight.fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(flight.fd)
+
+    def _started(self, flight: InFlight, handle: RunHandle) -> None:
+        """A launch reported its process: RUNNING (with pid and pgid) goes out with this pass."""
+        record = flight.record
+        proc = handle.record
+        change = _running(record.id, proc, flight.run_dir, "launched")
+        self.outbox.add(change, lambda applied: self._running_recorded(record.id, applied))
+        log.info("run_started", run_id=record.id, pid=proc.pid, pgid=proc.pgid)
+        fresh = replace(record, status=RunStatus.RUNNING.value, started_at=self.clock.utcnow())
+        run = self._track(fresh, handle, flight.run_dir, flight.template)
+        if record.id in self._cancel_seen:
+            self._cancel_seen.discard(record.id)
+            self._request_cancel(run)
+
+    def _running_recorded(self, run_id: str, applied: bool) -> None:
+        if applied:
+            return
+        # Only a foreign program rewriting our row gets here: do not leave a run unowned.
+        run = self.runs.get(run_id)
+        log.error("run_row_changed_under_launch", run_id=run_id)
+        if run is not None:
+            run.handle.signal_group(signal.SIGKILL)
+            self._forget(run)
+
+    def _fail_unstarted(self, run_id: str, reason: str) -> None:
+        """PENDING -> FAILED (could not start), committed with this pass's other writes."""
+        out = outcomes.not_started(reason)
+        change = final_change(
+            run_id,
+            out.status,
+            reason=out.reason,
+            error_message=out.error_message,
+            expect=[RunStatus.PENDING],
+        )
+        self.outbox.add(change)
+        log.warning("run_not_started", run_id=run_id, error=reason)
+
+    def _fail_unstarted_now(self, run_id: str, reason: str) -> None:
+        """As _fail_unstarted, for an unclaimed row: written at once, or the next pass sees it
+        PENDING again (if the database is locked, the pass fails and is tried again)."""
+        out = outcomes.not_started(reason)
+        if self.store.commit_batch(
+            [
+                final_change(
+                    run_id,
+                    out.status,
+                    reason=out.reason,
+                    error_message=out.error_message,
+                    expect=[RunStatus.PENDING],
+                )
+            ]
+        )[0]:
+            log.warning("run_not_started", run_id=run_id, error=reason)
+
+    # -- tracked runs ---------------------------------------------------------
+
+    def _track(
+        self, record: RunRecord, handle: RunHandle, run_dir: Path, template: Template | None
+    ) -> TrackedRun:
+        timeout = template.timeout_seconds if template else None
+        now = self.clock.monotonic()
+        timeout_at = None
+        if timeout is not None:
+            timeout_at = now + max(0.0, timeout - self._run_age(record))
+        state = RunState(
+            grace_seconds=self.settings.cancel_grace_seconds,
+            timeout_at=timeout_at,
+            cause=_stop_cause(record),
+        )
+        tail = ProgressTail(rundir.progress_path(run_dir), offset=record.progress_offset or 0)
+        tail.bad_lines = record.progress_bad_lines or 0
+        run = TrackedRun(
+            run_id=record.id,
+            run_dir=run_dir,
+            template=template,
+            handle=handle,
+            tail=tail,
+            progress=_progress_of(record),
+            state=state,
+        )
+        run.flushed = run.progress_update()
+        self.runs[record.id] = run
+        fd = handle.fileno()
+        if fd is not None:
+            self.selector.register(fd, selectors.EVENT_READ, (_EXIT, record.id))
+            run.exit_fd = fd
+        self._read_tail(run)
+        self._act(run, state.start(now))
+        return run
+
+    def _forget(self, run: TrackedRun) -> None:
+        self._unwatch_exit(run)
+        self._unwatch_leftover(run)
+        run.handle.close()
+        self.runs.pop(run.run_id, None)
+
+    def _unwatch_exit(self, run: TrackedRun) -> None:
+        if run.exit_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(run.exit_fd)
+            run.exit_fd = None
+
+    def _unwatch_leftover(self, run: TrackedRun) -> None:
+        if run.leftover_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(run.leftover_fd)
+            run.leftover_fd = None
+
+    def _act(self, run: TrackedRun, actions: list[SendSignal | MarkTimedOut]) -> None:
+        """Carry out what the run's state machine decided."""
+        for action in actions:
+            if isinstance(action, MarkTimedOut):
+                self.outbox.add(timed_out_change(run.run_id))
+                continue
+            if action.signal == signal.SIGKILL:
+                crash_point("cancel_escalating")
+                if run.handle.group_alive():
+                    run.handle.signal_group(signal.SIGKILL)
+                    log.warning("run_killed", run_id=run.run_id, pgid=run.handle.record.pgid)
+                if run.state.exit is not None:  # else the run's end wakes the loop
+                    self._schedule_group_check(run, reset=True)
+                continue
+            sent = run.handle.signal_group(action.signal)
+            log.info(
+                "run_terminating",
+                run_id=run.run_id,
+                pgid=run.handle.record.pgid,
+                why=action.why,
+                sent=sent,
+            )
+            crash_point("cancel_term_sent")
+
+    def _check_deadlines(self, now: float) -> None:
+        for run in list(self.runs.values()):
+            self._act(run, run.state.tick(now))
+            if run.group_check_at is not None and now >= run.group_check_at:
+                run.group_check_at = None  # _try_settle schedules the next look if needed
+                self._check_group(run.run_id)
+        for run_id, due in list(self._claims_waiting.items()):
+            if now >= due:
+                self._recheck_claim(run_id)
+
+    def _on_exit(self, run_id: str) -> None:
+        run = self.runs.get(run_id)
+        if run is None or run.state.exit is not None:
+            return
+        status = run.handle.exit_status()
+        if status is None:
+            return
+        self._unwatch_exit(run)
+        log.info(
+            "run_exited",
+            run_id=run_id,
+            exit_code=status.exit_code,
+            exit_signal=status.exit_signal,
+        )
+        crash_point("run_exited")
+        self._read_tail(run, to_end=True)
+        alive = run.handle.group_alive()
+        self._act(run, run.state.on_exit(status, self.clock.monotonic(), group_alive=alive))
+        self._try_settle(run, group_alive=alive)
+
+    def _check_group(self, run_id: str) -> None:
+        run = self.runs.get(run_id)
+        if run is not None and run.state.exit is not None:
+            self._try_settle(run, group_alive=run.handle.group_alive())
+
+    def _schedule_group_check(self, run: TrackedRun, *, reset: bool = False) -> None:
+        """Look at a lingering group again: when the leftover we watch ends, or on a timer."""
+        self._unwatch_leftover(run)
+        fd = run.handle.leftover_fileno()
+        if fd is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.register(fd, selectors.EVENT_READ, (_LEFTOVER, run.run_id))
+                run.leftover_fd = fd
+        if reset:
+            run.group_check_delay = GROUP_CHECK_FIRST_SECONDS
+        run.group_check_at = self.clock.monotonic() + run.group_check_delay
+        run.group_check_delay = min(run.group_check_delay * 2, GROUP_CHECK_MAX_SECONDS)
+
+    def _try_settle(self, run: TrackedRun, *, group_alive: bool) -> None:
+        """Decide the run's final status once its process and its whole group are gone."""
+        if run.state.exit is None or run.state.phase in (Phase.EXITED, Phase.SETTLED):
+            return
+        if group_alive:
+            self._schedule_group_check(run)
+            return
+        self._unwatch_leftover(run)
+        run.group_check_at = None
+        run.state.group_gone()
+        self._bound_log(run.run_dir)  # the last cut: nothing writes to it any more
+        out = self._classify(run, run.state.exit)
+        self._progress_read.add(run.run_id)
+        self._queue_progress()
+        self._settle(run.run_id, out, reason=out.reason)
+
+    def _classify(self, run: TrackedRun, status: ExitStatus) -> Outcome:
+        if not status.known:
+            return outcomes.lost(
+                "exit status unknown: the run's keeper process ended without recording it"
+            )
+        return outcomes.classify_exit(
+            exit_code=status.exit_code,
+            exit_signal=status.exit_signal,
+            cancel_requested=run.state.cancelled,
+            timed_out=run.state.timed_out,
+            timeout_seconds=run.timeout_seconds,
+            last_error=run.progress.last_error,
+            log_tail=_log_tail(run.run_dir),
+        )
+
+    def _settle(self, run_id: str, out: Outcome, *, reason: str) -> None:
+        change = final_change(
+            run_id,
+            out.status,
+            reason=reason,
+            exit_code=out.exit_code,
+            exit_signal=out.exit_signal,
+            error_message=out.error_message,
+        )
+        self.outbox.add(change, lambda applied: self._settled(run_id, out, applied))
+
+    def _settled(self, run_id: str, out: Outcome, applied: bool) -> None:
+        log.info(
+            "run_finished",
+            run_id=run_id,
+            status=out.status.value,
+            exit_code=out.exit_code,
+            exit_signal=out.exit_signal,
+            recorded=applied,
+        )
+        run = self.runs.get(run_id)
+        if run is not None:
+            run.state.settled()
+            self._forget(run)
+        self.wake()  # a slot is free: look for pending runs now
+        self._next_db_poll = 0.0
+
+    # -- start-up: re-adopt what is still going, settle what ended ------------
+
+    def recover(self) -> None:
+        """Find every run an earlier daemon was responsible for and take it on again."""
+        for record in self.store.active_runs():
+            try:
+                self._recover_one(record)
+            except Exception as exc:
+                log.error("recover_failed", run_id=record.id, error=str(exc), exc_info=True)
+
+    def _recover_one(self, record: RunRecord) -> None:
+        if not is_valid_run_id(record.id):
+            self._settle_invalid(record)
+            return
+        run_dir = recovery.record_dir_of(record, self.settings.runs_dir)
+        found = self.executor.recover(
+            rundir.record_dir(run_dir), recovery.process_of(record), run_id=record.id
+        )
+        recovery.apply(_Host(self, run_dir), record, found)
+
+    def _settle_invalid(self, record: RunRecord) -> None:
+        why = f"invalid run id {record.id!r}"
+        if record.status == RunStatus.PENDING:
+            self._fail_unstarted(record.id, why)
+        else:
+            out = outcomes.lost(why)
+            self.outbox.add(
+                final_change(record.id, out.status, reason=out.reason, error_message=why)
+            )
+
+    def _recheck_claim(self, run_id: str) -> None:
+        """A claim whose keeper was still starting at the last look: look again."""
+        self._claims_waiting.pop(run_id, None)
+        record = self.store.find(run_id)
+        if record is None or record.status != RunStatus.PENDING:
+            return
+        self._recover_one(record)
+
+    def settle_offline(self, record: RunRecord, run_dir: Path, status: ExitStatus) -> None:
+        """A run that ended while no daemon watched: its keeper kept the true status.
+
+        Its progress is read on from where the last daemon stopped (not from the start), and
+        the final progress is committed with the final status.
+        """
+        self._bound_log(run_dir)
+        template = self.settings.templates.get(record.template)
+        tail = ProgressTail(rundir.progress_path(run_dir), offset=record.progress_offset or 0)
+        tail.bad_lines = record.progress_bad_lines or 0
+        state = _progress_of(record)
+        for rec in tail.read_to_end():
+            state = state.apply(rec)
+        self.outbox.progress(
+            ProgressUpdate(
+                run_id=record.id,
+                current_erlang=state.current_erlang,
+                total_erlangs=state.total_erlangs,
+                current_iteration=state.current_iteration,
+                total_iterations=state.total_iterations,
+                erlang_index=state.erlang_index,
+                offset=tail.offset,
+                bad_lines=tail.bad_lines,
+            )
+        )
+        cause = _stop_cause(record)
+        out = outcomes.classify_exit(
+            exit_code=status.exit_code,
+            exit_signal=status.exit_signal,
+            cancel_requested=cause is StopCause.CANCEL,
+            timed_out=cause is StopCause.TIMEOUT,
+            timeout_seconds=template.timeout_seconds if template else None,
+            last_error=state.last_error,
+            log_tail=_log_tail(run_dir),
+        )
+        self._settle(record.id, out, reason=f"{out.reason} (while the daemon was away)")
+        log.info("run_settled_offline", run_id=record.id, status=out.status.value)
+
+    # -- systemd status -------------------------------------------------------
+
+    def _status_text(self) -> str:
+        parts = [f"{len(self.runs)} running, {self._pending_count} pending"]
+        waiting = self.outbox.status(self.clock.monotonic())
+        if waiting:
+            parts.append(waiting)
+        for watcher in (self._runs_watcher, self._db_watcher):
+            if watcher is not None and watcher.failed:
+                parts.append(f"file watcher failed: {watcher.failed}")
+        return "; ".join(parts)
+
+    def _report_status(self) -> None:
+        text = self._status_text()
+        if text != self._last_status:
+            self.notifier.status(text)
+            self._last_status = text
+        interval = self.notifier.watchdog_interval
+        if interval and time.monotonic() >= self._next_watchdog:
+            self.notifier.watchdog()
+            self._next_watchdog = time.monotonic() + interval
+
+    def _run_age(self, record: RunRecord) -> float:
+        """Seconds the run has been going: by the kernel's boot clock from its process's start
+        time when known (an adopted run; immune to wall-clock jumps), else by started_at."""
+        if record.pid_start_ticks is not None and record.boot_id == current_boot_id():
+            with contextlib.suppress(OSError, ValueError):
+                return max(0.0, process_age_seconds(record.pid_start_ticks))
+        now = self.clock.utcnow()
+        started = record.started_at or now
+        return max(0.0, (now - started).total_seconds())
+
+
+class _Host:
+    """What recovery decides, carried out by the loop (recovery.RecoveryHost)."""
+
+    def __init__(self, daemon: Daemon, run_dir: Path) -> None:
+        self._d = daemon
+        self._run_dir = run_dir
+
+    def mark_running(self, record: RunRecord, process: ProcessRecord, reason: str) -> None:
+        """PENDING -> RUNNING for a claim found started; retried until committed."""
+        change = _running(record.id, process, self._run_dir, reason)
+        self._d.outbox.add(change, lambda ok: self._d._running_recorded(record.id, ok))
+
+    def track(self, record: RunRecord, handle: RunHandle) -> None:
+        """Watch the run from now on."""
+        if record.status == RunStatus.PENDING:
+            # A claim found started: its process's start time dates it (for its timeout).
+            proc = handle.record
+            record = replace(
+                record,
+                status=RunStatus.RUNNING.value,
+                pid_start_ticks=proc.start_ticks,
+                boot_id=proc.boot_id,
+            )
+        template = self._d.settings.templates.get(record.template)
+        run = self._d._track(record, handle, self._run_dir, template)
+        if handle.exit_status() is not None:
+            self._d._on_exit(run.run_id)
+
+    def settle_offline(self, record: RunRecord, status: ExitStatus) -> None:
+        """Settle with the status the keeper kept."""
+        self._d.settle_offline(record, self._run_dir, status)
+
+    def settle_lost(self, record: RunRecord, why: str) -> None:
+        """FAILED: exit status unknown."""
+        out = outcomes.lost(why)
+        self._d._settle(record.id, out, reason=out.reason)
+        log.warning("run_lost", run_id=record.id, reason=why)
+
+    def fail_unstarted(self, record: RunRecord, why: str) -> None:
+        """PENDING -> FAILED."""
+        self._d._fail_unstarted(record.id, why)
+
+    def release_claim(self, record: RunRecord, why: str) -> None:
+        """Nothing started: launch it again."""
+        self._d.outbox.add(claim_released_change(record.id))
+        self._d._next_db_poll = 0.0
+        log.warning("launch_claim_released", run_id=record.id, why=why)
+
+    def look_again_later(self, record: RunRecord, why: str) -> None:
+        """Its keeper is still starting."""
+        self._d._claims_waiting[record.id] = self._d.clock.monotonic() + CLAIM_RECHECK_SECONDS
+        log.info("launch_still_starting", run_id=record.id, why=why)
+
+
+def _running(run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> Any:
+    return running_change(
+        run_id,
+        pid=proc.pid,
+        pgid=proc.pgid,
+        run_dir=str(run_dir),
+        boot_id=proc.boot_id,
+        pid_start_ticks=proc.start_ticks,
+        keeper_pid=proc.keeper_pid,
+        keeper_start_ticks=proc.keeper_start_ticks,
+        reason=reason,
+    )
+
+
+def _stop_cause(record: RunRecord) -> StopCause | None:
+    """Why an earlier daemon was stopping this run, from its row: the earlier request wins."""
+    cancel, timeout = record.cancel_requested_at, record.timed_out_at
+    if cancel is not None and (timeout is None or cancel <= timeout):
+        return StopCause.CANCEL
+    if timeout is not None:
+        return StopCause.TIMEOUT
+    return None
+
+
+def _progress_of(record: RunRecord) -> ProgressState:
+    return ProgressState(
+        current_erlang=record.current_erlang,
+        total_erlangs=record.total_erlangs,
+        current_iteration=record.current_iteration,
+        total_iterations=record.total_iterations,
+        erlang_index=record.erlang_index,
+    )
+
+
+def _log_tail(run_dir: Path) -> str | None:
+    lines = logcap.tail_lines(rundir.log_path(run_dir))
+    return "\n".join(lines[-outcomes.LOG_TAIL_LINES :]) or None
+
+
+def run_daemon(settings: Settings, *, config_file: str | None = None) -> int:
+    """Open the database (upgrading its schema) and serve until SIGTERM or SIGINT."""
+    # Nothing the daemon, a keeper or a simulation creates is writable by group or others,
+    # nor open to others, whatever umask we were started with (a stricter one is kept).
+    os.umask(os.umask(UMASK_FLOOR) | UMASK_FLOOR)
+    path = settings.database_path
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    Store.open(settings.database_url).close()  # upgrade the schema, waiting as long as it takes
+    store = Store.open(
+        settings.database_url,
+        upgrade=False,
+        busy_timeout_ms=LOOP_BUSY_TIMEOUT_MS,
+        write_attempts=1,
+    )
+    try:
+        return Daemon(settings, store, config_file=config_file).run()
+    finally:
+        store.close()

@@ -157,14 +157,19 @@ def make_original_database(path: Path) -> None:
         conn.close()
 
 
-def original_values(path: Path) -> list[tuple[Any, ...]]:
-    """Every original column of every row, with each value's storage class."""
-    selected = ", ".join(f"{c}, typeof({c})" for c in ORIGINAL_COLUMNS)
+def all_rows(path: Path, table: str, columns: Any) -> list[tuple[Any, ...]]:
+    """`columns` of every row of `table`, each with its storage class, by the first column."""
+    selected = ", ".join(f"{c}, typeof({c})" for c in columns)
     conn = connect(path)
     try:
-        return conn.execute(f"SELECT {selected} FROM runs ORDER BY id").fetchall()
+        return conn.execute(f"SELECT {selected} FROM {table} ORDER BY 1").fetchall()
     finally:
         conn.close()
+
+
+def original_values(path: Path) -> list[tuple[Any, ...]]:
+    """Every original column of every row, with each value's storage class."""
+    return all_rows(path, "runs", ORIGINAL_COLUMNS)
 
 
 def table_info(path: Path, table: str) -> dict[str, tuple[str, int, int]]:
@@ -361,15 +366,6 @@ def make_0002_database(path: Path) -> None:
             " VALUES (?, ?, ?, ?, ?, ?)",
             REVISION_0002_EVENTS,
         )
-    finally:
-        conn.close()
-
-
-def all_rows(path: Path, table: str, columns: Any) -> list[tuple[Any, ...]]:
-    selected = ", ".join(f"{c}, typeof({c})" for c in columns)
-    conn = connect(path)
-    try:
-        return conn.execute(f"SELECT {selected} FROM {table} ORDER BY 1").fetchall()
     finally:
         conn.close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import string
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +37,38 @@ DEFAULT_WAL_CHECKPOINT_BYTES = 8 * 1024 * 1024
 CONFIG_FORMATS = ("json", "ini")
 ON_STOP_CHOICES = ("detach", "cancel")
 PLACEHOLDERS = frozenset({"run_id", "run_dir", "config_path", "progress_path", "python"})
+# An on_finish hook may also name the status the run ended with (SPEC section 13).
+HOOK_PLACEHOLDERS = PLACEHOLDERS | {"status"}
+
+# SPEC sections 9 to 11: what a template asks for, and how its runs are retried.
+LOCAL_EXECUTOR = "local"
+DEFAULT_TEMPLATE_CPUS = 1
+DEFAULT_MAX_ATTEMPTS = 1
+RETRY_OUTCOMES = ("signal", "lost", "node_failure", "timeout", "out_of_memory")
+RETRY_ANY_EXIT = "exit:any"
+RETRY_EXIT_PREFIX = "exit:"
+MAX_EXIT_CODE = 255
+DEFAULT_RETRY_ON = ("signal", "lost", "node_failure")
+DEFAULT_RETRY_DELAY_SECONDS = 10.0
+
+# SPEC section 9: a cluster executor.
+EXECUTOR_KINDS = ("slurm",)
+MAX_EXECUTOR_NAME_LENGTH = 100  # runs.executor is VARCHAR(100)
+DEFAULT_MAX_SUBMITTED = 100
+DEFAULT_EXECUTOR_POLL_INTERVAL_SECONDS = 10.0
+# Ours: how long one sbatch, squeue, scancel or sacct call may take before it is abandoned.
+DEFAULT_EXECUTOR_COMMAND_TIMEOUT_SECONDS = 30.0
+
+# SPEC sections 10, 13 and 14.
+GPUS_AUTO: Literal["auto"] = "auto"
+DEFAULT_HOOK_TIMEOUT_SECONDS = 30.0
+MAX_PORT = 65535
+MAX_HOSTNAME_LENGTH = 253
+
+# Sizes: a whole number of bytes, or a number with K, M, G or T (powers of 1024).
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE_PATTERN = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)", re.IGNORECASE)
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 ConfigFormat = Literal["json", "ini"]
 OnStop = Literal["detach", "cancel"]
@@ -49,6 +83,16 @@ class Template:
     config_format: ConfigFormat = "json"
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_seconds: float | None = None
+    # SPEC sections 9 to 13.
+    executor: str = LOCAL_EXECUTOR
+    cpus: int = DEFAULT_TEMPLATE_CPUS
+    gpus: int | None = None  # None: GPUs not managed for this template's runs
+    memory_max: int | None = None  # bytes
+    max_concurrent: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
+    on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
 
     @property
     def config_filename(self) -> str:
@@ -71,6 +115,64 @@ BUILTIN_TEMPLATES: dict[str, Template] = {
 
 
 @dataclass(frozen=True)
+class ResourcesSettings:
+    """[resources]: what local runs' reservations may add up to (SPEC section 10)."""
+
+    cpus: int | None = None  # None: the CPUs this process may run on
+    gpus: Literal["auto"] | tuple[str, ...] = GPUS_AUTO
+    memory: int | None = None  # bytes; None: physical memory
+    pin_cpus: bool = False  # ours: bind each local run to the CPUs it holds (issue 13)
+
+    def cpu_capacity(self) -> int:
+        """The configured CPUs, else the number this process may run on."""
+        return self.cpus if self.cpus is not None else _cpu_count()
+
+    def memory_capacity(self) -> int:
+        """The configured memory in bytes, else the machine's physical memory."""
+        if self.memory is not None:
+            return self.memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """One [executors.NAME] table: a Slurm cluster runs are sent to (SPEC section 9)."""
+
+    name: str
+    kind: Literal["slurm"]
+    runs_dir: Path
+    partition: str | None = None
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    max_submitted: int = DEFAULT_MAX_SUBMITTED
+    poll_interval_seconds: float = DEFAULT_EXECUTOR_POLL_INTERVAL_SECONDS
+    command_timeout_seconds: float = DEFAULT_EXECUTOR_COMMAND_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """[hooks]: the command run once for each run that reaches a final status (SPEC 13)."""
+
+    on_finish: tuple[str, ...] | None = None
+    timeout_seconds: float = DEFAULT_HOOK_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A HOST:PORT to serve on; host is an IP address (without brackets) or a host name."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: where the daemon serves /metrics, if anywhere (SPEC section 14)."""
+
+    listen: ListenAddress | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the daemon and the commands are configured with."""
 
@@ -88,6 +190,14 @@ class Settings:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     wal_checkpoint_bytes: int = DEFAULT_WAL_CHECKPOINT_BYTES
     config_file: Path | None = None
+    resources: ResourcesSettings = field(default_factory=ResourcesSettings)
+    executors: Mapping[str, ExecutorSettings] = field(default_factory=dict)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    def on_finish_for(self, template: Template) -> tuple[str, ...] | None:
+        """The hook for a run of `template`: its own if it has one, else the global one."""
+        return template.on_finish if template.on_finish is not None else self.hooks.on_finish
 
     @property
     def database_url(self) -> str:
@@ -154,10 +264,11 @@ class _Reader:
         self.source = source
         self.prefix = prefix
 
-    def fail(self, key: str, expected: str, got: object = None) -> ConfigError:
+    def fail(self, key: str, expected: str, got: object = None, why: str = "") -> ConfigError:
         where = f"config file {self.source}" if self.source else "configuration"
         shown = f", got {_describe(got)}" if got is not None else ""
-        return ConfigError(f"{where}: {self.prefix}{key}: expected {expected}{shown}")
+        reason = f" ({why})" if why else ""
+        return ConfigError(f"{where}: {self.prefix}{key}: expected {expected}{shown}{reason}")
 
     def check_keys(self, allowed: frozenset[str]) -> None:
         for key in self.data:
@@ -218,6 +329,43 @@ class _Reader:
             raise self.fail(key, "a table", value)
         return value
 
+    def sub(self, key: str) -> _Reader:
+        """A reader of the table at `key` (empty if absent), its unknown keys refused."""
+        return _Reader(self.table(key), self.source, f"{self.prefix}{key}.")
+
+    def size(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise self.fail(key, SIZE_EXPECTED, value, str(exc)) from None
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "a list of non-empty strings", value)
+        return tuple(value)
+
+    def argv(self, key: str, placeholders: frozenset[str]) -> tuple[str, ...] | None:
+        """An argument list (never a shell string) whose placeholders are all known."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(a, str) for a in value)
+            or not value[0]
+        ):
+            raise self.fail(key, "a non-empty list of strings", value)
+        for arg in value:
+            _check_placeholders(arg, self, key, placeholders)
+        return tuple(value)
+
 
 def _describe(value: object) -> str:
     if isinstance(value, str) and value.startswith("unknown key"):
@@ -239,9 +387,56 @@ _TOP_KEYS = frozenset(
         "poll_delay_ms",
         "max_log_bytes",
         "wal_checkpoint_bytes",
+        "resources",
+        "executors",
+        "hooks",
+        "metrics",
     }
 )
-_TEMPLATE_KEYS = frozenset({"command", "config_format", "env", "timeout_seconds"})
+# One key a line, so that a change adding keys touches only its own lines.
+_TEMPLATE_KEYS = frozenset(
+    {
+        "command",
+        "config_format",
+        "env",
+        "timeout_seconds",
+        "executor",
+        "cpus",
+        "gpus",
+        "memory_max",
+        "max_concurrent",
+        "max_attempts",
+        "retry_on",
+        "retry_delay_seconds",
+        "on_finish",
+    }
+)
+_RESOURCES_KEYS = frozenset({"cpus", "gpus", "memory", "pin_cpus"})
+_EXECUTOR_KEYS = frozenset(
+    {
+        "kind",
+        "runs_dir",
+        "partition",
+        "account",
+        "sbatch_args",
+        "max_submitted",
+        "poll_interval_seconds",
+        "command_timeout_seconds",
+    }
+)
+_HOOKS_KEYS = frozenset({"on_finish", "timeout_seconds"})
+_METRICS_KEYS = frozenset({"listen"})
+
+SIZE_EXPECTED = 'a size: whole bytes, or a number with K, M, G or T (as "8G")'
+DATABASE_EXPECTED = "a file path or an sqlite:/// URL naming a file"
+LISTEN_EXPECTED = (
+    "HOST:PORT (an IPv4 address, an IPv6 address in brackets or a host name; port 1-65535)"
+)
+RETRY_ON_EXPECTED = (
+    "a list of outcomes: "
+    + ", ".join(f'"{o}"' for o in RETRY_OUTCOMES)
+    + f', "exit:N" (N from 1 to {MAX_EXIT_CODE}) or "{RETRY_ANY_EXIT}"'
+)
 
 
 def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str, str]) -> Settings:
@@ -251,12 +446,16 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
     state_dir = default_state_dir(env)
 
     database = top.string("database")
-    if database is not None and "://" not in database:
-        database = str(_resolve(database, base))
-    runs_dir = top.string("runs_dir")
+    if database is not None:
+        try:
+            database = normalize_database(database, base)
+        except ValueError as exc:
+            raise top.fail("database", DATABASE_EXPECTED, database, str(exc)) from None
+    runs_dir = _runs_dir(top.string("runs_dir"), base, state_dir, env)
+    executors = _executors(top, runs_dir, base)
     templates = dict(BUILTIN_TEMPLATES)
     for name, raw in top.table("templates").items():
-        templates[name] = _template(name, raw, source)
+        templates[name] = _template(name, raw, source, executors)
 
     on_stop = top.choice("on_stop", ON_STOP_CHOICES) or "detach"
     poll_delay = top.integer("poll_delay_ms", minimum=1)
@@ -264,7 +463,7 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
     wal_bytes = top.integer("wal_checkpoint_bytes", minimum=1)
     return Settings(
         database=database or str(state_dir / DATABASE_FILENAME),
-        runs_dir=_resolve(runs_dir, base) if runs_dir else state_dir / RUNS_DIRNAME,
+        runs_dir=runs_dir,
         max_concurrent_runs=top.integer("max_concurrent_runs", minimum=1) or _cpu_count(),
         cancel_grace_seconds=_or(top.number("cancel_grace_seconds"), DEFAULT_CANCEL_GRACE_SECONDS),
         on_stop="cancel" if on_stop == "cancel" else "detach",
@@ -280,27 +479,31 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
         max_log_bytes=max_log if max_log is not None else DEFAULT_MAX_LOG_BYTES,
         wal_checkpoint_bytes=wal_bytes if wal_bytes is not None else DEFAULT_WAL_CHECKPOINT_BYTES,
         config_file=source,
+        resources=_resources(top.sub("resources")),
+        executors=executors,
+        hooks=_hooks(top.sub("hooks")),
+        metrics=_metrics(top.sub("metrics")),
     )
 
 
-def _template(name: str, raw: object, source: Path | None) -> Template:
+def _runs_dir(value: str | None, base: Path, state_dir: Path, env: Mapping[str, str]) -> Path:
+    # Resolved before the executors, whose runs_dir defaults to it (RUNSUP_RUNS_DIR included).
+    if env.get(ENV_RUNS_DIR):
+        return _resolve(env[ENV_RUNS_DIR], Path.cwd())
+    return _resolve(value, base) if value else state_dir / RUNS_DIRNAME
+
+
+def _template(
+    name: str, raw: object, source: Path | None, executors: Mapping[str, ExecutorSettings]
+) -> Template:
     prefix = f"templates.{name}."
     if not isinstance(raw, dict):
         raise _Reader({}, source).fail(f"templates.{name}", "a table", raw)
     reader = _Reader(raw, source, prefix)
     reader.check_keys(_TEMPLATE_KEYS)
-    command = raw.get("command")
+    command = reader.argv("command", PLACEHOLDERS)
     if command is None:
         raise reader.fail("command", "a command (a non-empty list of strings)")
-    if (
-        not isinstance(command, list)
-        or not command
-        or not all(isinstance(a, str) for a in command)
-        or not command[0]
-    ):
-        raise reader.fail("command", "a non-empty list of strings", command)
-    for arg in command:
-        _check_placeholders(arg, reader)
     env = raw.get("env", {})
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
@@ -309,31 +512,244 @@ def _template(name: str, raw: object, source: Path | None) -> Template:
     fmt = reader.choice("config_format", CONFIG_FORMATS) or "json"
     return Template(
         name=name,
-        command=tuple(command),
+        command=command,
         config_format="ini" if fmt == "ini" else "json",
         env=dict(env),
         timeout_seconds=reader.number("timeout_seconds", positive=True),
+        executor=_template_executor(reader, executors),
+        cpus=_int_or(reader.integer("cpus", minimum=1), DEFAULT_TEMPLATE_CPUS),
+        gpus=reader.integer("gpus", minimum=0),
+        memory_max=reader.size("memory_max"),
+        max_concurrent=reader.integer("max_concurrent", minimum=1),
+        max_attempts=_int_or(reader.integer("max_attempts", minimum=1), DEFAULT_MAX_ATTEMPTS),
+        retry_on=_retry_on(reader),
+        retry_delay_seconds=_or(reader.number("retry_delay_seconds"), DEFAULT_RETRY_DELAY_SECONDS),
+        on_finish=reader.argv("on_finish", HOOK_PLACEHOLDERS),
     )
 
 
-def _check_placeholders(arg: str, reader: _Reader) -> None:
+def _template_executor(reader: _Reader, executors: Mapping[str, ExecutorSettings]) -> str:
+    name = reader.string("executor")
+    if name is None:
+        return LOCAL_EXECUTOR
+    if name != LOCAL_EXECUTOR and name not in executors:
+        defined = ", ".join(repr(n) for n in sorted(executors))
+        others = f"a defined [executors.NAME] ({defined})" if defined else "no [executors.NAME] yet"
+        raise reader.fail("executor", f"{LOCAL_EXECUTOR!r} or {others}", name)
+    return name
+
+
+def _retry_on(reader: _Reader) -> tuple[str, ...]:
+    value = reader.data.get("retry_on")
+    if value is None:
+        return DEFAULT_RETRY_ON
+    if not isinstance(value, list):
+        raise reader.fail("retry_on", RETRY_ON_EXPECTED, value)
+    for item in value:
+        if not is_retry_outcome(item):
+            raise reader.fail("retry_on", RETRY_ON_EXPECTED, value, f"{item!r} is not one")
+    return tuple(dict.fromkeys(value))  # duplicates dropped, order kept
+
+
+def is_retry_outcome(value: object) -> bool:
+    """True for a valid `retry_on` entry: an outcome name, "exit:N" (0 < N < 256), "exit:any"."""
+    if not isinstance(value, str):
+        return False
+    if value in RETRY_OUTCOMES or value == RETRY_ANY_EXIT:
+        return True
+    code = value.removeprefix(RETRY_EXIT_PREFIX)
+    # Exit status 0 is success, never a failure to retry.
+    return code != value and code.isascii() and code.isdigit() and 0 < int(code) <= MAX_EXIT_CODE
+
+
+def _executors(top: _Reader, runs_dir: Path, base: Path) -> dict[str, ExecutorSettings]:
+    out: dict[str, ExecutorSettings] = {}
+    for name, raw in top.table("executors").items():
+        key = f"executors.{name}"
+        if name == LOCAL_EXECUTOR:
+            raise top.fail(key, "another name: 'local' is reserved for this machine")
+        if not name or len(name) > MAX_EXECUTOR_NAME_LENGTH:
+            raise top.fail(key, f"a name of 1 to {MAX_EXECUTOR_NAME_LENGTH} characters", name)
+        if not isinstance(raw, dict):
+            raise top.fail(key, "a table", raw)
+        out[name] = _executor(name, top.sub("executors").sub(name), runs_dir, base)
+    return out
+
+
+def _executor(name: str, reader: _Reader, runs_dir: Path, base: Path) -> ExecutorSettings:
+    reader.check_keys(_EXECUTOR_KEYS)
+    if reader.data.get("kind") is None:
+        kinds = " or ".join(repr(k) for k in EXECUTOR_KINDS)
+        raise reader.fail("kind", f"the executor's kind, required: {kinds}")
+    reader.choice("kind", EXECUTOR_KINDS)
+    own_dir = reader.string("runs_dir")
+    max_submitted = reader.integer("max_submitted", minimum=1)
+    return ExecutorSettings(
+        name=name,
+        kind="slurm",
+        runs_dir=_resolve(own_dir, base) if own_dir else runs_dir,
+        partition=reader.string("partition"),
+        account=reader.string("account"),
+        sbatch_args=reader.strings("sbatch_args") or (),
+        max_submitted=_int_or(max_submitted, DEFAULT_MAX_SUBMITTED),
+        poll_interval_seconds=_or(
+            reader.number("poll_interval_seconds", positive=True),
+            DEFAULT_EXECUTOR_POLL_INTERVAL_SECONDS,
+        ),
+        command_timeout_seconds=_or(
+            reader.number("command_timeout_seconds", positive=True),
+            DEFAULT_EXECUTOR_COMMAND_TIMEOUT_SECONDS,
+        ),
+    )
+
+
+def _resources(reader: _Reader) -> ResourcesSettings:
+    reader.check_keys(_RESOURCES_KEYS)
+    return ResourcesSettings(
+        cpus=reader.integer("cpus", minimum=1),
+        gpus=_gpus(reader),
+        memory=reader.size("memory"),
+        pin_cpus=bool(reader.boolean("pin_cpus")),
+    )
+
+
+def _gpus(reader: _Reader) -> Literal["auto"] | tuple[str, ...]:
+    value = reader.data.get("gpus")
+    if value is None or value == GPUS_AUTO:
+        return GPUS_AUTO
+    expected = f'{GPUS_AUTO!r} or a list of GPU ids as CUDA_VISIBLE_DEVICES names them (["0", "1"])'
+    if not isinstance(value, list):
+        raise reader.fail("gpus", expected, value)
+    for gpu in value:
+        # Ids are joined with commas into CUDA_VISIBLE_DEVICES and runs.gpu_ids.
+        if not isinstance(gpu, str) or not gpu or any(c == "," or c.isspace() for c in gpu):
+            raise reader.fail("gpus", expected, value, f"{gpu!r} is not a GPU id")
+    if len(set(value)) != len(value):
+        raise reader.fail("gpus", expected, value, "an id is listed twice")
+    return tuple(value)
+
+
+def _hooks(reader: _Reader) -> HooksSettings:
+    reader.check_keys(_HOOKS_KEYS)
+    return HooksSettings(
+        on_finish=reader.argv("on_finish", HOOK_PLACEHOLDERS),
+        timeout_seconds=_or(
+            reader.number("timeout_seconds", positive=True), DEFAULT_HOOK_TIMEOUT_SECONDS
+        ),
+    )
+
+
+def _metrics(reader: _Reader) -> MetricsSettings:
+    reader.check_keys(_METRICS_KEYS)
+    listen = reader.string("listen")
+    if listen is None:
+        return MetricsSettings()
+    try:
+        return MetricsSettings(listen=parse_listen(listen))
+    except ValueError as exc:
+        raise reader.fail("listen", LISTEN_EXPECTED, listen, str(exc)) from None
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a size: a whole number of bytes, or a number with K, M, G or T (1024-based)."""
+    if isinstance(value, bool):
+        raise ValueError("true or false is not a size")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE_PATTERN.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{value!r} is not a size")
+        number, unit = match.groups()
+        scaled = float(number) * SIZE_UNITS[unit.upper()]
+        if (not unit and "." in number) or scaled != int(scaled):
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+        size = int(scaled)
+    else:
+        raise ValueError(f"a {type(value).__name__} is not a size")
+    if size < 1:
+        raise ValueError("a size must be at least 1 byte")
+    return size
+
+
+def parse_listen(value: str) -> ListenAddress:
+    """HOST:PORT with an IPv4 address, an [IPv6] address or a host name; ValueError says why."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            raise ValueError("the IPv6 address has no closing ]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, colon, port = value.rpartition(":")
+        rest = colon + port
+        if ":" in host:
+            raise ValueError("an IPv6 address must be written in brackets, as [::1]:9787")
+        _check_host(host)
+    if not rest.startswith(":"):
+        raise ValueError("no :PORT after the host")
+    port = rest[1:]
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= MAX_PORT:
+        raise ValueError(f"port {port!r} is not a number from 1 to {MAX_PORT}")
+    return ListenAddress(host=host, port=int(port))
+
+
+def _check_host(host: str) -> None:
+    if not host:
+        raise ValueError("no host: name one, as 0.0.0.0 for every IPv4 interface")
+    if all(c.isdigit() or c == "." for c in host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+        return
+    labels = host.split(".")
+    if len(host) > MAX_HOSTNAME_LENGTH or not all(_HOSTNAME_LABEL.fullmatch(x) for x in labels):
+        raise ValueError(f"{host!r} is not a host name")
+
+
+def normalize_database(value: str, base: Path) -> str:
+    """A database setting as kept: an absolute path or sqlite:///PATH; ValueError for others.
+
+    An in-memory SQLite database is refused: each process would get its own, so runs submitted
+    by a command would never reach the daemon. URL options are refused too: the engine sets the
+    pragmas the shared file needs itself.
+    """
+    if "://" not in value:
+        return str(_resolve(value, base))
+    scheme, _, rest = value.partition("://")
+    if scheme != "sqlite":
+        raise ValueError(f"{scheme}:// databases are not supported, only SQLite files")
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        raise ValueError("an in-memory database is private to one process, so it cannot be shared")
+    if "?" in rest:
+        raise ValueError("options in the URL are not supported")
+    return f"sqlite:///{_resolve(rest[1:], base)}"
+
+
+def _check_placeholders(arg: str, reader: _Reader, key: str, allowed: frozenset[str]) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
     except ValueError as exc:
-        raise reader.fail("command", f"valid placeholders ({exc})", arg) from None
+        raise reader.fail(key, f"valid placeholders ({exc})", arg) from None
     for name in fields:
-        if name not in PLACEHOLDERS:
-            known = ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS))
-            raise reader.fail("command", f"only the placeholders {known}", arg)
+        if name not in allowed:
+            known = ", ".join("{" + p + "}" for p in sorted(allowed))
+            raise reader.fail(key, f"only the placeholders {known}", arg)
 
 
 def _apply_environment(settings: Settings, env: Mapping[str, str]) -> Settings:
     changes: dict[str, Any] = {}
     if env.get(ENV_DATABASE):
         value = env[ENV_DATABASE]
-        changes["database"] = value if "://" in value else str(_resolve(value, Path.cwd()))
-    if env.get(ENV_RUNS_DIR):
-        changes["runs_dir"] = _resolve(env[ENV_RUNS_DIR], Path.cwd())
+        try:
+            changes["database"] = normalize_database(value, Path.cwd())
+        except ValueError as exc:
+            raise ConfigError(
+                f"{ENV_DATABASE}: expected {DATABASE_EXPECTED}, got {value!r} ({exc})"
+            ) from None
     if env.get(ENV_MAX_CONCURRENT):
         raw = env[ENV_MAX_CONCURRENT]
         try:
@@ -352,6 +768,10 @@ def _resolve(value: str, base: Path) -> Path:
 
 
 def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _int_or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 

@@ -11,6 +11,9 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+
+from supervisor.errors import DatabaseError
 
 # How long a statement waits for another process's lock before SQLite gives up.
 BUSY_TIMEOUT_MS = 30_000
@@ -26,9 +29,14 @@ GROUP_READ_WRITE = stat.S_IRGRP | stat.S_IWGRP
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
-    """An engine for `url`; for SQLite: WAL, synchronous=NORMAL, busy_timeout, BEGIN IMMEDIATE."""
-    if not url.startswith("sqlite"):
-        return create_engine(url)
+    """An SQLite engine for `url`: WAL, synchronous=NORMAL, busy_timeout, BEGIN IMMEDIATE."""
+    # Settings refuse other databases already; a caller passing one gets a line, not a traceback.
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        backend = None
+    if backend != "sqlite":
+        raise DatabaseError(f"cannot open database {url}: only SQLite URLs are supported")
     path = _sqlite_file(url)
     if path is not None:
         create_database_file(path)

@@ -11,10 +11,13 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     TypeDecorator,
+    func,
+    literal_column,
 )
 
 # SQLAlchemy's own SQLite text form, so programs written for the original schema read ours.
@@ -83,6 +86,18 @@ runs = Table(
     Column("cancel_requested_at", UTCDateTime, nullable=True),
     Column("progress_updated_at", UTCDateTime, nullable=True),
     Column("run_dir", Text, nullable=True),
+    # Added by SPEC sections 9 to 11 (executors, resources, the queue).
+    Column("priority", Integer, nullable=True),
+    Column("not_before", UTCDateTime, nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("sweep_id", String(12), nullable=True),
+    Column("executor", String(100), nullable=True),
+    Column("external_id", Text, nullable=True),
+    Column("host", Text, nullable=True),
+    Column("cpus", Integer, nullable=True),
+    Column("gpu_ids", Text, nullable=True),
+    Column("memory_max_bytes", Integer, nullable=True),
+    Column("peak_memory_bytes", Integer, nullable=True),
     # Ours: what a restarted daemon needs to find a run again and settle it truthfully.
     Column("launch_claimed_at", UTCDateTime, nullable=True),
     Column("boot_id", String(36), nullable=True),
@@ -93,6 +108,21 @@ runs = Table(
     Column("erlang_index", Integer, nullable=True),
     Column("progress_offset", Integer, nullable=True),
     Column("progress_bad_lines", Integer, nullable=True),
+    Column("hook_done_at", UTCDateTime, nullable=True),  # the run's on_finish hook has run
+)
+
+# The queue's order (SPEC section 11): highest priority first (NULL means 0), then oldest.
+# The literal 0 is rendered into the SQL, not bound, so that it matches the index below.
+QUEUE_PRIORITY = func.coalesce(runs.c.priority, literal_column("0"))
+QUEUE_ORDER = (QUEUE_PRIORITY.desc(), runs.c.created_at, runs.c.id)
+
+# The pickup query (`status = ?` ORDER BY QUEUE_ORDER LIMIT n) walks this index from the
+# first PENDING entry in queue order and stops after n usable rows: no sort of every PENDING
+# row, however many wait. Status leads, as an equality: a partial index (WHERE status =
+# 'PENDING') is skipped by SQLite's planner for a bound `status = ?` and loses to
+# ix_runs_status without ANALYZE statistics (measured), so this one covers every row.
+queue_index = Index(
+    "ix_runs_queue", runs.c.status, QUEUE_PRIORITY.desc(), runs.c.created_at, runs.c.id
 )
 
 run_events = Table(
@@ -105,4 +135,25 @@ run_events = Table(
     Column("to_status", String(20), nullable=False),
     Column("reason", Text, nullable=True),
     Index("ix_run_events_run_id", "run_id"),
+)
+
+# SPEC section 11: a run waits until every run it depends on is final.
+run_dependencies = Table(
+    "run_dependencies",
+    metadata,
+    Column("run_id", String(12), nullable=False),
+    Column("depends_on", String(12), nullable=False),
+    Column("kind", String(20), nullable=True),  # afterok or afterany; NULL means afterok
+    PrimaryKeyConstraint("run_id", "depends_on"),
+    # A run that ends looks up its dependents by this column.
+    Index("ix_run_dependencies_depends_on", "depends_on"),
+)
+
+# SPEC section 11: scope `*` pauses the whole queue, a template name that template's runs.
+queue_pauses = Table(
+    "queue_pauses",
+    metadata,
+    Column("scope", String(100), primary_key=True),
+    Column("paused_at", UTCDateTime, nullable=True),
+    Column("reason", Text, nullable=True),
 )

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 from sqlalchemy import Engine, Row, func, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -72,6 +72,17 @@ class RunRecord:
     cancel_requested_at: datetime | None
     progress_updated_at: datetime | None
     run_dir: str | None
+    priority: int | None
+    not_before: datetime | None
+    attempt: int | None
+    sweep_id: str | None
+    executor: str | None
+    external_id: str | None
+    host: str | None
+    cpus: int | None
+    gpu_ids: str | None
+    memory_max_bytes: int | None
+    peak_memory_bytes: int | None
     launch_claimed_at: datetime | None
     boot_id: str | None
     pid_start_ticks: int | None
@@ -81,6 +92,7 @@ class RunRecord:
     erlang_index: int | None
     progress_offset: int | None
     progress_bad_lines: int | None
+    hook_done_at: datetime | None
 
     @property
     def is_final(self) -> bool:
@@ -280,22 +292,45 @@ def _as_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _as_text(value: object) -> str:
+    # The NOT NULL text columns; a foreign NULL still reads as a string.
+    return "" if value is None else str(value)
+
+
+def _as_datetime(value: object) -> datetime | None:
+    # UTCDateTime already parsed it (leniently); anything else is not a timestamp.
+    return value if isinstance(value, datetime) else None
+
+
+# How each declared field type is read from a row: keyed by the real types, not their spelling.
+_CONVERTERS: dict[object, Callable[[object], Any]] = {
+    int | None: _as_int,
+    float | None: _as_float,
+    str | None: _as_str,
+    str: _as_text,
+    datetime | None: _as_datetime,
+}
+
+
+def field_converters(cls: type[Any]) -> dict[str, Callable[[object], Any]]:
+    """One row-value converter per field of dataclass `cls`; TypeError for a type without one."""
+    hints = get_type_hints(cls)
+    out: dict[str, Callable[[object], Any]] = {}
+    for f in fields(cls):
+        converter = _CONVERTERS.get(hints[f.name])
+        if converter is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: no row converter for {hints[f.name]}")
+        out[f.name] = converter
+    return out
+
+
+# Chosen once, at import: a RunRecord field of an unsupported type fails here, not on a read.
+_RECORD_CONVERTERS = field_converters(RunRecord)
+
+
 def _record(row: Row[Any]) -> RunRecord:
     m = row._mapping
-    values: dict[str, Any] = {}
-    for f in fields(RunRecord):
-        raw = m[f.name]
-        if f.type == "int | None":
-            values[f.name] = _as_int(raw)
-        elif f.type == "float | None":
-            values[f.name] = _as_float(raw)
-        elif f.type == "datetime | None":
-            values[f.name] = raw
-        elif f.type == "str | None":
-            values[f.name] = _as_str(raw)
-        else:
-            values[f.name] = "" if raw is None else str(raw)
-    return RunRecord(**values)
+    return RunRecord(**{name: read(m[name]) for name, read in _RECORD_CONVERTERS.items()})
 
 
 class Store:

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import select
 
 from supervisor.db import Store
-from supervisor.db.migrate import HEAD_REVISION, alembic_head
+from supervisor.db.engine import make_engine
+from supervisor.db.migrate import HEAD_REVISION, SCRIPT_LOCATION, alembic_head
+from supervisor.db.schema import QUEUE_ORDER, runs
 
 if TYPE_CHECKING:
     from conftest import PythonWorker, Runsup
@@ -97,9 +100,22 @@ SPEC_RUNS_COLUMNS = {
     "cancel_requested_at": "DATETIME",
     "progress_updated_at": "DATETIME",
     "run_dir": "TEXT",
+    "priority": "INTEGER",
+    "not_before": "DATETIME",
+    "attempt": "INTEGER",
+    "sweep_id": "VARCHAR(12)",
+    "executor": "VARCHAR(100)",
+    "external_id": "TEXT",
+    "host": "TEXT",
+    "cpus": "INTEGER",
+    "gpu_ids": "TEXT",
+    "memory_max_bytes": "INTEGER",
+    "peak_memory_bytes": "INTEGER",
 }
 SPEC_NOT_NULL = {"id", "status", "config_json", "template", "created_at"}
-SPEC_ADDED = ("exit_code", "exit_signal", "cancel_requested_at", "progress_updated_at", "run_dir")
+SPEC_ADDED = tuple(SPEC_RUNS_COLUMNS)[len(ORIGINAL_COLUMNS) :]
+# Added by revision 0003: SPEC sections 9 to 11, and ours.
+ADDED_IN_0003 = (*SPEC_ADDED[SPEC_ADDED.index("priority") :], "hook_done_at")
 SPEC_EVENTS_COLUMNS = {
     "id": "INTEGER",
     "run_id": "VARCHAR(12)",
@@ -107,6 +123,17 @@ SPEC_EVENTS_COLUMNS = {
     "from_status": "VARCHAR(20)",
     "to_status": "VARCHAR(20)",
     "reason": "TEXT",
+}
+# column -> (declared type, notnull, position in the primary key)
+SPEC_DEPENDENCIES_COLUMNS = {
+    "run_id": ("VARCHAR(12)", 1, 1),
+    "depends_on": ("VARCHAR(12)", 1, 2),
+    "kind": ("VARCHAR(20)", 0, 0),
+}
+SPEC_PAUSES_COLUMNS = {
+    "scope": ("VARCHAR(100)", 1, 1),
+    "paused_at": ("DATETIME", 0, 0),
+    "reason": ("TEXT", 0, 0),
 }
 CONCURRENT_OPEN_ROUNDS = 8
 OPEN_TIMEOUT_SECONDS = 60
@@ -130,14 +157,19 @@ def make_original_database(path: Path) -> None:
         conn.close()
 
 
-def original_values(path: Path) -> list[tuple[Any, ...]]:
-    """Every original column of every row, with each value's storage class."""
-    selected = ", ".join(f"{c}, typeof({c})" for c in ORIGINAL_COLUMNS)
+def all_rows(path: Path, table: str, columns: Any) -> list[tuple[Any, ...]]:
+    """`columns` of every row of `table`, each with its storage class, by the first column."""
+    selected = ", ".join(f"{c}, typeof({c})" for c in columns)
     conn = connect(path)
     try:
-        return conn.execute(f"SELECT {selected} FROM runs ORDER BY id").fetchall()
+        return conn.execute(f"SELECT {selected} FROM {table} ORDER BY 1").fetchall()
     finally:
         conn.close()
+
+
+def original_values(path: Path) -> list[tuple[Any, ...]]:
+    """Every original column of every row, with each value's storage class."""
+    return all_rows(path, "runs", ORIGINAL_COLUMNS)
 
 
 def table_info(path: Path, table: str) -> dict[str, tuple[str, int, int]]:
@@ -263,6 +295,191 @@ def test_fresh_database_has_the_spec_schema(runsup: Runsup, tmp_path: Path) -> N
     assert status_indexed(path)
     assert scalar(path, "PRAGMA journal_mode") == "wal"
     assert scalar(path, "SELECT version_num FROM alembic_version") == HEAD_REVISION
+
+
+# A file as release 0002 left it: a run with every 0002 column set, and its history.
+REVISION_0002_ROW = {
+    "id": "c00000000001",
+    "name": "Ströme ✓",
+    "status": "FAILED",
+    "config_json": '{"seed": 1}',
+    "template": "erlang-demo",
+    "pid": 501,
+    "pgid": 501,
+    "created_at": "2025-01-02 03:04:05.000006",
+    "started_at": "2025-01-02 03:04:06.000000",
+    "completed_at": "2025-01-02 04:04:06.000000",
+    "error_message": "killed by signal 9",
+    "current_erlang": 350.25,
+    "total_erlangs": 3,
+    "current_iteration": 4,
+    "total_iterations": 10,
+    "exit_code": None,
+    "exit_signal": 9,
+    "cancel_requested_at": "2025-01-02 04:04:00.000000",
+    "progress_updated_at": "2025-01-02 04:03:00.000000",
+    "run_dir": "/srv/runs/c00000000001",
+    "launch_claimed_at": "2025-01-02 03:04:05.500000",
+    "boot_id": "6f1c3e0a-0000-4000-8000-000000000001",
+    "pid_start_ticks": 123456,
+    "keeper_pid": 500,
+    "keeper_start_ticks": 123400,
+    "timed_out_at": None,
+    "erlang_index": 1,
+    "progress_offset": 4096,
+    "progress_bad_lines": 2,
+}
+REVISION_0002_EVENTS = [
+    (1, "c00000000001", "2025-01-02 03:04:06.000000", "PENDING", "RUNNING", None),
+    (2, "c00000000001", "2025-01-02 04:04:06.000000", "RUNNING", "FAILED", "signal 9"),
+]
+
+
+def make_database_at(path: Path, revision: str) -> None:
+    """A file whose schema is exactly `revision`, made by our own migrations."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", SCRIPT_LOCATION)
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def make_0002_database(path: Path) -> None:
+    """A release-0002 file holding one fully set run and its two events."""
+    make_database_at(path, "0002")
+    conn = connect(path)
+    try:
+        columns = ", ".join(REVISION_0002_ROW)
+        marks = ", ".join("?" * len(REVISION_0002_ROW))
+        conn.execute(
+            f"INSERT INTO runs ({columns}) VALUES ({marks})", [*REVISION_0002_ROW.values()]
+        )
+        conn.executemany(
+            "INSERT INTO run_events (id, run_id, at, from_status, to_status, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            REVISION_0002_EVENTS,
+        )
+    finally:
+        conn.close()
+
+
+def test_upgrade_of_0002_database_keeps_every_row_and_value(runsup: Runsup, tmp_path: Path) -> None:
+    path = tmp_path / "r0002.db"
+    make_0002_database(path)
+    assert scalar(path, "SELECT version_num FROM alembic_version") == "0002"
+    runs_before = all_rows(path, "runs", REVISION_0002_ROW)
+    events_before = all_rows(path, "run_events", SPEC_EVENTS_COLUMNS)
+    assert len(runs_before) == 1 and len(events_before) == 2
+
+    result = runsup("db", "upgrade", env={"RUNSUP_DATABASE": str(path)})
+
+    assert result.returncode == 0, result.stderr
+    assert scalar(path, "SELECT version_num FROM alembic_version") == HEAD_REVISION
+    assert all_rows(path, "runs", REVISION_0002_ROW) == runs_before
+    assert all_rows(path, "run_events", SPEC_EVENTS_COLUMNS) == events_before
+    info = table_info(path, "runs")
+    for column in ADDED_IN_0003:
+        assert column in info, column
+        assert scalar(path, f"SELECT count(*) FROM runs WHERE {column} IS NOT NULL") == 0
+    assert scalar(path, "SELECT count(*) FROM run_dependencies") == 0
+    assert scalar(path, "SELECT count(*) FROM queue_pauses") == 0
+    assert scalar(path, "PRAGMA integrity_check") == "ok"
+
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        record = store.get("c00000000001")
+    finally:
+        store.close()
+    assert (record.exit_signal, record.progress_offset, record.name) == (9, 4096, "Ströme ✓")
+    assert (record.priority, record.attempt, record.executor, record.hook_done_at) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_upgrade_of_original_database_adds_the_0003_tables(runsup: Runsup, tmp_path: Path) -> None:
+    path = tmp_path / "original.db"
+    make_original_database(path)
+    assert runsup("db", "upgrade", env={"RUNSUP_DATABASE": str(path)}).returncode == 0
+    for column in ADDED_IN_0003:
+        assert scalar(path, f"SELECT count(*) FROM runs WHERE {column} IS NOT NULL") == 0
+    assert table_info(path, "run_dependencies") == SPEC_DEPENDENCIES_COLUMNS
+    assert table_info(path, "queue_pauses") == SPEC_PAUSES_COLUMNS
+
+
+def test_fresh_database_has_the_spec_queue_tables(runsup: Runsup, tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    assert runsup("db", "upgrade", env={"RUNSUP_DATABASE": str(path)}).returncode == 0
+
+    assert table_info(path, "run_dependencies") == SPEC_DEPENDENCIES_COLUMNS
+    assert table_info(path, "queue_pauses") == SPEC_PAUSES_COLUMNS
+    assert not table_info(path, "runs")["hook_done_at"][1]
+    conn = connect(path)
+    try:
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(run_dependencies)")}
+        assert "ix_run_dependencies_depends_on" in indexes
+        columns = conn.execute("PRAGMA index_info('ix_run_dependencies_depends_on')").fetchall()
+        assert [c[2] for c in columns] == ["depends_on"]
+    finally:
+        conn.close()
+
+
+PENDING_BACKLOG = 10_000
+FINISHED_HISTORY = 20_000
+
+
+def test_pickup_query_walks_the_queue_index_without_sorting(tmp_path: Path) -> None:
+    """With 10,000 PENDING rows, the queue's order comes from an index, not a sort of them all."""
+    path = tmp_path / "backlog.db"
+    Store.open(f"sqlite:///{path}").close()
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO runs (id, status, config_json, template, created_at, priority)"
+            " VALUES (?, ?, '{}', 'erlang-demo', ?, ?)",
+            (
+                (
+                    f"{i:012x}",
+                    "PENDING" if i < PENDING_BACKLOG else "COMPLETED",
+                    f"2025-01-01 00:00:00.{i % 1_000_000:06d}",
+                    None if i % 3 else i % 5 - 2,
+                )
+                for i in range(PENDING_BACKLOG + FINISHED_HISTORY)
+            ),
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    query = (
+        select(runs.c.id)
+        .where(runs.c.status == "PENDING", runs.c.launch_claimed_at.is_(None))
+        .order_by(*QUEUE_ORDER)
+        .limit(8)
+    )
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        with store.engine.connect() as sa_conn:
+            compiled = query.compile(sa_conn)
+            params = tuple(compiled.params[k] for k in compiled.positiontup or ())
+            plan = sa_conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).fetchall()
+            first = [r[0] for r in sa_conn.execute(query)]
+    finally:
+        store.close()
+    details = [str(r[3]) for r in plan]
+    assert any("ix_runs_queue" in d for d in details), details
+    assert not any("TEMP B-TREE" in d for d in details), details
+    # Highest priority first (NULL counts as 0), then oldest: priority 2 is i % 15 == 9.
+    assert first == [f"{i:012x}" for i in range(9, 9 + 8 * 15, 15)]
 
 
 # Opens (creating) the database named on each line once the go line comes; reports the outcome.

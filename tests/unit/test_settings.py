@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.settings import BUILTIN_TEMPLATES, load_settings
+from supervisor.settings import (
+    BUILTIN_TEMPLATES,
+    DEFAULT_EXECUTOR_COMMAND_TIMEOUT_SECONDS,
+    ExecutorSettings,
+    HooksSettings,
+    ListenAddress,
+    ResourcesSettings,
+    is_retry_outcome,
+    load_settings,
+    parse_listen,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from conftest import Runsup
@@ -315,3 +326,461 @@ def test_python_dash_m_reports_config_errors_the_same(runsup: Runsup, tmp_path: 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "on_stop" in result.stderr
+
+
+# -- SPEC sections 9 to 14: executors, resources, queue, hooks, metrics ------------
+
+SECTIONS_FILE = """
+runs_dir = "runs"
+
+[templates.fusion]
+command = ["/opt/fusion/bin/sim", "{config_path}"]
+executor = "cluster"
+cpus = 4
+gpus = 2
+memory_max = "8G"
+max_concurrent = 3
+max_attempts = 3
+retry_on = ["signal", "timeout", "out_of_memory", "exit:3", "exit:any", "signal"]
+retry_delay_seconds = 2.5
+on_finish = ["/usr/local/bin/notify", "{run_id}", "{status}", "{run_dir}"]
+
+[templates.local-sim]
+command = ["sim"]
+executor = "local"
+gpus = 0
+memory_max = 1048576
+
+[resources]
+cpus = 32
+gpus = ["0", "1", "GPU-8f3a"]
+memory = "120G"
+pin_cpus = true
+
+[executors.cluster]
+kind = "slurm"
+runs_dir = "/shared/runsup/runs"
+partition = "compute"
+account = "proj42"
+sbatch_args = ["--qos=normal", "--exclusive"]
+max_submitted = 50
+poll_interval_seconds = 2.5
+command_timeout_seconds = 60
+
+[executors.small]
+kind = "slurm"
+
+[hooks]
+on_finish = ["/usr/local/bin/notify-run", "{run_id}", "{status}"]
+timeout_seconds = 5
+
+[metrics]
+listen = "127.0.0.1:9787"
+"""
+
+
+def test_sections_9_to_14_full_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "conf.toml", SECTIONS_FILE)
+    settings = load_settings(path, environ={"HOME": "/home/u"})
+
+    fusion = settings.templates["fusion"]
+    assert (fusion.executor, fusion.cpus, fusion.gpus) == ("cluster", 4, 2)
+    assert fusion.memory_max == 8 * 1024**3
+    assert (fusion.max_concurrent, fusion.max_attempts, fusion.retry_delay_seconds) == (3, 3, 2.5)
+    assert fusion.retry_on == ("signal", "timeout", "out_of_memory", "exit:3", "exit:any")
+    assert fusion.on_finish == ("/usr/local/bin/notify", "{run_id}", "{status}", "{run_dir}")
+    local = settings.templates["local-sim"]
+    assert (local.executor, local.gpus, local.memory_max) == ("local", 0, 1048576)
+
+    assert settings.resources == ResourcesSettings(
+        cpus=32, gpus=("0", "1", "GPU-8f3a"), memory=120 * 1024**3, pin_cpus=True
+    )
+    assert settings.resources.cpu_capacity() == 32
+    assert settings.resources.memory_capacity() == 120 * 1024**3
+
+    assert set(settings.executors) == {"cluster", "small"}
+    assert settings.executors["cluster"] == ExecutorSettings(
+        name="cluster",
+        kind="slurm",
+        runs_dir=Path("/shared/runsup/runs"),
+        partition="compute",
+        account="proj42",
+        sbatch_args=("--qos=normal", "--exclusive"),
+        max_submitted=50,
+        poll_interval_seconds=2.5,
+        command_timeout_seconds=60,
+    )
+    small = settings.executors["small"]
+    assert small.runs_dir == settings.runs_dir == tmp_path.resolve() / "runs"
+    assert (small.partition, small.account, small.sbatch_args) == (None, None, ())
+    assert (small.max_submitted, small.poll_interval_seconds) == (100, 10)
+    assert small.command_timeout_seconds == DEFAULT_EXECUTOR_COMMAND_TIMEOUT_SECONDS
+
+    assert settings.hooks == HooksSettings(
+        on_finish=("/usr/local/bin/notify-run", "{run_id}", "{status}"), timeout_seconds=5
+    )
+    assert settings.metrics.listen == ListenAddress(host="127.0.0.1", port=9787)
+    # A template's own hook replaces the global one; without one, the global one applies.
+    assert settings.on_finish_for(fusion) == fusion.on_finish
+    assert settings.on_finish_for(local) == settings.hooks.on_finish
+
+
+def test_sections_9_to_14_defaults() -> None:
+    settings = load_settings(environ={"HOME": "/home/u"})
+    demo = settings.templates["erlang-demo"]
+    assert (demo.executor, demo.cpus, demo.gpus, demo.memory_max) == ("local", 1, None, None)
+    assert (demo.max_concurrent, demo.max_attempts, demo.retry_delay_seconds) == (None, 1, 10)
+    assert demo.retry_on == ("signal", "lost", "node_failure")
+    assert demo.on_finish is None
+    assert settings.resources == ResourcesSettings(cpus=None, gpus="auto", memory=None)
+    assert not settings.resources.pin_cpus
+    assert settings.resources.cpu_capacity() == len(os.sched_getaffinity(0))
+    assert settings.resources.memory_capacity() == os.sysconf("SC_PAGE_SIZE") * os.sysconf(
+        "SC_PHYS_PAGES"
+    )
+    assert settings.executors == {}
+    assert settings.hooks == HooksSettings(on_finish=None, timeout_seconds=30)
+    assert settings.on_finish_for(demo) is None
+    assert settings.metrics.listen is None
+
+
+def test_executor_runs_dir_defaults_to_the_effective_runs_dir(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", '[executors.c]\nkind = "slurm"\n')
+    settings = load_settings(path, environ={"HOME": "/h", "RUNSUP_RUNS_DIR": "/env/runs"})
+    assert settings.runs_dir == Path("/env/runs")
+    assert settings.executors["c"].runs_dir == Path("/env/runs")
+
+
+def test_executor_own_relative_runs_dir_is_beside_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", '[executors.c]\nkind = "slurm"\nruns_dir = "shared"\n')
+    settings = load_settings(path, environ={"HOME": "/h", "RUNSUP_RUNS_DIR": "/env/runs"})
+    assert settings.executors["c"].runs_dir == tmp_path.resolve() / "shared"
+
+
+def test_gpus_auto_spelled_out(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", '[resources]\ngpus = "auto"\n')
+    assert load_settings(path, environ={"HOME": "/h"}).resources.gpus == "auto"
+
+
+def test_empty_gpu_list_means_no_gpus(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", "[resources]\ngpus = []\n")
+    assert load_settings(path, environ={"HOME": "/h"}).resources.gpus == ()
+
+
+def test_retry_on_may_be_empty(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", TEMPLATE + "retry_on = []\n")
+    assert load_settings(path, environ={"HOME": "/h"}).templates["t"].retry_on == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1, 1),
+        (4096, 4096),
+        ("4096", 4096),
+        ("1K", 1024),
+        ("8G", 8 * 1024**3),
+        ("512m", 512 * 1024**2),
+        ("1.5K", 1536),
+        ("0.5G", 512 * 1024**2),
+        (" 2 T ", 2 * 1024**4),
+    ],
+)
+def test_parse_size(value: object, expected: int) -> None:
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", [0, -1, "0", "0K", "1.5", "8X", "8GB", "", "G", "-1G", "1e3", True, 1.5, None, [1]]
+)
+def test_parse_size_refuses(value: object) -> None:
+    with pytest.raises(ValueError, match=r"size|byte"):
+        parse_size(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        ("127.0.0.1:9787", "127.0.0.1", 9787),
+        ("0.0.0.0:1", "0.0.0.0", 1),
+        ("[::1]:9787", "::1", 9787),
+        ("[::]:65535", "::", 65535),
+        ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
+        ("localhost:9787", "localhost", 9787),
+        ("metrics-1.example.org:443", "metrics-1.example.org", 443),
+    ],
+)
+def test_parse_listen(value: str, host: str, port: int) -> None:
+    assert parse_listen(value) == ListenAddress(host=host, port=port)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9787",
+        ":9787",
+        "localhost",
+        "localhost:",
+        "::1:9787",
+        "[::1]9787",
+        "[::1:9787",
+        "[localhost]:80",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "127.0.0.1:http",
+        "127.0.0.1:+80",
+        "127.0.0.1: 80",
+        "127.0.0.1:٣",
+        "256.1.1.1:80",
+        "1.2.3:80",
+        "host_name:80",
+        "-bad:80",
+        "a..b:80",
+        "http://localhost:80",
+    ],
+)
+def test_parse_listen_refuses(value: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_listen(value)
+    assert str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("signal", True),
+        ("lost", True),
+        ("node_failure", True),
+        ("timeout", True),
+        ("out_of_memory", True),
+        ("exit:any", True),
+        ("exit:1", True),
+        ("exit:255", True),
+        ("exit:0", False),
+        ("exit:256", False),
+        ("exit:-1", False),
+        ("exit:", False),
+        ("exit:x", False),
+        ("exit:²", False),
+        ("cancelled", False),
+        ("Signal", False),
+        (3, False),
+    ],
+)
+def test_retry_outcomes(value: object, allowed: bool) -> None:
+    assert is_retry_outcome(value) is allowed
+
+
+CLUSTER = '[executors.cluster]\nkind = "slurm"\n'
+SECTIONS_BAD_FILES = {
+    # templates
+    "template cpus zero": (TEMPLATE + "cpus = 0\n", ["templates.t.cpus", ">= 1", "0"]),
+    "template cpus text": (TEMPLATE + 'cpus = "4"\n', ["templates.t.cpus", "whole"]),
+    "template gpus negative": (TEMPLATE + "gpus = -1\n", ["templates.t.gpus", ">= 0"]),
+    "template memory_max bad unit": (
+        TEMPLATE + 'memory_max = "8Q"\n',
+        ["templates.t.memory_max", "K, M, G or T", "8Q"],
+    ),
+    "template memory_max zero": (TEMPLATE + "memory_max = 0\n", ["templates.t.memory_max"]),
+    "template max_concurrent zero": (
+        TEMPLATE + "max_concurrent = 0\n",
+        ["templates.t.max_concurrent", ">= 1"],
+    ),
+    "template max_attempts zero": (
+        TEMPLATE + "max_attempts = 0\n",
+        ["templates.t.max_attempts", ">= 1"],
+    ),
+    "template retry_on a string": (
+        TEMPLATE + 'retry_on = "signal"\n',
+        ["templates.t.retry_on", "exit:N"],
+    ),
+    "template retry_on unknown": (
+        TEMPLATE + 'retry_on = ["signal", "crash"]\n',
+        ["templates.t.retry_on", "'crash' is not one"],
+    ),
+    "template retry_on exit 0": (
+        TEMPLATE + 'retry_on = ["exit:0"]\n',
+        ["templates.t.retry_on", "'exit:0'"],
+    ),
+    "template retry_on exit 256": (
+        TEMPLATE + 'retry_on = ["exit:256"]\n',
+        ["templates.t.retry_on", "'exit:256'"],
+    ),
+    "template retry delay negative": (
+        TEMPLATE + "retry_delay_seconds = -1\n",
+        ["templates.t.retry_delay_seconds", ">= 0"],
+    ),
+    "template on_finish a string": (
+        TEMPLATE + 'on_finish = "notify {run_id}"\n',
+        ["templates.t.on_finish", "list"],
+    ),
+    "template on_finish empty": (TEMPLATE + "on_finish = []\n", ["templates.t.on_finish"]),
+    "template on_finish bad placeholder": (
+        TEMPLATE + 'on_finish = ["notify", "{state}"]\n',
+        ["templates.t.on_finish", "{state}", "{status}"],
+    ),
+    "status placeholder in command": (
+        '[templates.t]\ncommand = ["sim", "{status}"]\n',
+        ["templates.t.command", "{status}"],
+    ),
+    "template unknown executor": (
+        TEMPLATE + 'executor = "cluster"\n',
+        ["templates.t.executor", "[executors.NAME]", "cluster"],
+    ),
+    "template executor not defined among others": (
+        CLUSTER + TEMPLATE + 'executor = "clutser"\n',
+        ["templates.t.executor", "'cluster'", "clutser"],
+    ),
+    # [resources]
+    "resources not a table": ("resources = 4\n", ["resources", "table"]),
+    "resources unknown key": ("[resources]\ncores = 4\n", ["resources.cores", "unknown key"]),
+    "resources cpus zero": ("[resources]\ncpus = 0\n", ["resources.cpus", ">= 1"]),
+    "resources gpus all": ('[resources]\ngpus = "all"\n', ["resources.gpus", "'auto'", "all"]),
+    "resources gpus numbers": ("[resources]\ngpus = [0, 1]\n", ["resources.gpus", "GPU id"]),
+    "resources gpus comma": ('[resources]\ngpus = ["0,1"]\n', ["resources.gpus", "'0,1'"]),
+    "resources gpus twice": ('[resources]\ngpus = ["0", "0"]\n', ["resources.gpus", "twice"]),
+    "resources memory": ('[resources]\nmemory = "lots"\n', ["resources.memory", "'lots'"]),
+    "resources pin_cpus": ('[resources]\npin_cpus = "yes"\n', ["resources.pin_cpus", "true"]),
+    # [executors.NAME]
+    "executors not a table": ("executors = 1\n", ["executors", "table"]),
+    "executor not a table": ('[executors]\ncluster = "slurm"\n', ["executors.cluster", "table"]),
+    "executor named local": ('[executors.local]\nkind = "slurm"\n', ["executors.local", "'local'"]),
+    "executor without kind": ("[executors.c]\npartition = 'p'\n", ["executors.c.kind", "'slurm'"]),
+    "executor other kind": ('[executors.c]\nkind = "pbs"\n', ["executors.c.kind", "pbs"]),
+    "executor unknown key": (
+        CLUSTER + 'queue = "x"\n',
+        ["executors.cluster.queue", "unknown key"],
+    ),
+    "executor partition empty": (CLUSTER + 'partition = ""\n', ["executors.cluster.partition"]),
+    "executor account number": (CLUSTER + "account = 42\n", ["executors.cluster.account"]),
+    "executor sbatch_args string": (
+        CLUSTER + 'sbatch_args = "--qos=normal"\n',
+        ["executors.cluster.sbatch_args", "list"],
+    ),
+    "executor sbatch_args number": (
+        CLUSTER + "sbatch_args = [1]\n",
+        ["executors.cluster.sbatch_args", "list"],
+    ),
+    "executor max_submitted zero": (
+        CLUSTER + "max_submitted = 0\n",
+        ["executors.cluster.max_submitted", ">= 1"],
+    ),
+    "executor poll interval zero": (
+        CLUSTER + "poll_interval_seconds = 0\n",
+        ["executors.cluster.poll_interval_seconds", "positive"],
+    ),
+    "executor command timeout zero": (
+        CLUSTER + "command_timeout_seconds = 0\n",
+        ["executors.cluster.command_timeout_seconds", "positive"],
+    ),
+    "executor name too long": (
+        f'[executors.{"x" * 101}]\nkind = "slurm"\n',
+        ["executors.xxx", "1 to 100 characters"],
+    ),
+    # [hooks]
+    "hooks unknown key": ("[hooks]\non_start = ['x']\n", ["hooks.on_start", "unknown key"]),
+    "hooks on_finish string": ('[hooks]\non_finish = "notify"\n', ["hooks.on_finish", "list"]),
+    "hooks on_finish placeholder": (
+        '[hooks]\non_finish = ["n", "{exit_code}"]\n',
+        ["hooks.on_finish", "{exit_code}"],
+    ),
+    "hooks timeout zero": ("[hooks]\ntimeout_seconds = 0\n", ["hooks.timeout_seconds"]),
+    # [metrics]
+    "metrics unknown key": ("[metrics]\nport = 9787\n", ["metrics.port", "unknown key"]),
+    "metrics listen number": ("[metrics]\nlisten = 9787\n", ["metrics.listen", "string"]),
+    "metrics listen no port": (
+        '[metrics]\nlisten = "127.0.0.1"\n',
+        ["metrics.listen", "HOST:PORT", "127.0.0.1"],
+    ),
+    "metrics listen bad port": (
+        '[metrics]\nlisten = "127.0.0.1:70000"\n',
+        ["metrics.listen", "'70000'", "1 to 65535"],
+    ),
+    "metrics listen bare ipv6": (
+        '[metrics]\nlisten = "::1:9787"\n',
+        ["metrics.listen", "brackets"],
+    ),
+    # database (SPEC section 2: a path or an sqlite:/// URL)
+    "database postgresql": (
+        'database = "postgresql://u@db/runs"\n',
+        ["database", "sqlite:///", "postgresql://"],
+    ),
+    "database driver form": (
+        'database = "sqlite+pysqlite:////x/runs.db"\n',
+        ["database", "sqlite+pysqlite://", "not supported"],
+    ),
+    "database in memory": ('database = "sqlite://"\n', ["database", "in-memory"]),
+    "database named memory": ('database = "sqlite:///:memory:"\n', ["database", "in-memory"]),
+    "database url options": (
+        'database = "sqlite:////x/runs.db?mode=ro"\n',
+        ["database", "options"],
+    ),
+}
+
+
+def check_bad_file(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    """Loading `text` fails with one line naming the file, each fragment and the expectation."""
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={"HOME": "/h"})
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "expected" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", SECTIONS_BAD_FILES, ids=str)
+def test_sections_bad_file(tmp_path: Path, case: str) -> None:
+    text, fragments = SECTIONS_BAD_FILES[case]
+    check_bad_file(tmp_path, text, fragments)
+
+
+def test_database_url_relative_path_is_beside_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", 'database = "sqlite:///state/runs.db"\n')
+    settings = load_settings(path, environ={"HOME": "/h"})
+    assert settings.database_path == tmp_path.resolve() / "state" / "runs.db"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("postgresql://u@db/runs", "postgresql://"),
+        ("mysql+pymysql://u@db/runs", "mysql+pymysql://"),
+        ("sqlite://", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("sqlite:////x/runs.db?uri=true", "options"),
+    ],
+)
+def test_bad_database_variable(value: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"HOME": "/h", "RUNSUP_DATABASE": value})
+    message = str(info.value)
+    assert message.startswith("RUNSUP_DATABASE: expected a file path or an sqlite:/// URL")
+    assert repr(value) in message
+    assert why in message
+    assert "\n" not in message
+
+
+def test_bad_database_variable_wins_over_a_good_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", 'database = "runs.db"\n')
+    with pytest.raises(ConfigError, match="RUNSUP_DATABASE"):
+        load_settings(path, environ={"HOME": "/h", "RUNSUP_DATABASE": "postgresql://x/y"})
+
+
+@pytest.mark.parametrize("where", ["file", "variable"])
+def test_command_with_postgresql_database_prints_one_line(
+    runsup: Runsup, tmp_path: Path, where: str
+) -> None:
+    url = "postgresql://u@db/runs"
+    if where == "file":
+        path = write(tmp_path / "pg.toml", f'database = "{url}"\n')
+        result = runsup("--config", str(path), "list")
+    else:
+        result = runsup("list", env={"RUNSUP_DATABASE": url})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "database" in lines[0].lower() and "sqlite:///" in lines[0] and url in lines[0]

@@ -826,7 +826,12 @@ class Daemon:
     # -- systemd status -------------------------------------------------------
 
     def _status_text(self) -> str:
-        return f"{len(self.runs)} running, {self._pending_count} pending"
+        text = f"{len(self.runs)} running, {self._pending_count} pending"
+        for watcher in (self._runs_watcher, self._db_watcher):
+            if watcher is not None and watcher.failed is not None:
+                # Progress then arrives only with each rescan: the operator should know why.
+                return f"{text}; file watching down, rescanning ({watcher.failed})"
+        return text
 
     def _report_status(self) -> None:
         text = self._status_text()

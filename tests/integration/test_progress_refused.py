@@ -8,38 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
-
-import pytest
-import structlog
+from typing import TYPE_CHECKING
 
 from supervisor import progress
-from supervisor.logs import configure_logging
 from supervisor.progress import ProgressTail
+
+if TYPE_CHECKING:
+    from conftest import JsonLog
 
 RUN_ID = "0123456789ab"
 REFUSED = "progress_file_refused"
 READABLE = "progress_file_readable_again"
-
-
-@pytest.fixture
-def log_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TextIO]:
-    """structlog configured as the daemon does, writing JSON lines to a file."""
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    with (tmp_path / "daemon.log").open("w+") as fh:
-        configure_logging(stream=fh)
-        yield fh
-    structlog.reset_defaults()
-
-
-def events(fh: TextIO, name: str) -> list[dict[str, Any]]:
-    """Every logged event called `name`, parsed, in order."""
-    fh.flush()
-    fh.seek(0)
-    parsed = [json.loads(line) for line in fh.read().splitlines()]
-    return [e for e in parsed if e["event"] == name]
 
 
 def line(iteration: int) -> bytes:
@@ -71,7 +51,7 @@ def iterations(tail: ProgressTail) -> list[int | None]:
 
 
 def test_symlink_and_fifo_are_logged_once_each_and_good_lines_read_after(
-    tmp_path: Path, log_file: TextIO
+    tmp_path: Path, json_log: JsonLog
 ) -> None:
     """Each refusal is logged once while it lasts, with the path; good lines after it are read."""
     path = tmp_path / "progress.jsonl"
@@ -84,19 +64,19 @@ def test_symlink_and_fifo_are_logged_once_each_and_good_lines_read_after(
     make_symlink(path, decoy)
     for _ in range(3):  # refused on every read, logged on the first only
         assert iterations(tail) == []
-    refused = events(log_file, REFUSED)
+    refused = json_log.events(REFUSED)
     assert len(refused) == 1, refused
     assert refused[0]["path"] == str(path) and refused[0]["level"] == "warning"
     assert "symlink" in refused[0]["reason"]
 
     make_regular(path, line(2) + line(3))
     assert iterations(tail) == [2, 3]
-    assert len(events(log_file, READABLE)) == 1
+    assert len(json_log.events(READABLE)) == 1
 
     make_fifo(path)
     for _ in range(3):
         assert iterations(tail) == []
-    refused = events(log_file, REFUSED)
+    refused = json_log.events(REFUSED)
     assert len(refused) == 2, refused
     assert "fifo" in refused[1]["reason"]
 
@@ -109,21 +89,21 @@ def test_symlink_and_fifo_are_logged_once_each_and_good_lines_read_after(
     # The same condition again after the file was good in between: said again.
     make_symlink(path, decoy)
     assert iterations(tail) == []
-    assert len(events(log_file, REFUSED)) == 3
-    assert len(events(log_file, READABLE)) == 2
+    assert len(json_log.events(REFUSED)) == 3
+    assert len(json_log.events(READABLE)) == 2
 
 
-def test_refusal_carries_the_run_id_when_given(tmp_path: Path, log_file: TextIO) -> None:
+def test_refusal_carries_the_run_id_when_given(tmp_path: Path, json_log: JsonLog) -> None:
     """The daemon passes the run id; the event names the run."""
     path = tmp_path / "progress.jsonl"
     make_fifo(path)
     tail = ProgressTail(path, run_id=RUN_ID)
     assert iterations(tail) == []
-    [refused] = events(log_file, REFUSED)
+    [refused] = json_log.events(REFUSED)
     assert refused["run_id"] == RUN_ID
 
 
-def test_missing_file_in_between_is_not_a_new_condition(tmp_path: Path, log_file: TextIO) -> None:
+def test_missing_file_in_between_is_not_a_new_condition(tmp_path: Path, json_log: JsonLog) -> None:
     """A FIFO removed and made again (missing in between) is the same refusal: one line."""
     path = tmp_path / "progress.jsonl"
     make_fifo(path)
@@ -133,11 +113,11 @@ def test_missing_file_in_between_is_not_a_new_condition(tmp_path: Path, log_file
     assert iterations(tail) == []
     make_fifo(path)
     assert iterations(tail) == []
-    assert len(events(log_file, REFUSED)) == 1
+    assert len(json_log.events(REFUSED)) == 1
     assert tail.refusals == 2
 
 
-def test_a_file_flipping_on_purpose_cannot_flood_the_log(tmp_path: Path, log_file: TextIO) -> None:
+def test_a_file_flipping_on_purpose_cannot_flood_the_log(tmp_path: Path, json_log: JsonLog) -> None:
     """Past MAX_REFUSAL_LOGS refusals a tail says once that it stops logging them."""
     path = tmp_path / "progress.jsonl"
     decoy = tmp_path / "decoy.jsonl"
@@ -148,5 +128,5 @@ def test_a_file_flipping_on_purpose_cannot_flood_the_log(tmp_path: Path, log_fil
         assert iterations(tail) == []
         make_regular(path, line(i))
         assert iterations(tail) == [i]
-    assert len(events(log_file, REFUSED)) == progress.MAX_REFUSAL_LOGS
-    assert len(events(log_file, "progress_file_refusals_muted")) == 1
+    assert len(json_log.events(REFUSED)) == progress.MAX_REFUSAL_LOGS
+    assert len(json_log.events("progress_file_refusals_muted")) == 1

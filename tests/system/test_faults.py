@@ -357,8 +357,10 @@ def test_dead_watcher_leaves_the_rescan_to_keep_progress_right(harness: DaemonHa
     runs.mkdir()
     (runs / run_id).symlink_to(old / run_id)
     (old / run_id / "poke").write_text("")  # an event on the old watch: the watcher notices
-    wait_for("watch_failed in the log", lambda: "watch_failed" in harness.log_text(), 10)
+    wait_for("watcher_died in the log", lambda: "watcher_died" in harness.log_text(), 10)
     # Steps 2-4 while the run goes on (step 5 also ends it, and an exit is read at once).
+    # The watcher watches the new directory again after its restart backoff (seconds);
+    # until then only the rescan can deliver these steps.
     took += step_progress(harness, run_id, range(2, 6), 10)
     print(
         f"progress latency (rescan every {rescan:g} s): watcher alive {took[0]:.2f} s;"

@@ -90,6 +90,15 @@ print("released", flush=True)
 LOCK_SECONDS = 6.0
 
 
+def exits_seen(h: DaemonHarness, run_ids: set[str]) -> list[str]:
+    """The runs among `run_ids` whose end the daemon has logged (`run_exited`)."""
+    return [
+        e["run_id"]
+        for e in h.log_events()
+        if e["event"] == "run_exited" and e.get("run_id") in run_ids
+    ]
+
+
 def test_write_lock_held_for_seconds_loses_no_update(harness: DaemonHarness) -> None:
     gate = harness.tmp / "gate"
     harness.settings["max_concurrent_runs"] = 2
@@ -113,8 +122,11 @@ def test_write_lock_held_for_seconds_loses_no_update(harness: DaemonHarness) -> 
         assert locker.stdout.readline().strip() == "locked"
         # While the lock is held: both runs report progress and end; a slot frees up.
         gate.write_text("")
-        time.sleep(1.0)
-        assert harness.run(ok).status == "RUNNING", "nothing can be written under the lock"
+        # The daemon saw a run end (it logs that before it writes anything about it), so
+        # the end is waiting to be written now; the lock holds it back.
+        wait_for("a gated run's end seen by the daemon", lambda: exits_seen(harness, {ok, bad}))
+        for run_id in (ok, bad):
+            assert harness.run(run_id).status == "RUNNING", "nothing can be written under the lock"
         assert locker.stdout.readline().strip() == "released"
         released = time.monotonic()
     finally:
@@ -376,6 +388,20 @@ def test_dead_watcher_leaves_the_rescan_to_keep_progress_right(harness: DaemonHa
     no_loop_errors(harness)
 
 
+FULL_DISK_FAILED_PASSES = 2
+
+
+def failures_after_exit(h: DaemonHarness, run_id: str) -> int:
+    """How many passes failed (`loop_error`) since the daemon logged the run's end."""
+    events = h.log_events()
+    ends = [
+        i for i, e in enumerate(events) if e["event"] == "run_exited" and e.get("run_id") == run_id
+    ]
+    if not ends:
+        return 0
+    return sum(e["event"] == "loop_error" for e in events[ends[0] + 1 :])
+
+
 def test_full_disk_under_the_database_loses_no_update(tmp_path: Path) -> None:
     """The database itself on the full filesystem: nothing can be written, the daemon keeps
     trying, and once space returns the run's end is recorded as it happened."""
@@ -396,7 +422,12 @@ def test_full_disk_under_the_database_loses_no_update(tmp_path: Path) -> None:
         wait_for("the run running", lambda: h.run(run_id).total_iterations == 5)
         filler = fill_up(state)
         gate.write_text("")
-        time.sleep(3)  # the run has ended; its end cannot be written
+        # The run ended and the daemon failed to record it, twice (once, then after its
+        # backoff): it keeps trying and lives on.
+        wait_for(
+            "two failed passes after the run's end",
+            lambda: failures_after_exit(h, run_id) >= FULL_DISK_FAILED_PASSES,
+        )
         assert h.run(run_id).status == "RUNNING"
         assert h.proc is not None and h.proc.poll() is None, "the daemon died of a full disk"
         filler.unlink()

@@ -20,6 +20,7 @@ Line classification (decided here, see SPEC 5):
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import structlog
 
 MAX_LINE_BYTES: Final = 1024 * 1024
 """A longer line (without its newline) is skipped and counted."""
@@ -39,10 +42,17 @@ MAX_MESSAGE_CHARS: Final = 8192
 """An error message is cut to this many characters; the rest is noise for a column."""
 NO_MESSAGE: Final = "simulation reported an error without a message"
 """`last_error` for an `error` record that has no `message`."""
+MAX_REFUSAL_LOGS: Final = 20
+"""Refusals one tail logs; a simulation flipping its file's type on purpose cannot flood the log."""
+
+log = structlog.get_logger(__name__)
 
 KNOWN_TYPES: Final = frozenset(
     {"start", "erlang_start", "iteration", "erlang_complete", "complete", "error"}
 )
+
+_GONE: Final = (-1, -1)
+"""`_ident` once the file read was seen gone: equal to no real (st_dev, st_ino)."""
 
 # O_NONBLOCK: a FIFO swapped in between lstat and open must not block the open.
 # O_NOCTTY: a terminal swapped in must never become our controlling tty.
@@ -237,6 +247,24 @@ def _from_object(obj: dict[str, Any]) -> ProgressRecord | object:
     )
 
 
+_KINDS: Final = (
+    (stat.S_ISLNK, "symlink"),
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words for the log."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def parse_line(line: bytes) -> ProgressRecord | None:
     """One line (newline optional) as a record; None if bad, blank or carrying nothing we use."""
     result = _classify(line)
@@ -250,7 +278,8 @@ class ProgressTail:
     line; a new tail created with it resumes exactly (bytes of an incomplete last
     line are kept in memory, not re-read, but are not counted in `offset`).
     A file that shrank below what was read, or was replaced by another inode,
-    is read again from 0.
+    is read again from 0. A file that is not a regular one (symlink, FIFO, ...) is
+    refused on every read and logged once per condition, again after it was readable.
     """
 
     def __init__(
@@ -260,11 +289,13 @@ class ProgressTail:
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
         max_read_bytes: int = MAX_READ_BYTES,
+        run_id: str | None = None,
     ) -> None:
-        """Prepare to read `path` from `offset`; touches nothing on disk."""
+        """Prepare to read `path` from `offset`; touches nothing on disk. `run_id` is for logs."""
         if offset < 0 or max_line_bytes < 1 or max_read_bytes < 1:
             raise ValueError("offset must be >= 0 and limits >= 1")
         self.path = path
+        self.run_id = run_id
         self.offset = offset
         self.bad_lines = 0
         self.refused: str | None = None  # why the last read() refused the file, else None
@@ -277,6 +308,9 @@ class ProgressTail:
         self._discarding = False  # inside an over-long line: drop bytes until a newline
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) last read
         self._more = False
+        # The refusal last logged; a missing file in between keeps it (same condition).
+        self._condition: str | None = None
+        self._refusal_logs = 0
 
     @property
     def more(self) -> bool:
@@ -297,37 +331,75 @@ class ProgressTail:
             st = os.lstat(self.path)
         except FileNotFoundError:
             self.refused = None  # not there yet: normal before the run writes
+            self._forget_file()
             return []
         except OSError as exc:
-            return self._refuse(f"lstat failed: {exc.strerror}")
+            return self._refuse("lstat failed", exc.strerror)
         if not stat.S_ISREG(st.st_mode):
             # lstat first so that a symlink, FIFO or device is never even opened.
-            return self._refuse(f"not a regular file (mode {stat.filemode(st.st_mode)})")
-        self.refused = None
+            return self._refuse_type(st.st_mode)
+        self._readable()
         ident = (st.st_dev, st.st_ino)
         if ident == self._ident and st.st_size == self._pos:
             return []  # fast path: nothing appended, no open needed
         try:
             fd = os.open(self.path, _OPEN_FLAGS)
         except FileNotFoundError:
+            self._forget_file()
             return []
         except OSError as exc:  # ELOOP: replaced by a symlink since lstat
-            return self._refuse(f"open failed: {exc.strerror}")
+            if exc.errno == errno.ELOOP:
+                return self._refuse_type(stat.S_IFLNK)
+            return self._refuse("open failed", exc.strerror)
         try:
             fst = os.fstat(fd)
             if not stat.S_ISREG(fst.st_mode):
-                return self._refuse(f"not a regular file (mode {stat.filemode(fst.st_mode)})")
+                return self._refuse_type(fst.st_mode)
             return self._read_fd(fd, fst)
         except OSError as exc:
-            return self._refuse(f"read failed: {exc.strerror}")
+            return self._refuse("read failed", exc.strerror)
         finally:
             os.close(fd)
 
-    def _refuse(self, reason: str) -> list[ProgressRecord]:
-        """Record a refused read and return no records."""
+    def _refuse_type(self, mode: int) -> list[ProgressRecord]:
+        """Refuse a file that is not a regular one, naming what it is."""
+        kind = _file_kind(mode)
+        self._forget_file()
+        return self._refuse(kind, f"not a regular file (mode {stat.filemode(mode)})")
+
+    def _refuse(self, condition: str, detail: str | None) -> list[ProgressRecord]:
+        """Record a refused read, log it if the condition is new, and return no records."""
+        reason = f"{condition}: {detail}"
         self.refused = reason
         self.refusals += 1
+        if condition != self._condition:
+            self._condition = condition
+            self._log_refusal(reason)
         return []
+
+    def _forget_file(self) -> None:
+        """The file read so far is gone from the path: the next regular file there is new."""
+        # Even with the same (st_dev, st_ino): a freed inode number is soon handed out again.
+        if self._ident is not None:
+            self._ident = _GONE
+
+    def _log_refusal(self, reason: str) -> None:
+        """One warning per new condition, up to MAX_REFUSAL_LOGS, then one line saying so."""
+        self._refusal_logs += 1
+        ids = {} if self.run_id is None else {"run_id": self.run_id}
+        if self._refusal_logs <= MAX_REFUSAL_LOGS:
+            log.warning("progress_file_refused", **ids, path=str(self.path), reason=reason)
+        elif self._refusal_logs == MAX_REFUSAL_LOGS + 1:
+            log.warning("progress_file_refusals_muted", **ids, path=str(self.path))
+
+    def _readable(self) -> None:
+        """The file is a regular one again: a later refusal is a new condition."""
+        self.refused = None
+        if self._condition is not None:
+            self._condition = None
+            if self._refusal_logs <= MAX_REFUSAL_LOGS:
+                ids = {} if self.run_id is None else {"run_id": self.run_id}
+                log.info("progress_file_readable_again", **ids, path=str(self.path))
 
     def _restart(self) -> None:
         """Forget everything read: the file shrank or is another file now."""

@@ -1,8 +1,9 @@
-"""Shared fixtures: a store on a temporary SQLite file, the installed `runsup` command, and
-helper Python processes driven line by line over pipes."""
+"""Shared fixtures: a store on a temporary SQLite file, the installed `runsup` command,
+helper Python processes driven line by line over pipes, and the log as JSON lines."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -11,10 +12,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
 from supervisor.db import Store
+from supervisor.logs import configure_logging
 
 # The command installed next to the interpreter running the tests (the venv's bin/).
 RUNSUP = Path(sys.executable).parent / "runsup"
@@ -179,3 +183,32 @@ def python_worker() -> Iterator[Callable[..., PythonWorker]]:
     yield start
     for worker in started:
         worker.kill()
+
+
+class JsonLog:
+    """structlog configured as the daemon does it, writing JSON lines to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("w", buffering=1)  # line-buffered: each event is on disk
+        configure_logging(stream=self._fh)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Every event called `name` logged so far, parsed, in order."""
+        self._fh.flush()
+        parsed = [json.loads(line) for line in self.path.read_text().splitlines()]
+        return [event for event in parsed if event["event"] == name]
+
+    def close(self) -> None:
+        """Put structlog back to its defaults and close the file."""
+        structlog.reset_defaults()
+        self._fh.close()
+
+
+@pytest.fixture
+def json_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonLog]:
+    """The log of this test (library code included) as JSON lines; see JsonLog.events."""
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)  # no syslog prefix on the lines
+    log = JsonLog(tmp_path / "structlog.jsonl")
+    yield log
+    log.close()

@@ -130,6 +130,35 @@ class DaemonHarness:
         """Everything the daemon logged so far."""
         return self.log_path.read_text(errors="replace")
 
+    def log_events(self) -> list[dict[str, Any]]:
+        """The daemon's log events so far, parsed, in order (lines that are not JSON skipped)."""
+        events = []
+        for line in self.log_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "event" in event:
+                events.append(event)
+        return events
+
+    def wait_logged(
+        self, event: str, deadline: float = DEFAULT_DEADLINE, **fields: Any
+    ) -> dict[str, Any]:
+        """Wait until the daemon logged `event` with these field values; that event."""
+
+        def find() -> dict[str, Any] | None:
+            return next(
+                (
+                    e
+                    for e in self.log_events()
+                    if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
+                ),
+                None,
+            )
+
+        return wait_for(f"{event} {fields} in the daemon's log", find, deadline)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = DEFAULT_DEADLINE) -> int:
         """Signal the daemon and wait for it to exit; returns its exit code."""
         assert self.proc is not None

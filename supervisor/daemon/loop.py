@@ -682,7 +682,9 @@ class Daemon:
             timeout_at=timeout_at,
             cause=_stop_cause(record),
         )
-        tail = ProgressTail(rundir.progress_path(run_dir), offset=record.progress_offset or 0)
+        tail = ProgressTail(
+            rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
+        )
         tail.bad_lines = record.progress_bad_lines or 0
         run = TrackedRun(
             run_id=record.id,
@@ -897,7 +899,9 @@ class Daemon:
         """
         self._bound_log(run_dir)
         template = self.settings.templates.get(record.template)
-        tail = ProgressTail(rundir.progress_path(run_dir), offset=record.progress_offset or 0)
+        tail = ProgressTail(
+            rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
+        )
         tail.bad_lines = record.progress_bad_lines or 0
         state = _progress_of(record)
         for rec in tail.read_to_end():
@@ -935,8 +939,9 @@ class Daemon:
         if waiting:
             parts.append(waiting)
         for watcher in (self._runs_watcher, self._db_watcher):
-            if watcher is not None and watcher.failed:
-                parts.append(f"file watcher failed: {watcher.failed}")
+            if watcher is not None and watcher.failed is not None:
+                # Progress then arrives only with each rescan: the operator should know why.
+                parts.append(f"file watching down, rescanning ({watcher.failed})")
         return "; ".join(parts)
 
     def _report_status(self) -> None:

@@ -20,8 +20,10 @@ from supervisor.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
 
-# After a failed commit, try again this much later (the loop goes on meanwhile).
+# After a failed commit, try again this much later, doubling up to the maximum (the loop goes
+# on meanwhile; a long lock costs a few attempts, not a hot loop).
 RETRY_INTERVAL_SECONDS = 0.25
+RETRY_INTERVAL_MAX_SECONDS = 2.0
 
 Done = Callable[[bool], None]
 
@@ -41,6 +43,7 @@ class Outbox:
         self._progress: dict[str, ProgressUpdate] = {}
         self.blocked_since: float | None = None  # monotonic: first failed flush in a row
         self.retry_at = 0.0
+        self.failed_attempts = 0
         self.last_error: str | None = None
 
     def add(self, change: RowChange, done: Done | None = None) -> None:
@@ -78,6 +81,7 @@ class Outbox:
         if self.blocked_since is not None:
             log.info("database_writes_resumed", waited_seconds=round(now - self.blocked_since, 3))
         self.blocked_since = None
+        self.failed_attempts = 0
         self.last_error = None
         for entry, applied in zip(entries, results, strict=True):
             if entry.done is None:
@@ -94,11 +98,21 @@ class Outbox:
         return True
 
     def _blocked(self, now: float, error: str) -> None:
+        self.failed_attempts += 1
         if self.blocked_since is None:
             self.blocked_since = now
             log.warning("database_writes_waiting", error=error, writes=len(self))
+        else:
+            log.info(
+                "database_writes_retry_failed",
+                error=error,
+                writes=len(self),
+                attempt=self.failed_attempts,
+                waited_seconds=round(now - self.blocked_since, 3),
+            )
         self.last_error = error
-        self.retry_at = now + RETRY_INTERVAL_SECONDS
+        delay = RETRY_INTERVAL_SECONDS * 2 ** (self.failed_attempts - 1)
+        self.retry_at = now + min(delay, RETRY_INTERVAL_MAX_SECONDS)
 
     def status(self, now: float) -> str | None:
         """For systemd's STATUS=: how long writes have waited, or None."""

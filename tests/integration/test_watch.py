@@ -8,14 +8,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from supervisor.watch import DirectoryWatcher
 
+if TYPE_CHECKING:
+    from conftest import JsonLog
+
 DEADLINE_S = 5.0  # generous: a loaded CI machine, while a change normally lands in ~40 ms
 READY_TIMEOUT_S = 5.0
 STOP_PROMPT_S = 0.5  # stop() must return well within this (the step is 20 ms)
+QUICK_RESTART_S = 0.05  # a test's restart backoff: the default waits seconds
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
@@ -171,3 +176,64 @@ def test_undecodable_file_name_sets_failed(runs: Path, collector: Collector) -> 
         assert not w.wait_ready(0)
     finally:
         w.stop()
+
+
+def test_death_is_logged_as_an_error_with_the_path(
+    runs: Path, collector: Collector, json_log: JsonLog
+) -> None:
+    """A watch that died says so at error level, naming the path and the error (defect 6)."""
+    w = DirectoryWatcher([runs], collector.wake)
+    w.start()
+    assert w.wait_ready(READY_TIMEOUT_S)
+    try:
+        shutil.rmtree(runs)
+        assert wait_for(lambda: bool(json_log.events("watcher_died")))
+        [died] = json_log.events("watcher_died")
+        assert died["level"] == "error"
+        assert died["path"] == str(runs)
+        assert "gone" in died["error"] and died["error"] == w.failed
+    finally:
+        w.stop()
+
+
+def test_restarts_once_the_path_is_back(
+    runs: Path, collector: Collector, json_log: JsonLog
+) -> None:
+    """A directory removed and made again is watched again; `failed` clears, events flow."""
+    seen_failed: list[str | None] = []  # `failed` at each wake()
+    w = DirectoryWatcher(
+        [runs], lambda: seen_failed.append(w.failed), restart_first_s=QUICK_RESTART_S
+    )
+    w.start()
+    assert w.wait_ready(READY_TIMEOUT_S)
+    try:
+        shutil.rmtree(runs)
+        assert wait_for(lambda: w.failed is not None)
+        runs.mkdir()
+        assert wait_for(lambda: w.failed is None)
+        assert w.wait_ready(READY_TIMEOUT_S)
+        [back] = json_log.events("watcher_restarted")
+        assert back["path"] == str(runs)
+        # One wake when it died, one when it is back (the daemon rescans what it missed).
+        died = next(i for i, failed in enumerate(seen_failed) if failed is not None)
+        assert None in seen_failed[died + 1 :], seen_failed
+        fresh = runs / "run-3"
+        fresh.mkdir()
+        assert wait_for(lambda: collector.drained(w, fresh))
+    finally:
+        w.stop()
+
+
+def test_stop_ends_a_dead_watcher_waiting_to_restart(runs: Path, collector: Collector) -> None:
+    """stop() also ends a thread that waits for its path to come back."""
+    w = DirectoryWatcher([runs], collector.wake)  # the default backoff: seconds
+    w.start()
+    assert w.wait_ready(READY_TIMEOUT_S)
+    thread = w._thread
+    assert thread is not None
+    shutil.rmtree(runs)
+    assert wait_for(lambda: w.failed is not None)
+    started = time.monotonic()
+    w.stop()
+    assert time.monotonic() - started < STOP_PROMPT_S
+    assert not thread.is_alive()

@@ -195,6 +195,30 @@ def test_ready_with_status_then_status_follows_the_runs(
     assert daemon.wait() == 0
 
 
+def test_status_says_when_file_watching_died_and_when_it_is_back(
+    harness: DaemonHarness, notify_socket: NotifySocket
+) -> None:
+    """A dead watcher shows in STATUS= until it watches again (issue 11, defect 6)."""
+    daemon = NotifiedDaemon(harness)
+    daemon.start({"NOTIFY_SOCKET": notify_socket.address})
+    notify_socket.wait_for("READY=1", ready)
+    # Replace the watched runs directory; an event on the old one makes the watcher notice.
+    runs, old = harness.runs_dir, harness.tmp / "runs.old"
+    runs.rename(old)
+    runs.mkdir()
+    (old / "poke").write_text("")
+    down = notify_socket.wait_for(
+        "file watching down", lambda n: "watching down" in (n.get("STATUS") or "")
+    )
+    assert str(runs) in (down.get("STATUS") or ""), down
+    wait_for("watcher_died in the log", lambda: "watcher_died" in harness.log_text())
+    # The new directory exists: after its backoff the watcher watches it, and STATUS says so.
+    notify_socket.wait_for("STATUS back to normal", status_is("0 running, 0 pending"))
+    wait_for("watcher_restarted in the log", lambda: "watcher_restarted" in harness.log_text())
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
 def test_abstract_notify_socket_is_supported(harness: DaemonHarness) -> None:
     sock = NotifySocket(abstract=f"runsup-test-{uuid.uuid4().hex}")
     try:

@@ -314,6 +314,7 @@ def test_planted_things_in_a_run_dir_are_refused(harness: DaemonHarness, plant: 
 
 # -- the progress file ------------------------------------------------------------------------
 
+GARBAGE_BAD_LINES = 2001  # the over-long line and the 2000 short ones PROGRESS_TRAP writes
 PROGRESS_TRAP = """\
 case "$1" in
   zero) ln -s /dev/zero progress.jsonl ;;
@@ -333,6 +334,20 @@ while [ ! -e done ]; do sleep 0.02; done
 """
 
 
+def wait_trap_met(h: DaemonHarness, run_id: str, mode: str) -> None:
+    """Wait until the daemon has met the trap: refused the file, or read all its garbage."""
+    if mode == "garbage":
+        wait_for(
+            "the garbage read to its end",
+            lambda: h.run(run_id).progress_bad_lines == GARBAGE_BAD_LINES,
+            60,
+        )
+        return
+    path = str(h.runs_dir / run_id / "progress.jsonl")
+    refused = h.wait_logged("progress_file_refused", 60, path=path)
+    assert ("fifo" if mode == "fifo" else "symlink") in refused["reason"], refused
+
+
 @pytest.mark.parametrize("mode", ["zero", "random", "fifo", "garbage"])
 def test_hostile_progress_file_neither_hangs_nor_swells_the_daemon(
     harness: DaemonHarness, mode: str
@@ -345,10 +360,10 @@ def test_hostile_progress_file_neither_hangs_nor_swells_the_daemon(
         run_id = harness.submit({}, template="trap")
         run_dir = harness.runs_dir / run_id
         wait_for("the trap to be set", lambda: (run_dir / "ready").exists(), 60)
-        # The daemon keeps serving while the trap is in place.
+        wait_trap_met(harness, run_id, mode)
+        # The daemon keeps serving after meeting the trap, which stays in place meanwhile.
         other = harness.submit({"progress": [{"iteration": 1}]})
         assert harness.wait_final(other).status == "COMPLETED"
-        time.sleep(1.5)  # a few rescans over the trap
         (run_dir / "go").write_text("")
         rec = wait_for(
             "progress from the real file",
@@ -357,7 +372,7 @@ def test_hostile_progress_file_neither_hangs_nor_swells_the_daemon(
         )
         assert rec.current_erlang == 5.0 and rec.total_iterations == 9
         if mode == "garbage":
-            assert rec.progress_bad_lines == 2001
+            assert rec.progress_bad_lines == GARBAGE_BAD_LINES
         (run_dir / "done").write_text("")
         assert harness.wait_final(run_id).status == "COMPLETED"
     grown = max(sampler.samples) - base

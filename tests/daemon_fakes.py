@@ -149,6 +149,11 @@ class FakeExecutor:
         self.launches[spec.run_id] = launch
         return launch
 
+    def begin_launch_handle_for(self, run_id: str) -> FakeHandle:
+        """A handle as a launch by an earlier daemon left it (for recover())."""
+        self._next_pid += 1
+        return FakeHandle(make_process(self._next_pid))
+
     def poll(self, handles: Sequence[RunHandle]) -> None:
         return None
 
@@ -157,11 +162,12 @@ class FakeExecutor:
 
 
 def make_process(pid: int) -> ProcessRecord:
-    """A process identity that names no real process."""
+    """A process identity that names no real process, started now."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
     return ProcessRecord(
         pid=pid,
         pgid=pid,
-        start_ticks=1,
+        start_ticks=int(uptime * os.sysconf("SC_CLK_TCK")),
         boot_id=current_boot_id(),
         keeper_pid=pid + 1,
         keeper_start_ticks=1,

@@ -186,6 +186,7 @@ class Daemon:
         self.launching: dict[str, InFlight] = {}
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, ""))
         self._signals: list[int] = []
         self.stopping = False
         self._forced = False
@@ -223,7 +224,6 @@ class Daemon:
         self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, ""))
         self._start_watchers()
         self.recover()
         self._guarded(lambda: self._sync_db_or_wait(force=True))

@@ -4,7 +4,8 @@ Keys: progress (list of objects or strings written as lines), exit_code, sleep (
 in small slices), ignore_term (bool), term_exit_code (exit with it on SIGTERM),
 children (how many sleeping children to fork into its group), signal_self (a signal
 number to kill itself with), stdout (text), wait_for_file (a path to wait for),
-launches_file (append one line per launch, to count them).
+launches_file (append one line per launch, to count them), progress_after (lines written
+after the wait).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main() -> int:
     wait_for = config.get("wait_for_file")
     while time.monotonic() < deadline or (wait_for and not os.path.exists(wait_for)):
         time.sleep(SLICE_SECONDS)
+    with open(progress, "a") as fh:
+        for line in config.get("progress_after", []):
+            fh.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
     if config.get("signal_self"):
         os.kill(os.getpid(), int(config["signal_self"]))
     return int(config.get("exit_code", 0))

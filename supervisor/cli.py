@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from supervisor.errors import NotFoundError, SupervisorError, ValidationError
+from supervisor.errors import SupervisorError, ValidationError
 
 if TYPE_CHECKING:
     from supervisor.db import Store
@@ -312,8 +312,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `runsup` and `python -m supervisor`."""
     try:
         cli.main(args=argv, prog_name="runsup", standalone_mode=True)
-    except NotFoundError as exc:
-        _fail(str(exc))
     except SupervisorError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

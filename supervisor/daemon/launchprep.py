@@ -19,10 +19,18 @@ from supervisor.notify import scrub_environment
 from supervisor.settings import Template
 
 
+def id_problem(run_id: str) -> str | None:
+    """Why a row's id cannot name a run directory (another program wrote it), or None."""
+    if not is_valid_run_id(run_id):
+        return f"invalid run id {run_id!r}: expected 12 lowercase hex characters"
+    return None
+
+
 def row_problem(record: RunRecord, templates: Mapping[str, Template]) -> str | None:
     """Why a PENDING row some program wrote cannot be run, or None if it can."""
-    if not is_valid_run_id(record.id):
-        return f"invalid run id {record.id!r}: expected 12 lowercase hex characters"
+    problem = id_problem(record.id)
+    if problem is not None:
+        return problem
     if record.template not in templates:
         known = ", ".join(sorted(templates))
         return f"unknown template {record.template!r} (known: {known})"

@@ -37,7 +37,6 @@ from supervisor.db import (
     Store,
     claim_released_change,
     final_change,
-    is_valid_run_id,
     running_change,
     timed_out_change,
     utcnow,
@@ -864,8 +863,9 @@ class Daemon:
                 log.error("recover_failed", run_id=record.id, error=str(exc), exc_info=True)
 
     def _recover_one(self, record: RunRecord) -> None:
-        if not is_valid_run_id(record.id):
-            self._settle_invalid(record)
+        problem = launchprep.id_problem(record.id)
+        if problem is not None:
+            self._settle_invalid(record, problem)
             return
         run_dir = recovery.record_dir_of(record, self.settings.runs_dir)
         found = self.executor.recover(
@@ -873,8 +873,7 @@ class Daemon:
         )
         recovery.apply(_Host(self, run_dir), record, found)
 
-    def _settle_invalid(self, record: RunRecord) -> None:
-        why = f"invalid run id {record.id!r}"
+    def _settle_invalid(self, record: RunRecord, why: str) -> None:
         if record.status == RunStatus.PENDING:
             self._fail_unstarted(record.id, why)
         else:

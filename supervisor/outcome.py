@@ -90,6 +90,22 @@ def _by_signal(number: int, last_error: str | None, log_tail: str | None) -> Out
     return Outcome(RunStatus.FAILED, None, number, message, f"killed by {name}")
 
 
+FOREIGN_UNKNOWN = "exit status unknown: started by another program"
+
+
+def foreign_end(
+    *, completed_ok: bool, last_error: str | None, cancelled: bool = False
+) -> Outcome:
+    """A run another program started, once its whole group is gone (SPEC section 3)."""
+    if cancelled:
+        message = f"cancelled on request ({FOREIGN_UNKNOWN})"
+        return Outcome(RunStatus.CANCELLED, None, None, message, "cancel requested")
+    if completed_ok:
+        return Outcome(RunStatus.COMPLETED, None, None, None, "progress says complete, exit 0")
+    message = FOREIGN_UNKNOWN + (f"; its last error: {last_error}" if last_error else "")
+    return Outcome(RunStatus.FAILED, None, None, bound(message), "exit status unknown")
+
+
 def lost(reason: str) -> Outcome:
     """A run whose exit status cannot be known (say why)."""
     return Outcome(RunStatus.FAILED, None, None, bound(reason), "exit status lost")

@@ -83,6 +83,7 @@ class ProgressState:
     total_iterations: int | None = None
     last_error: str | None = None
     erlang_index: int | None = None
+    completed_ok: bool = False  # the last record read is `complete` with exit_code 0
 
     def apply(self, rec: ProgressRecord) -> ProgressState:
         """Return the state with one record folded in (a field absent from it keeps its value)."""
@@ -107,6 +108,7 @@ class ProgressState:
             ),
             last_error=last_error,
             erlang_index=index,
+            completed_ok=rec.type == "complete" and rec.exit_code == 0,
         )
 
 

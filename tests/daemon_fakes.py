@@ -160,6 +160,18 @@ class FakeExecutor:
     def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
         return self.found[run_id]
 
+    def adopt_foreign(
+        self,
+        run_id: str,
+        *,
+        pid: int | None,
+        pgid: int | None,
+        started_at: datetime | None,
+        start_ticks: int | None,
+        record_dir: Path,
+    ) -> RunHandle | None:
+        return None
+
 
 def make_process(pid: int) -> ProcessRecord:
     """A process identity that names no real process, started now."""

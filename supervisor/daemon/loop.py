@@ -36,7 +36,9 @@ from supervisor.db import (
     RunRecord,
     Store,
     claim_released_change,
+    corrected_final_change,
     final_change,
+    foreign_identity_change,
     running_change,
     timed_out_change,
     utcnow,
@@ -125,6 +127,7 @@ class TrackedRun:
     progress: ProgressState
     state: RunState
     flushed: ProgressUpdate | None = None
+    foreign: bool = False  # started by another program (SPEC section 3): no keeper, no status
     exit_fd: int | None = None  # registered with the selector until the run ends
     leftover_fd: int | None = None  # registered with the selector while the group lingers
     group_check_at: float | None = None
@@ -192,6 +195,7 @@ class Daemon:
         self._pending_count = 0
         self._claims_waiting: dict[str, float] = {}  # run id -> monotonic time to look again
         self._cancel_seen: set[str] = set()  # cancels asked while the run was still launching
+        self._settling: set[str] = set()  # final status queued in the outbox, not yet committed
         self._progress_read: set[str] = set()  # runs whose tail was read since the last flush
         self._next_rescan = 0.0
         self._next_db_poll = 0.0
@@ -518,6 +522,7 @@ class Daemon:
         self._db_unsynced = True
         for record in self.store.cancel_requests():
             self._on_cancel_request(record)
+        self._watch_foreign()
         if not self.stopping:
             self._launch_pending()
         counts = self.store.counts()
@@ -669,7 +674,13 @@ class Daemon:
     # -- tracked runs ---------------------------------------------------------
 
     def _track(
-        self, record: RunRecord, handle: RunHandle, run_dir: Path, template: Template | None
+        self,
+        record: RunRecord,
+        handle: RunHandle,
+        run_dir: Path,
+        template: Template | None,
+        *,
+        foreign: bool = False,
     ) -> TrackedRun:
         timeout = template.timeout_seconds if template else None
         now = self.clock.monotonic()
@@ -680,6 +691,7 @@ class Daemon:
             grace_seconds=self.settings.cancel_grace_seconds,
             timeout_at=timeout_at,
             cause=_stop_cause(record),
+            stop_leftovers=not foreign,
         )
         tail = ProgressTail(
             rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
@@ -693,6 +705,7 @@ class Daemon:
             tail=tail,
             progress=_progress_of(record),
             state=state,
+            foreign=foreign,
         )
         run.flushed = run.progress_update()
         self.runs[record.id] = run
@@ -811,6 +824,11 @@ class Daemon:
         self._settle(run.run_id, out, reason=out.reason)
 
     def _classify(self, run: TrackedRun, status: ExitStatus) -> Outcome:
+        if run.foreign:
+            p = run.progress
+            return outcomes.foreign_end(
+                completed_ok=p.completed_ok, last_error=p.last_error, cancelled=run.state.cancelled
+            )
         if not status.known:
             return outcomes.lost(
                 "exit status unknown: the run's keeper process ended without recording it"
@@ -834,9 +852,13 @@ class Daemon:
             exit_signal=out.exit_signal,
             error_message=out.error_message,
         )
+        self._settling.add(run_id)
         self.outbox.add(change, lambda applied: self._settled(run_id, out, applied))
 
     def _settled(self, run_id: str, out: Outcome, applied: bool) -> None:
+        if not applied and self._correct(run_id, out):
+            return
+        self._settling.discard(run_id)
         log.info(
             "run_finished",
             run_id=run_id,
@@ -854,9 +876,70 @@ class Daemon:
 
     # -- start-up: re-adopt what is still going, settle what ended ------------
 
+    def _correct(self, run_id: str, out: Outcome) -> bool:
+        """Our final write was refused: if another program wrote a final status over the run
+        while it still lived, write the true outcome over it (SPEC section 3). True if queued."""
+        record = self.store.find(run_id)
+        if record is None or not record.is_final:
+            return False  # deleted, or moved on in a way we do not override
+        was = RunStatus(record.status)
+        change = corrected_final_change(
+            run_id,
+            was,
+            out.status,
+            reason=out.reason,
+            exit_code=out.exit_code,
+            exit_signal=out.exit_signal,
+            error_message=out.error_message,
+        )
+        log.warning("run_outcome_corrected", run_id=run_id, was=was.value, now=out.status.value)
+        self.outbox.add(change, lambda applied: self._settled(run_id, out, True))
+        return True
+
+    # -- runs another program started (SPEC section 3) -----------------------
+
+    def _watch_foreign(self) -> None:
+        """Take on RUNNING rows another program started: watch, cancel and settle them."""
+        for record in self.store.foreign_running():
+            if record.id not in self.runs and record.id not in self._settling:
+                self._adopt_foreign(record)
+
+    def _adopt_foreign(self, record: RunRecord) -> None:
+        run_dir = recovery.record_dir_of(record, self.settings.runs_dir)
+        same_boot = record.boot_id == current_boot_id()
+        handle = self.executor.adopt_foreign(
+            record.id,
+            pid=record.pid,
+            pgid=record.pgid,
+            started_at=record.started_at,
+            start_ticks=record.pid_start_ticks if same_boot else None,
+            record_dir=rundir.record_dir(run_dir),
+        )
+        if handle is None:
+            # Every process of its group has exited: settle it by what its progress says.
+            state, update = _read_on(record, run_dir)
+            self.outbox.progress(update)
+            out = outcomes.foreign_end(completed_ok=state.completed_ok, last_error=state.last_error)
+            self._settle(record.id, out, reason=f"{out.reason} (started by another program)")
+            return
+        proc = handle.record
+        if record.pid_start_ticks != proc.start_ticks or not same_boot:
+            self.outbox.add(
+                foreign_identity_change(
+                    record.id, pid_start_ticks=proc.start_ticks, boot_id=proc.boot_id
+                )
+            )
+        template = self.settings.templates.get(record.template)
+        run = self._track(record, handle, run_dir, template, foreign=True)
+        if handle.exit_status() is not None:
+            self._on_exit(run.run_id)
+
+    # -- start-up: re-adopt what is still going, settle what ended ------------
+
     def recover(self) -> None:
         """Find every run an earlier daemon was responsible for and take it on again."""
-        for record in self.store.active_runs():
+        found = self.store.active_runs() + self.store.overturned_runs(current_boot_id())
+        for record in found:
             try:
                 self._recover_one(record)
             except Exception as exc:
@@ -866,6 +949,9 @@ class Daemon:
         problem = launchprep.id_problem(record.id)
         if problem is not None:
             self._settle_invalid(record, problem)
+            return
+        if record.status == RunStatus.RUNNING and record.keeper_pid is None:
+            self._adopt_foreign(record)
             return
         run_dir = recovery.record_dir_of(record, self.settings.runs_dir)
         found = self.executor.recover(
@@ -898,25 +984,8 @@ class Daemon:
         """
         self._bound_log(run_dir)
         template = self.settings.templates.get(record.template)
-        tail = ProgressTail(
-            rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
-        )
-        tail.bad_lines = record.progress_bad_lines or 0
-        state = _progress_of(record)
-        for rec in tail.read_to_end():
-            state = state.apply(rec)
-        self.outbox.progress(
-            ProgressUpdate(
-                run_id=record.id,
-                current_erlang=state.current_erlang,
-                total_erlangs=state.total_erlangs,
-                current_iteration=state.current_iteration,
-                total_iterations=state.total_iterations,
-                erlang_index=state.erlang_index,
-                offset=tail.offset,
-                bad_lines=tail.bad_lines,
-            )
-        )
+        state, update = _read_on(record, run_dir)
+        self.outbox.progress(update)
         cause = _stop_cause(record)
         out = outcomes.classify_exit(
             exit_code=status.exit_code,
@@ -1040,6 +1109,28 @@ def _stop_cause(record: RunRecord) -> StopCause | None:
     if timeout is not None:
         return StopCause.TIMEOUT
     return None
+
+
+def _read_on(record: RunRecord, run_dir: Path) -> tuple[ProgressState, ProgressUpdate]:
+    """A run's progress read on from where the last daemon stopped: its state and row update."""
+    tail = ProgressTail(
+        rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
+    )
+    tail.bad_lines = record.progress_bad_lines or 0
+    state = _progress_of(record)
+    for rec in tail.read_to_end():
+        state = state.apply(rec)
+    update = ProgressUpdate(
+        run_id=record.id,
+        current_erlang=state.current_erlang,
+        total_erlangs=state.total_erlangs,
+        current_iteration=state.current_iteration,
+        total_iterations=state.total_iterations,
+        erlang_index=state.erlang_index,
+        offset=tail.offset,
+        bad_lines=tail.bad_lines,
+    )
+    return state, update
 
 
 def _progress_of(record: RunRecord) -> ProgressState:

@@ -76,9 +76,15 @@ class RunState:
         grace_seconds: float,
         timeout_at: float | None,
         cause: StopCause | None = None,
+        stop_leftovers: bool = True,
     ) -> None:
-        """`timeout_at` on the monotonic clock; `cause` when a restarted daemon finds one."""
+        """`timeout_at` on the monotonic clock; `cause` when a restarted daemon finds one.
+
+        `stop_leftovers` False (a run another program started): processes its leader left in
+        the group are waited for, not signalled.
+        """
         self.phase = Phase.RUNNING
+        self.stop_leftovers = stop_leftovers
         self.grace_seconds = grace_seconds
         self.timeout_at = timeout_at
         self.cause: StopCause | None = None
@@ -119,7 +125,7 @@ class RunState:
         if self.exit is not None:
             return []
         self.exit = status
-        if group_alive and self.phase is Phase.RUNNING:
+        if group_alive and self.phase is Phase.RUNNING and self.stop_leftovers:
             return self._terminate(StopCause.LEFTOVERS, now)
         return []
 

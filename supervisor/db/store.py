@@ -202,6 +202,40 @@ def final_change(
     return RowChange(run_id, sources, values, to, reason, now)
 
 
+def corrected_final_change(
+    run_id: str,
+    was: RunStatus,
+    to: RunStatus,
+    *,
+    reason: str,
+    exit_code: int | None = None,
+    exit_signal: int | None = None,
+    error_message: str | None = None,
+) -> RowChange:
+    """Over a final status another program wrote while the run still lived: the true one
+    (SPEC section 3), with a run_events row that says so."""
+    now = utcnow()
+    values = {
+        "exit_code": exit_code,
+        "exit_signal": exit_signal,
+        "error_message": error_message,
+        "completed_at": now,
+    }
+    why = f"{reason} (corrected: another program had written {was.value})"
+    return RowChange(run_id, frozenset({was}), values, to, why, now)
+
+
+def kept_foreign_final_change(run_id: str, status: RunStatus, why: str) -> RowChange:
+    """An event that records, once, that the status another program wrote is kept."""
+    return RowChange(run_id, frozenset({status}), {}, status, why)
+
+
+def foreign_identity_change(run_id: str, *, pid_start_ticks: int, boot_id: str) -> RowChange:
+    """Remember which process stands for a run another program started (pid reuse)."""
+    values = {"pid_start_ticks": pid_start_ticks, "boot_id": boot_id}
+    return RowChange(run_id, frozenset({RunStatus.RUNNING}), values)
+
+
 def timed_out_change(run_id: str) -> RowChange:
     """Remember that the daemon is stopping this run for its timeout (survives a restart)."""
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), {"timed_out_at": utcnow()})
@@ -540,6 +574,36 @@ class Store:
         query = select(runs).where(
             (runs.c.status == RunStatus.RUNNING.value)
             | ((runs.c.status == RunStatus.PENDING.value) & runs.c.launch_claimed_at.is_not(None))
+        )
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def foreign_running(self) -> list[RunRecord]:
+        """RUNNING rows the daemon did not start: another program wrote their pid and pgid
+        (the daemon's own RUNNING rows always carry their keeper's pid)."""
+        query = select(runs).where(
+            runs.c.status == RunStatus.RUNNING.value, runs.c.keeper_pid.is_(None)
+        )
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def overturned_runs(self, boot_id: str) -> list[RunRecord]:
+        """Runs the daemon started in this boot whose final status another program wrote: the
+        row is final, but its last run_events row (every status change of ours has one) is not
+        that status. Their processes may still live; their true outcome is still to come."""
+        last = (
+            select(run_events.c.to_status)
+            .where(run_events.c.run_id == runs.c.id)
+            .order_by(run_events.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(runs).where(
+            runs.c.status.in_([s.value for s in FINAL_STATUSES]),
+            runs.c.keeper_pid.is_not(None),
+            runs.c.keeper_pid != 0,
+            runs.c.boot_id == boot_id,
+            func.coalesce(last, "") != runs.c.status,
         )
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -195,4 +196,18 @@ class Executor(Protocol):
 
     def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
         """Find a run again (record None: the daemon died mid-launch, look at the files)."""
+        ...
+
+    def adopt_foreign(
+        self,
+        run_id: str,
+        *,
+        pid: int | None,
+        pgid: int | None,
+        started_at: datetime | None,
+        start_ticks: int | None,
+        record_dir: Path,
+    ) -> RunHandle | None:
+        """A handle on a RUNNING row another program started (SPEC section 3), or None if
+        nothing of its process group lives (or the executor cannot see it)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -200,7 +201,10 @@ def test_state_folds_latest_values() -> None:
     state = state.apply(ProgressRecord("error", message="boom"))
     assert state.last_error == "boom"
     assert state.apply(ProgressRecord("error")).last_error == NO_MESSAGE
-    assert state.apply(ProgressRecord("complete", exit_code=0)) == state
+    done = state.apply(ProgressRecord("complete", exit_code=0))
+    assert done.completed_ok and done == dataclasses.replace(state, completed_ok=True)
+    assert not done.apply(ProgressRecord(None, iteration=5)).completed_ok, "only the last record"
+    assert not state.apply(ProgressRecord("complete", exit_code=2)).completed_ok
 
 
 # --- ProgressTail -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -28,6 +29,7 @@ from supervisor.executors.base import (
     RunHandle,
     StillStarting,
 )
+from supervisor.executors.local import foreign
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
     current_boot_id,
@@ -154,6 +156,26 @@ class LocalExecutor:
 
     def poll(self, handles: Sequence[RunHandle]) -> None:
         """Nothing to do: each local handle's pidfd tells when its run ends."""
+
+    def adopt_foreign(
+        self,
+        run_id: str,
+        *,
+        pid: int | None,
+        pgid: int | None,
+        started_at: datetime | None,
+        start_ticks: int | None,
+        record_dir: Path,
+    ) -> RunHandle | None:
+        """Watch a run another program started on this machine (see foreign.py)."""
+        return foreign.adopt_foreign(
+            run_id,
+            pid=pid,
+            pgid=pgid,
+            started_at=started_at,
+            start_ticks=start_ticks,
+            record_dir=record_dir,
+        )
 
     def _check_spec(self, spec: LaunchSpec) -> tuple[Path, list[str]]:
         if not spec.argv:

@@ -1,0 +1,188 @@
+"""A GUI that breaks the contract (SPEC section 3, ../shared/FUSION.md), against the installed
+daemon: a final status written over a live run, RUNNING rows the daemon did not start, and a
+pid such a row names that now belongs to an unrelated process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from daemon_harness import READY, TEST_SIM, DaemonHarness, pid_alive, wait_for
+
+from supervisor.db import new_run_id
+from supervisor.db.schema import TIMESTAMP_FORMAT
+
+GUI_FAILED_MESSAGE = "Server restarted while run was active"
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[DaemonHarness]:
+    h = DaemonHarness(tmp_path, cancel_grace_seconds=1)
+    h.write_config()
+    yield h
+    h.close()
+
+
+def stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
+    """What FUSION's GUI does at its start to a RUNNING row whose group it cannot signal."""
+    with sqlite3.connect(h.db_path, isolation_level=None) as conn:
+        conn.execute(
+            "UPDATE runs SET status='FAILED', error_message=?, completed_at=? WHERE id=?",
+            (GUI_FAILED_MESSAGE, stamp(datetime.now(UTC)), run_id),
+        )
+
+
+class GuiRun:
+    """A run the GUI starts itself: its own child in a session of its own, then RUNNING."""
+
+    def __init__(self, h: DaemonHarness, config: dict[str, object]) -> None:
+        self.run_id = new_run_id()
+        self.run_dir = h.runs_dir / self.run_id
+        self.run_dir.mkdir(parents=True)
+        (self.run_dir / "config.json").write_text(json.dumps(config))
+        started = datetime.now(UTC)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TEST_SIM), str(self.run_dir / "config.json")],
+            cwd=self.run_dir,
+            start_new_session=True,
+            env={"RUNSUP_PROGRESS_FILE": str(self.run_dir / "progress.jsonl"), "PATH": "/bin"},
+        )
+        with sqlite3.connect(h.db_path, isolation_level=None) as conn:
+            conn.execute(
+                "INSERT INTO runs (id, status, config_json, template, created_at, started_at,"
+                " pid, pgid, run_dir) VALUES (?, 'RUNNING', ?, 'testsim', ?, ?, ?, ?, ?)",
+                (
+                    self.run_id,
+                    json.dumps(config),
+                    stamp(started),
+                    stamp(started),
+                    self.proc.pid,
+                    self.proc.pid,
+                    str(self.run_dir),
+                ),
+            )
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def test_a_final_status_written_over_a_live_run_is_corrected(harness: DaemonHarness) -> None:
+    harness.start()
+    gate = harness.tmp / "gate"
+    run_id = harness.submit({"wait_for_file": str(gate), "progress": [READY], "exit_code": 0})
+    pid, _ = harness.wait_set_up(run_id)
+    gui_marks_failed(harness, run_id)
+    assert harness.run(run_id).status == "FAILED"
+    assert pid_alive(pid), "the run goes on: the daemon supervises it still"
+    gate.write_text("")
+    rec = wait_for(
+        "the true outcome written over the GUI's",
+        lambda: r if (r := harness.run(run_id)).status == "COMPLETED" else None,
+    )
+    assert rec.exit_code == 0 and rec.error_message is None
+    reasons = [e.reason or "" for e in harness.store.events(run_id)]
+    assert any("another program had written FAILED" in r for r in reasons), reasons
+
+
+def test_a_final_status_written_while_the_daemon_was_down_is_corrected(
+    harness: DaemonHarness,
+) -> None:
+    harness.start()
+    gate = harness.tmp / "gate"
+    run_id = harness.submit({"wait_for_file": str(gate), "progress": [READY], "exit_code": 3})
+    harness.wait_set_up(run_id)
+    harness.kill()
+    gui_marks_failed(harness, run_id)
+    harness.start()
+    harness.wait_logged("run_adopted", run_id=run_id)
+    gate.write_text("")
+    rec = wait_for(
+        "the true outcome after the restart",
+        lambda: r if (r := harness.run(run_id)).exit_code == 3 else None,
+    )
+    assert rec.status == "FAILED" and rec.error_message and "code 3" in rec.error_message
+
+
+def test_a_run_the_gui_started_is_watched_and_settled(harness: DaemonHarness) -> None:
+    harness.start()
+    gate = harness.tmp / "gate"
+    complete = {"type": "complete", "exit_code": 0}
+    gui = GuiRun(
+        harness,
+        {"wait_for_file": str(gate), "progress": [READY], "progress_after": [complete]},
+    )
+    try:
+        harness.wait_logged("foreign_run_adopted", run_id=gui.run_id)
+        assert harness.run(gui.run_id).status == "RUNNING", "never failed while it lives"
+        wait_for("its progress read", lambda: harness.run(gui.run_id).total_iterations == 3)
+        gate.write_text("")
+        rec = harness.wait_final(gui.run_id)
+        assert rec.status == "COMPLETED"
+    finally:
+        gui.close()
+
+
+def test_a_run_the_gui_started_is_cancelled_with_escalation(harness: DaemonHarness) -> None:
+    harness.start()
+    gui = GuiRun(harness, {"ignore_term": True, "sleep": 60, "progress": [READY]})
+    try:
+        harness.wait_logged("foreign_run_adopted", run_id=gui.run_id)
+        wait_for("its handlers set", lambda: harness.run(gui.run_id).total_iterations == 3)
+        harness.store.request_cancel(gui.run_id)
+        rec = harness.wait_final(gui.run_id)
+        assert rec.status == "CANCELLED"
+        assert gui.proc.wait(10) == -signal.SIGKILL, "SIGTERM ignored, then SIGKILL"
+    finally:
+        gui.close()
+
+
+def test_a_gui_run_that_ended_unseen_fails_with_unknown_status(harness: DaemonHarness) -> None:
+    gui = GuiRun(harness, {"progress": [READY], "exit_code": 0})
+    gui.proc.wait(10)  # it ended without writing `complete`
+    harness.start()
+    rec = harness.wait_final(gui.run_id)
+    assert rec.status == "FAILED"
+    assert rec.error_message and "started by another program" in rec.error_message
+
+
+def test_a_reused_pid_is_never_signalled(harness: DaemonHarness) -> None:
+    """The row names a pid that now belongs to a process born after the run started."""
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        run_id = new_run_id()
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        with sqlite3.connect(harness.db_path, isolation_level=None) as conn:
+            conn.execute(
+                "INSERT INTO runs (id, status, config_json, template, created_at, started_at,"
+                " pid, pgid, cancel_requested_at) VALUES (?, 'RUNNING', '{}', 'testsim', ?, ?,"
+                " ?, ?, ?)",
+                (
+                    run_id,
+                    stamp(long_ago),
+                    stamp(long_ago),
+                    bystander.pid,
+                    bystander.pid,
+                    stamp(long_ago),
+                ),
+            )
+        harness.start()
+        rec = harness.wait_final(run_id)
+        assert rec.status in ("FAILED", "CANCELLED")
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert pid_alive(bystander.pid)
+    finally:
+        bystander.kill()
+        bystander.wait()

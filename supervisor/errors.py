@@ -25,3 +25,7 @@ class LaunchError(SupervisorError):
 
 class DatabaseError(SupervisorError):
     """The database cannot be opened or used."""
+
+
+class CapError(SupervisorError):
+    """A run's memory cap cannot be set up, entered or cleaned up."""

@@ -1,0 +1,1 @@
+"""The local executor: runs on this machine under a per-run keeper."""

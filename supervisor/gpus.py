@@ -139,4 +139,3 @@ def run_environment(
     env.update(template_env)
     env.update(resource_env(cpus=cpus, gpu_ids=gpu_ids, template_env=template_env))
     return env
-

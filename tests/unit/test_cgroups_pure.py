@@ -162,3 +162,19 @@ def test_a_cgroup_outside_the_mounted_subtree_is_refused(tmp_path: Path) -> None
 def test_a_memory_report_knows_an_oom_kill() -> None:
     assert cgroups.MemoryReport(10, 1, 20).oom_killed
     assert not cgroups.MemoryReport(10, 0, 20).oom_killed
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0"), (512, "512"), (1536, "1.5K"), (8 * 1024**3, "8G"), (3 * 1024**4, "3T")],
+)
+def test_format_size_speaks_the_configuration_notation(size: int, text: str) -> None:
+    assert cgroups.format_size(size) == text
+
+
+def test_out_of_memory_message_starts_as_the_spec_says_and_names_cap_and_peak() -> None:
+    message = cgroups.out_of_memory_message(64 * 1024**2, 67_100_000)
+    assert message == (
+        "out of memory: killed at its memory_max of 64M (67108864 bytes); peak 63.99M"
+    )
+    assert cgroups.out_of_memory_message(1024, None).endswith("peak unknown")

@@ -6,8 +6,10 @@ What can enforce a cap (`detect`), in this order:
   `cgroup.controllers`): under systemd that is a unit with `Delegate=yes`. v2 forbids a cgroup
   that hands controllers to children from holding processes itself, so `prepare` moves the
   daemon into a leaf `runsup-daemon` of its cgroup and then enables `+memory` for the children.
-  A per-run cgroup gets `memory.max` and `memory.swap.max = 0` (the cap counts swap as v1's
-  memsw does, so a run cannot dodge it by swapping).
+  A per-run cgroup gets `memory.max`, `memory.swap.max = 0` (the cap counts swap as v1's
+  memsw does, so a run cannot dodge it by swapping) and `memory.oom.group = 1` (an OOM kill
+  takes the whole run). v1 has no group kill: the kernel kills the largest process; the
+  daemon can see `memory_report(...).oom_killed` and `kill` the rest.
 - cgroup v1 with the memory controller mounted and the daemon's memory cgroup writable (root):
   `memory.limit_in_bytes` and, when swap accounting is on, `memory.memsw.limit_in_bytes`.
 - none: `CapSupport.reason` says why and how to enable it; a run that asks for a cap must then
@@ -367,6 +369,10 @@ def _set_cap(cgroup: RunCgroup, memory_max: int) -> None:
         _write(cgroup.path / "memory.max", str(memory_max))
         if (cgroup.path / "memory.swap.max").exists():
             _write(cgroup.path / "memory.swap.max", "0")
+        # Past the cap the whole run dies, not just its largest process (SPEC: "the run is
+        # killed"); the keeper is outside the cgroup, so it survives to record the status.
+        if (cgroup.path / "memory.oom.group").exists():
+            _write(cgroup.path / "memory.oom.group", "1")
         return
     # A new memcg inherits oom_kill_disable from its parent: a disabled OOM killer would freeze
     # the run at its cap instead of ending it.

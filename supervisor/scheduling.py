@@ -24,11 +24,12 @@ job's reserved start time", cannot be made. Reserving capacity instead of time k
 guarantee: what the head of a wait needs is never given to a later run, so everything freed
 goes to the head until it fits, and the head starts at the latest when the runs that held its
 resources when it became the head have ended, however many small runs arrive meanwhile (no
-starvation). A run becomes the head once the runs ahead of it in the queue have started, and
-new arrivals queue behind it (unless given a higher priority, which is what priority means). Runs behind it still fill whatever the head cannot use (backfill), so a big run
-waiting does not idle the whole machine. GPUs get their own head because the two waits differ:
-a run waiting for a GPU holds back only GPU runs. Once it has its GPUs it waits for CPUs and
-memory like any other head, holding its GPUs so another GPU run cannot take them.
+starvation). A run becomes the head of its wait once no run ahead of it in the queue waits for
+the same thing; new arrivals queue behind it unless given a higher priority (which is what
+priority is for). Runs behind the head still fill whatever it cannot use (backfill), so a big
+run waiting does not idle the whole machine. GPUs get their own head because the two waits
+differ: a run waiting for a GPU holds back only GPU runs. Once it has its GPUs it waits for
+CPUs and memory like any other head, holding its GPUs so another GPU run cannot take them.
 Reservations are recomputed on every call from the queue order, so a restart or a change of
 priority changes them at once and nothing about them needs storing.
 """

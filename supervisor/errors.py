@@ -23,6 +23,10 @@ class LaunchError(SupervisorError):
     """A run's command could not be started."""
 
 
+class CapError(SupervisorError):
+    """A run's memory cap cannot be set up, entered or cleaned up."""
+
+
 class DatabaseError(SupervisorError):
     """The database cannot be opened or used."""
 

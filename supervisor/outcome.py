@@ -90,6 +90,36 @@ def _by_signal(number: int, last_error: str | None, log_tail: str | None) -> Out
     return Outcome(RunStatus.FAILED, None, number, message, f"killed by {name}")
 
 
+OUT_OF_MEMORY = "out of memory"
+_SIZE_UNITS = ("", "K", "M", "G", "T")
+
+
+def format_size(size: int) -> str:
+    """Bytes in the configuration's notation (powers of 1024): 8589934592 -> "8G"."""
+    value = float(size)
+    unit = 0
+    while value >= 1024 and unit < len(_SIZE_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return f"{text}{_SIZE_UNITS[unit]}"
+
+
+def out_of_memory_message(cap_bytes: int, peak_bytes: int | None) -> str:
+    """A FAILED run's error_message when its cap killed it (SPEC section 6)."""
+    peak = "unknown" if peak_bytes is None else format_size(peak_bytes)
+    return (
+        f"{OUT_OF_MEMORY}: killed at its memory_max of {format_size(cap_bytes)} "
+        f"({cap_bytes} bytes); peak {peak}"
+    )
+
+
+def out_of_memory(cap_bytes: int, peak_bytes: int | None) -> Outcome:
+    """Killed by the kernel for passing its memory cap (SPEC section 6)."""
+    message = out_of_memory_message(cap_bytes, peak_bytes)
+    return Outcome(RunStatus.FAILED, None, signal.SIGKILL, message, OUT_OF_MEMORY)
+
+
 FOREIGN_UNKNOWN = "exit status unknown: started by another program"
 
 

@@ -200,6 +200,15 @@ class Settings:
         return template.on_finish if template.on_finish is not None else self.hooks.on_finish
 
     @property
+    def cpu_capacity(self) -> int:
+        """The CPUs local runs' reservations may add up to: `[resources] cpus` when set, else
+        the number of CPUs, but never fewer than max_concurrent_runs (a limit set above the
+        CPU count asks for that many runs at once, each asking 1 CPU by default)."""
+        if self.resources.cpus is not None:
+            return self.resources.cpus
+        return max(self.resources.cpu_capacity(), self.max_concurrent_runs)
+
+    @property
     def database_url(self) -> str:
         """The database as an SQLAlchemy URL."""
         if "://" in self.database:

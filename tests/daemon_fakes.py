@@ -58,6 +58,7 @@ class FakeHandle:
         self.group_checks = 0
         self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
+        self.released = False
 
     def end(self, status: ExitStatus, *, leftovers: bool = False) -> None:
         self.status = status
@@ -85,6 +86,9 @@ class FakeHandle:
 
     def leftover_fileno(self) -> int | None:
         return None
+
+    def release(self) -> None:
+        self.released = True
 
     def close(self) -> None:
         if self._fd is not None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from supervisor import rundir
+from supervisor.daemon.resources import Held, run_env
 from supervisor.db import RunRecord, check_config_json, is_valid_run_id
 from supervisor.errors import ValidationError
 from supervisor.executors.base import LaunchSpec
@@ -41,15 +42,17 @@ def row_problem(record: RunRecord, templates: Mapping[str, Template]) -> str | N
     return None
 
 
-def prepare(record: RunRecord, template: Template, runs_dir: Path) -> LaunchSpec:
+def prepare(record: RunRecord, template: Template, runs_dir: Path, held: Held) -> LaunchSpec:
     """Create the run directory and its config; the launch spec. OSError if the disk says no."""
     run_dir = rundir.run_dir_for(runs_dir, record.id)
     config = check_config_json(record.config_json)
     config_file = rundir.create_run_dir(run_dir, config, template.config_format)
-    return launch_spec(record.id, template, run_dir, config_file)
+    return launch_spec(record.id, template, run_dir, config_file, held)
 
 
-def launch_spec(run_id: str, template: Template, run_dir: Path, config_file: Path) -> LaunchSpec:
+def launch_spec(
+    run_id: str, template: Template, run_dir: Path, config_file: Path, held: Held
+) -> LaunchSpec:
     """The command with its placeholders filled in, and the environment SPEC section 4 gives."""
     progress = rundir.progress_path(run_dir)
     values = {
@@ -61,6 +64,7 @@ def launch_spec(run_id: str, template: Template, run_dir: Path, config_file: Pat
     }
     env = scrub_environment(os.environ)
     env.update(template.env)
+    env.update(run_env(template, held))
     env.update(
         {
             "RUNSUP_RUN_ID": run_id,
@@ -76,4 +80,9 @@ def launch_spec(run_id: str, template: Template, run_dir: Path, config_file: Pat
         env=env,
         log_path=rundir.log_path(run_dir),
         record_dir=rundir.record_dir(run_dir),
+        cpus=held.cpus or 1,
+        gpu_ids=held.gpu_tuple,
+        memory_max=held.memory_max_bytes,
+        cpu_ids=held.cpu_ids,
+        timeout_seconds=template.timeout_seconds,
     )

@@ -30,6 +30,7 @@ from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
 from supervisor.daemon import launchprep, recovery
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
+from supervisor.daemon.resources import Held, Resources, Start, running_per_template
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
 from supervisor.db import (
     ProgressUpdate,
@@ -67,6 +68,8 @@ ERROR_BACKOFF_SECONDS = 1.0
 # and try again later: a locked database must never stall the loop (systemd's watchdog, signal
 # escalation and progress go on meanwhile).
 LOOP_BUSY_TIMEOUT_MS = 100
+# How far past its free slots a scheduling pass looks down the queue for runs that fit.
+SCHEDULING_LOOKAHEAD = 32
 # A claim whose keeper was still starting at the last look is looked at again this often.
 CLAIM_RECHECK_SECONDS = 0.5
 # On the way out, keep trying to commit what is left for at most this long.
@@ -122,6 +125,8 @@ class TrackedRun:
     run_id: str
     run_dir: Path
     template: Template | None
+    template_name: str
+    held: Held
     handle: RunHandle
     tail: ProgressTail
     progress: ProgressState
@@ -161,6 +166,7 @@ class InFlight:
     record: RunRecord
     template: Template
     run_dir: Path
+    held: Held
     fd: int | None  # registered with the selector (unregistered by number: poll closes it)
 
 
@@ -184,6 +190,7 @@ class Daemon:
         self.config_file = config_file
         self.clock: Clock = clock or SystemClock()
         self.outbox = Outbox(store)
+        self.resources = Resources(settings)
         self.runs: dict[str, TrackedRun] = {}
         self.launching: dict[str, InFlight] = {}
         self.selector = selectors.DefaultSelector()
@@ -194,6 +201,7 @@ class Daemon:
         self._forced = False
         self._pending_count = 0
         self._claims_waiting: dict[str, float] = {}  # run id -> monotonic time to look again
+        self._claims_held: dict[str, Held] = {}  # what those claims hold, from their rows
         self._cancel_seen: set[str] = set()  # cancels asked while the run was still launching
         self._settling: set[str] = set()  # final status queued in the outbox, not yet committed
         self._progress_read: set[str] = set()  # runs whose tail was read since the last flush
@@ -405,6 +413,7 @@ class Daemon:
             # Where the runs and the database live cannot change under live runs.
             kept = replace(new, database=self.settings.database, runs_dir=self.settings.runs_dir)
             self.settings = kept
+            self.resources = Resources(kept)
             log.info(
                 "config_reloaded",
                 templates=sorted(kept.templates),
@@ -560,24 +569,42 @@ class Daemon:
         free = self._free_slots()
         if free <= 0:
             return
+        templates = self.settings.templates
         candidates = []
-        for record in self.store.pending_runs(free):
-            problem = launchprep.row_problem(record, self.settings.templates)
+        # Past the free slots too: a run that waits for resources must not hold back smaller
+        # ones behind it (scheduling.py), so the pass looks a little further down the queue.
+        for record in self.store.pending_runs(free + SCHEDULING_LOOKAHEAD):
+            problem = launchprep.row_problem(record, templates)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)
             else:
-                candidates.append(record)
-        claimed = set(self.store.claim_many([r.id for r in candidates]))
-        for record in candidates:
-            if record.id in claimed:  # else cancelled or taken in the meantime
+                candidates.append((record, templates[record.template]))
+        plan = self.resources.plan(candidates, self._held(), templates, self._per_template())
+        for run_id, why in plan.impossible.items():
+            self._fail_unstarted_now(run_id, why)
+        claimed = set(self.store.claim_many([s.claim() for s in plan.start]))
+        for start in plan.start:
+            if start.record.id in claimed:  # else cancelled or taken in the meantime
                 crash_point("launch_claimed")
-                self._begin_launch(record)
+                self._begin_launch(start)
 
-    def _begin_launch(self, record: RunRecord) -> None:
-        template = self.settings.templates[record.template]
+    def _held(self) -> dict[str, Held]:
+        """What every run the loop is responsible for holds."""
+        held = {run_id: run.held for run_id, run in self.runs.items()}
+        held.update((run_id, f.held) for run_id, f in self.launching.items())
+        held.update(self._claims_held)
+        return held
+
+    def _per_template(self) -> dict[str, int]:
+        names = [run.template_name for run in self.runs.values()]
+        names += [f.template.name for f in self.launching.values()]
+        return running_per_template(names)
+
+    def _begin_launch(self, start: Start) -> None:
+        record, template, held = start.record, start.template, start.held
         run_dir = rundir.run_dir_for(self.settings.runs_dir, record.id)
         try:
-            spec = launchprep.prepare(record, template, self.settings.runs_dir)
+            spec = launchprep.prepare(record, template, self.settings.runs_dir, held)
             launch = self.executor.begin_launch(spec)
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -590,7 +617,7 @@ class Daemon:
         fd = launch.fileno()
         if fd is not None:
             self.selector.register(fd, selectors.EVENT_READ, (_LAUNCH, record.id))
-        self.launching[record.id] = InFlight(launch, record, template, run_dir, fd)
+        self.launching[record.id] = InFlight(launch, record, template, run_dir, held, fd)
 
     def _poll_due_launches(self, now: float) -> None:
         for run_id, flight in list(self.launching.items()):
@@ -626,7 +653,7 @@ class Daemon:
         self.outbox.add(change, lambda applied: self._running_recorded(record.id, applied))
         log.info("run_started", run_id=record.id, pid=proc.pid, pgid=proc.pgid)
         fresh = replace(record, status=RunStatus.RUNNING.value, started_at=self.clock.utcnow())
-        run = self._track(fresh, handle, flight.run_dir, flight.template)
+        run = self._track(fresh, handle, flight.run_dir, flight.template, held=flight.held)
         if record.id in self._cancel_seen:
             self._cancel_seen.discard(record.id)
             self._request_cancel(run)
@@ -681,6 +708,7 @@ class Daemon:
         template: Template | None,
         *,
         foreign: bool = False,
+        held: Held | None = None,
     ) -> TrackedRun:
         timeout = template.timeout_seconds if template else None
         now = self.clock.monotonic()
@@ -701,6 +729,8 @@ class Daemon:
             run_id=record.id,
             run_dir=run_dir,
             template=template,
+            template_name=record.template,
+            held=held if held is not None else Held.of_row(record),
             handle=handle,
             tail=tail,
             progress=_progress_of(record),
@@ -821,7 +851,7 @@ class Daemon:
         out = self._classify(run, run.state.exit)
         self._progress_read.add(run.run_id)
         self._queue_progress()
-        self._settle(run.run_id, out, reason=out.reason)
+        self._settle(run.run_id, out, reason=out.reason, peak=run.state.exit.peak_memory_bytes)
 
     def _classify(self, run: TrackedRun, status: ExitStatus) -> Outcome:
         if run.foreign:
@@ -829,6 +859,9 @@ class Daemon:
             return outcomes.foreign_end(
                 completed_ok=p.completed_ok, last_error=p.last_error, cancelled=run.state.cancelled
             )
+        if status.out_of_memory:
+            cap = run.held.memory_max_bytes or 0
+            return outcomes.out_of_memory(cap, status.peak_memory_bytes)
         if not status.known:
             return outcomes.lost(
                 "exit status unknown: the run's keeper process ended without recording it"
@@ -843,7 +876,9 @@ class Daemon:
             log_tail=_log_tail(run.run_dir),
         )
 
-    def _settle(self, run_id: str, out: Outcome, *, reason: str) -> None:
+    def _settle(
+        self, run_id: str, out: Outcome, *, reason: str, peak: int | None = None
+    ) -> None:
         change = final_change(
             run_id,
             out.status,
@@ -851,6 +886,7 @@ class Daemon:
             exit_code=out.exit_code,
             exit_signal=out.exit_signal,
             error_message=out.error_message,
+            peak_memory_bytes=peak,
         )
         self._settling.add(run_id)
         self.outbox.add(change, lambda applied: self._settled(run_id, out, applied))
@@ -870,6 +906,7 @@ class Daemon:
         run = self.runs.get(run_id)
         if run is not None:
             run.state.settled()
+            run.handle.release()
             self._forget(run)
         self.wake()  # a slot is free: look for pending runs now
         self._next_db_poll = 0.0
@@ -971,6 +1008,7 @@ class Daemon:
     def _recheck_claim(self, run_id: str) -> None:
         """A claim whose keeper was still starting at the last look: look again."""
         self._claims_waiting.pop(run_id, None)
+        self._claims_held.pop(run_id, None)
         record = self.store.find(run_id)
         if record is None or record.status != RunStatus.PENDING:
             return
@@ -1084,6 +1122,7 @@ class _Host:
     def look_again_later(self, record: RunRecord, why: str) -> None:
         """Its keeper is still starting."""
         self._d._claims_waiting[record.id] = self._d.clock.monotonic() + CLAIM_RECHECK_SECONDS
+        self._d._claims_held[record.id] = Held.of_row(record)
         log.info("launch_still_starting", run_id=record.id, why=why)
 
 

@@ -3,6 +3,7 @@
 from supervisor.db.migrate import HEAD_REVISION, ensure_schema
 from supervisor.db.store import (
     ChangeProbe,
+    Claim,
     ProgressUpdate,
     RowChange,
     RunEvent,
@@ -24,6 +25,7 @@ from supervisor.db.store import (
 __all__ = [
     "HEAD_REVISION",
     "ChangeProbe",
+    "Claim",
     "ProgressUpdate",
     "RowChange",
     "RunEvent",

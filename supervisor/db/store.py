@@ -138,6 +138,28 @@ class ProgressUpdate:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A PENDING run taken for launch, with where it goes and what it holds (SPEC 9, 10)."""
+
+    run_id: str
+    executor: str | None = None
+    cpus: int | None = None
+    gpu_ids: str | None = None  # comma-separated, as in CUDA_VISIBLE_DEVICES
+    memory_max_bytes: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The columns the claim writes besides launch_claimed_at."""
+        out: dict[str, Any] = {}
+        if self.executor is not None:
+            out["executor"] = self.executor
+        if self.cpus is not None:
+            out["cpus"] = self.cpus
+        out["gpu_ids"] = self.gpu_ids
+        out["memory_max_bytes"] = self.memory_max_bytes
+        return out
+
+
+@dataclass(frozen=True)
 class RowChange:
     """One compare-and-set write of a run's row, to commit alone or in a batch.
 
@@ -189,16 +211,19 @@ def final_change(
     exit_signal: int | None = None,
     error_message: str | None = None,
     expect: Iterable[RunStatus] | None = None,
+    peak_memory_bytes: int | None = None,
 ) -> RowChange:
     """A move to a final status with how the run ended."""
     now = utcnow()
     sources = sources_of(to) if expect is None else sources_of(to) & frozenset(expect)
-    values = {
+    values: dict[str, Any] = {
         "exit_code": exit_code,
         "exit_signal": exit_signal,
         "error_message": error_message,
         "completed_at": now,
     }
+    if peak_memory_bytes is not None:
+        values["peak_memory_bytes"] = peak_memory_bytes
     return RowChange(run_id, sources, values, to, reason, now)
 
 
@@ -681,27 +706,29 @@ class Store:
 
         return self._write(work, progress_only=not changes)
 
-    def claim_many(self, run_ids: Sequence[str]) -> list[str]:
-        """Claim these PENDING runs for launch in one transaction; returns the ones claimed."""
-        if not run_ids:
+    def claim_many(self, claims: Sequence[str | Claim]) -> list[str]:
+        """Claim these PENDING runs for launch in one transaction, writing what each holds;
+        returns the ids claimed (a run cancelled or taken meanwhile is left out)."""
+        if not claims:
             return []
         now = utcnow()
+        full = [c if isinstance(c, Claim) else Claim(c) for c in claims]
 
         def work(conn: Connection) -> list[str]:
             won = []
-            for run_id in run_ids:
+            for claim in full:
                 statement = (
                     update(runs)
                     .where(
-                        runs.c.id == run_id,
+                        runs.c.id == claim.run_id,
                         runs.c.status == RunStatus.PENDING.value,
                         runs.c.launch_claimed_at.is_(None),
                         runs.c.cancel_requested_at.is_(None),
                     )
-                    .values(launch_claimed_at=now)
+                    .values(launch_claimed_at=now, **claim.values())
                 )
                 if conn.execute(statement).rowcount == 1:
-                    won.append(run_id)
+                    won.append(claim.run_id)
             return won
 
         return self._write(work)

@@ -17,6 +17,9 @@ class ExitStatus:
 
     exit_code: int | None
     exit_signal: int | None
+    # Measured where the executor can (a memory cgroup, the cluster's accounting):
+    peak_memory_bytes: int | None = None
+    out_of_memory: bool = False  # killed for passing its memory cap
 
     @property
     def known(self) -> bool:
@@ -76,6 +79,12 @@ class LaunchSpec:
     env: Mapping[str, str]
     log_path: Path
     record_dir: Path
+    # What the run asked for and was granted (SPEC section 10); a cluster passes them on.
+    cpus: int = 1
+    gpu_ids: tuple[str, ...] | None = None  # None: GPUs not managed
+    memory_max: int | None = None  # bytes: a hard cap on the run's processes
+    cpu_ids: tuple[int, ...] | None = None  # pin the run to these CPUs
+    timeout_seconds: float | None = None
 
 
 class RunHandle(Protocol):
@@ -102,6 +111,10 @@ class RunHandle(Protocol):
     def leftover_fileno(self) -> int | None:
         """After group_alive() said True: readable when the process it found ends; None if the
         executor cannot tell (the loop then looks again on a timer)."""
+        ...
+
+    def release(self) -> None:
+        """The run is settled: give back what it held outside this process (its cgroup)."""
         ...
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import outcome
 from supervisor.errors import CapError
 from supervisor.executors.local import cgroups
 from supervisor.executors.local.cgroups import CapSupport, CgroupVersion, RunCgroup
@@ -142,7 +143,7 @@ def test_a_run_past_its_cap_is_oom_killed_and_reported() -> None:
         assert report.limit_bytes == cap
         assert report.peak_bytes is not None
         assert cap * 0.9 <= report.peak_bytes <= cap
-        message = cgroups.out_of_memory_message(cap, report.peak_bytes)
+        message = outcome.out_of_memory_message(cap, report.peak_bytes)
         assert message.startswith("out of memory: killed at its memory_max of 64M")
     finally:
         cgroups.kill(cgroup)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import outcome
 from supervisor.errors import CapError
 from supervisor.executors.local import cgroups
 from supervisor.executors.local.cgroups import CgroupVersion
@@ -169,12 +170,12 @@ def test_a_memory_report_knows_an_oom_kill() -> None:
     [(0, "0"), (512, "512"), (1536, "1.5K"), (8 * 1024**3, "8G"), (3 * 1024**4, "3T")],
 )
 def test_format_size_speaks_the_configuration_notation(size: int, text: str) -> None:
-    assert cgroups.format_size(size) == text
+    assert outcome.format_size(size) == text
 
 
 def test_out_of_memory_message_starts_as_the_spec_says_and_names_cap_and_peak() -> None:
-    message = cgroups.out_of_memory_message(64 * 1024**2, 67_100_000)
+    message = outcome.out_of_memory_message(64 * 1024**2, 67_100_000)
     assert message == (
         "out of memory: killed at its memory_max of 64M (67108864 bytes); peak 63.99M"
     )
-    assert cgroups.out_of_memory_message(1024, None).endswith("peak unknown")
+    assert outcome.out_of_memory_message(1024, None).endswith("peak unknown")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from supervisor.errors import LaunchError
+from supervisor.errors import CapError, LaunchError
 from supervisor.executors.base import (
     Adopted,
     EndedWhileAway,
@@ -29,7 +29,7 @@ from supervisor.executors.base import (
     RunHandle,
     StillStarting,
 )
-from supervisor.executors.local import foreign
+from supervisor.executors.local import cgroups, foreign, pinning
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
     current_boot_id,
@@ -44,6 +44,7 @@ from supervisor.executors.local.identity import (
 )
 from supervisor.executors.local.keeper import (
     BOOT_ID_FILE,
+    EXIT_NO_CGROUP,
     KEEPER_ARGV0,
     KEEPER_FILE,
     KEEPER_SCRIPT,
@@ -99,11 +100,27 @@ class LocalExecutor:
         *,
         report_timeout: float = LAUNCH_REPORT_TIMEOUT,
         setsid_path: str | None = None,
+        caps: cgroups.CapSupport | None = None,
     ) -> None:
-        """`setsid_path`: util-linux setsid (default: found on the daemon's PATH)."""
+        """`setsid_path`: util-linux setsid (default: found on the daemon's PATH); `caps`: how
+        memory caps are enforced here (default: found out, and set up, on first need)."""
         self.report_timeout = report_timeout
         found = setsid_path or shutil.which("setsid") or SETSID_FALLBACK_PATH
         self.setsid_path = os.path.abspath(found)
+        self._caps = caps
+
+    @property
+    def caps(self) -> cgroups.CapSupport:
+        """What this machine offers to enforce memory caps (detected once)."""
+        if self._caps is None:
+            self._caps = cgroups.prepare(cgroups.detect())
+            log.info(
+                "memory_caps",
+                version=self._caps.version.value if self._caps.version else None,
+                base=str(self._caps.base) if self._caps.base else None,
+                reason=self._caps.reason,
+            )
+        return self._caps
 
     # -- launch --
 
@@ -111,7 +128,10 @@ class LocalExecutor:
         """Spawn the run's keeper and return at once; the launch completes in LocalLaunch.poll."""
         cwd, argv = self._check_spec(spec)
         record_dir = spec.record_dir.absolute()
+        cgroup = self._cgroup_for(spec)
         with contextlib.ExitStack() as ours:
+            if cgroup is not None:
+                ours.callback(cgroups.remove, cgroup, 0.0)  # until the launch owns it
             with contextlib.ExitStack() as theirs:  # the keeper's ends: closed once it has them
                 try:
                     self._prepare_record_dir(record_dir, spec.run_id)
@@ -121,9 +141,11 @@ class LocalExecutor:
                     go, go_child = make_pipe(ours, theirs, child_writes=False)
                 except OSError as exc:
                     raise LaunchError(f"cannot prepare the run's files: {exc}") from exc
-                keeper_pid = self._spawn(
-                    spec, record_dir, cwd, argv, (log_fd, report_child, go_child)
-                )
+                procs = str(cgroup.procs_file) if cgroup is not None else ""
+                with pinning.inherited_affinity(spec.cpu_ids):
+                    keeper_pid = self._spawn(
+                        spec, record_dir, cwd, [procs, *argv], (log_fd, report_child, go_child)
+                    )
             # Now only the keeper side holds the report pipe's write end: EOF means it is gone.
             try:
                 keeper_fd = os.pidfd_open(keeper_pid)  # our unreaped child: surely the keeper
@@ -141,9 +163,22 @@ class LocalExecutor:
                 report_fd=report,
                 go_fd=go,
                 log_start=log_start,
+                cgroup=cgroup,
             )
-            ours.pop_all()  # the pipes' ends now belong to the launch
+            ours.pop_all()  # the pipes' ends (and the cgroup) now belong to the launch
             return launch
+
+    def _cgroup_for(self, spec: LaunchSpec) -> cgroups.RunCgroup | None:
+        """The run's memory cgroup, made now; None without a cap. Never runs a cap uncapped."""
+        if spec.memory_max is None:
+            return None
+        caps = self.caps
+        if not caps.enforced:
+            raise LaunchError(f"its memory_max cannot be enforced here: {caps.reason}")
+        try:
+            return cgroups.create(caps, spec.run_id, spec.memory_max)
+        except CapError as exc:
+            raise LaunchError(f"cannot make its memory cgroup: {exc}") from exc
 
     def launch(self, spec: LaunchSpec) -> LocalRunHandle:
         """Start a run and wait until the simulation's pid is known (tests and tools)."""
@@ -321,6 +356,8 @@ class LocalExecutor:
         how = ""
         if result is not None and result.si_code == os.CLD_EXITED:
             how = f" (keeper exit code {result.si_status})"
+            if result.si_status == EXIT_NO_CGROUP:
+                how = " (the simulation could not enter its memory cgroup)"
         elif result is not None:
             how = f" (keeper killed by {signal_name(result.si_status)})"
         tail = log_tail(spec.log_path.absolute(), log_start)
@@ -366,6 +403,7 @@ class LocalExecutor:
                 keeper_pidfd=keeper_fd,
                 sim_pidfd=sim_fd,
             )
+            handle.cgroup = self._find_cgroup(run_id)
             return Adopted(handle)
         status = read_exit_file(record_dir)  # the keeper may have finished since the first look
         if status is not None:
@@ -380,6 +418,16 @@ class LocalExecutor:
             record, record_dir=record_dir, run_id=run_id, keeper_pidfd=None, sim_pidfd=sim_fd
         )
         return Lost(why, record, leftover=handle)
+
+    def _find_cgroup(self, run_id: str) -> cgroups.RunCgroup | None:
+        """The memory cgroup an earlier daemon made for the run, if caps work here at all."""
+        caps = self.caps
+        if not caps.enforced:
+            return None
+        try:
+            return cgroups.find(caps, run_id)
+        except CapError:  # not a run id (the row's was checked before: a caller's label)
+            return None
 
     def _recover_from_files(self, record_dir: Path, run_id: str) -> Recovery:
         boot_id = read_boot_id_file(record_dir)
@@ -469,8 +517,9 @@ class LocalLaunch:
         report_fd: int,
         go_fd: int,
         log_start: int,
+        cgroup: cgroups.RunCgroup | None = None,
     ) -> None:
-        """Take ownership of the keeper's pidfd and of our ends of its two pipes."""
+        """Take ownership of the keeper's pidfd, of our ends of its two pipes, of its cgroup."""
         self.run_id = spec.run_id
         self.deadline = time.monotonic() + executor.report_timeout
         self._executor = executor
@@ -481,6 +530,7 @@ class LocalLaunch:
         self._report_fd: int | None = report_fd
         self._go_fd: int | None = go_fd
         self._log_start = log_start
+        self._cgroup = cgroup
         self._buffer = b""
 
     def fileno(self) -> int:
@@ -504,11 +554,15 @@ class LocalLaunch:
                     self._spec, self._record_dir, self._keeper_pid, keeper_fd, why,
                     self._log_start, grace,
                 )
-            return self._executor.handle_for(
+            handle = self._executor.handle_for(
                 self._spec, self._record_dir, self._keeper_pid, keeper_fd, line, self._log_start
             )
+            handle.cgroup = self._cgroup
+            return handle
         except BaseException:
             os.close(keeper_fd)
+            if self._cgroup is not None and cgroups.kill(self._cgroup):
+                cgroups.remove(self._cgroup, 0.0)
             raise
         finally:
             self._close_pipes()  # closing the go pipe lets the simulation exec

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 
 from supervisor.executors.base import UNKNOWN_EXIT, ExitStatus, ProcessIdentity, ProcessRecord
+from supervisor.executors.local import cgroups
 from supervisor.executors.local.identity import (
     EXITED_STATES,
     Stat,
@@ -24,6 +28,13 @@ from supervisor.executors.local.keeper import decode_shell_status, read_exit_fil
 from supervisor.signames import signal_name
 
 log = structlog.get_logger(__name__)
+
+
+def _populated(cgroup: cgroups.RunCgroup) -> bool:
+    try:
+        return cgroups.populated(cgroup)
+    except OSError:
+        return False
 
 
 class LocalRunHandle:
@@ -47,6 +58,7 @@ class LocalRunHandle:
         self._fd: int | None = keeper_pidfd if keeper_pidfd is not None else os.eventfd(1)
         self._sim_pidfd = sim_pidfd
         self._status: ExitStatus | None = None
+        self.cgroup: cgroups.RunCgroup | None = None  # its memory cap, when it has one
         self._member: Stat | None = None  # a live process of the group, found by group_alive()
         self._member_fd: int | None = None
 
@@ -86,7 +98,7 @@ class LocalRunHandle:
             # itself, and it exits with the simulation's $?: we are its parent and saw that.
             status = decode_shell_status(reaped.si_status)
             log.warning("exit_record_missing", run_id=self.run_id, keeper_status=reaped.si_status)
-        self._status = status if status is not None else UNKNOWN_EXIT
+        self._status = self._with_memory(status if status is not None else UNKNOWN_EXIT)
         if status is None:
             log.warning(
                 "keeper_lost",
@@ -103,6 +115,18 @@ class LocalRunHandle:
                 exit_signal=status.exit_signal,
             )
         return self._status
+
+    def _with_memory(self, status: ExitStatus) -> ExitStatus:
+        """The status with what the run's memory cgroup measured (peak, killed past its cap)."""
+        if self.cgroup is None:
+            return status
+        try:
+            report = cgroups.memory_report(self.cgroup)
+        except OSError as exc:
+            log.warning("memory_report_failed", run_id=self.run_id, error=str(exc))
+            return status
+        oom = report.oom_killed and status.exit_signal == signal.SIGKILL
+        return replace(status, peak_memory_bytes=report.peak_bytes, out_of_memory=oom)
 
     def _group_signal(self, sig: int) -> bool | None:
         """Send `sig` to the group: True sent, False gone, None refused (not verifiably ours)."""
@@ -121,8 +145,13 @@ class LocalRunHandle:
         return True
 
     def signal_group(self, sig: int) -> bool:
-        """Signal the run's group if verifiably the run's; False if gone or not ours (logged)."""
+        """Signal the run's group if verifiably the run's; False if gone or not ours (logged).
+
+        A run with a memory cgroup is signalled there too: that reaches processes that left
+        its group with setsid (a SIGKILL empties the cgroup)."""
         self._open_fd()
+        if self.cgroup is not None:
+            self._signal_cgroup(sig)
         try:
             sent = self._group_signal(sig)
         except PermissionError as exc:
@@ -151,9 +180,21 @@ class LocalRunHandle:
             log.debug("signal_group_gone", run_id=self.run_id, pgid=self.record.pgid)
         return sent
 
+    def _signal_cgroup(self, sig: int) -> None:
+        assert self.cgroup is not None
+        try:
+            if sig == signal.SIGKILL:
+                cgroups.kill(self.cgroup)
+            else:
+                cgroups.signal_members(self.cgroup, sig)
+        except OSError as exc:
+            log.warning("cgroup_signal_failed", run_id=self.run_id, error=str(exc))
+
     def group_alive(self) -> bool:
-        """True while a live process is left in the run's group (EPERM counts as alive)."""
+        """True while a live process is left in the run's group or its memory cgroup."""
         self._open_fd()
+        if self.cgroup is not None and _populated(self.cgroup):
+            return True
         try:
             present = self._group_signal(0)
         except PermissionError:
@@ -189,6 +230,12 @@ class LocalRunHandle:
     def leftover_fileno(self) -> int | None:
         """A pidfd of the group member group_alive() found last: readable when it ends."""
         return self._member_fd
+
+    def release(self) -> None:
+        """The run is settled: remove its memory cgroup if nothing is left in it."""
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                cgroups.remove(self.cgroup, 0.0)
 
     def close(self) -> None:
         """Close the pidfds (the processes are not touched)."""

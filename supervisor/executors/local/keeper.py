@@ -40,8 +40,12 @@ RECORD_FILES = (KEEPER_FILE, SIM_FILE, EXIT_FILE, BOOT_ID_FILE)
 _EXIT_TEXT = re.compile(rb"\A([0-9]{1,3})\n\Z")
 
 
-# $1 record dir, $2 setsid, $3 working dir, then the simulation's argv (argv[0] resolved).
-# Exit code 125: the keeper could not write its records or enter the working directory.
+# $1 record dir, $2 setsid, $3 working dir, $4 the cgroup.procs file of the run's memory cgroup
+# (empty: no cap), then the simulation's argv (argv[0] resolved).
+# Exit code 125: the keeper could not write its records or enter the working directory; 124:
+# the simulation could not enter its memory cgroup (it never runs uncapped).
+# The simulation enters the cgroup itself, after setsid and before exec, so everything it forks
+# is born inside while the keeper stays outside: a cgroup kill never takes the exit status.
 # fd 3 is the report pipe (stat line to the daemon), fd 4 the go pipe (EOF from the daemon once
 # it holds a pidfd of the simulation: so even a simulation that exits at once, leaving
 # children behind, leaves a group the daemon can verify; a daemon that died gives EOF too).
@@ -66,20 +70,23 @@ _runsup_o=${OLDPWD+1}$OLDPWD
 cd -P -- "$3" || exit 125
 if [ "$_runsup_o" ]; then OLDPWD=${_runsup_o#1}; else unset OLDPWD; fi
 _runsup_s=$2
-shift 3
-"$_runsup_s" /bin/sh -c 'read -r _runsup_l </proc/$$/stat
+_runsup_c=$4
+shift 4
+"$_runsup_s" /bin/sh -c '[ -z "$2" ] || printf "0\\n" >"$2" || exit 124
+read -r _runsup_l </proc/$$/stat
 printf "%s\\n" "$_runsup_l" >"$1/sim" || exit 125
 trap "" PIPE
 printf "%s\\n" "$_runsup_l" >&3 2>/dev/null
 trap - PIPE
 read -r _runsup_l <&4
-shift
-exec "$@" 3>&- 4<&-' runsup-sim "$_runsup_d" "$@"
+shift 2
+exec "$@" 3>&- 4<&-' runsup-sim "$_runsup_d" "$_runsup_c" "$@"
 _runsup_rc=$?
 printf '%s\\n' "$_runsup_rc" >"$_runsup_d/exit"
 exit "$_runsup_rc"
 """
 KEEPER_ARGV0 = "runsup-keeper"
+EXIT_NO_CGROUP = 124
 
 
 def decode_shell_status(rc: int) -> ExitStatus:

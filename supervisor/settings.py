@@ -49,6 +49,7 @@ class Template:
     config_format: ConfigFormat = "json"
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_seconds: float | None = None
+    progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.outputpatterns
 
     @property
     def config_filename(self) -> str:
@@ -241,7 +242,9 @@ _TOP_KEYS = frozenset(
         "wal_checkpoint_bytes",
     }
 )
-_TEMPLATE_KEYS = frozenset({"command", "config_format", "env", "timeout_seconds"})
+_TEMPLATE_KEYS = frozenset(
+    {"command", "config_format", "env", "timeout_seconds", "progress_patterns"}
+)
 
 
 def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str, str]) -> Settings:
@@ -307,12 +310,19 @@ def _template(name: str, raw: object, source: Path | None) -> Template:
     ):
         raise reader.fail("env", "a table of string values", env)
     fmt = reader.choice("config_format", CONFIG_FORMATS) or "json"
+    patterns: tuple[str, ...] = ()
+    if "progress_patterns" in raw:  # RE2 is loaded only for a template that has the key
+        from supervisor.outputpatterns import check_patterns
+
+        where = f"config file {source}" if source else "configuration"
+        patterns = check_patterns(raw["progress_patterns"], f"{where}: {prefix}progress_patterns")
     return Template(
         name=name,
         command=tuple(command),
         config_format="ini" if fmt == "ini" else "json",
         env=dict(env),
         timeout_seconds=reader.number("timeout_seconds", positive=True),
+        progress_patterns=patterns,
     )
 
 

@@ -150,7 +150,7 @@ class OutputPatterns:
             # RE2 matches UTF-8: an invalid byte would stop `.` and `\S` short. U+FFFD for it.
             line = line.decode("utf-8", "replace").encode("utf-8")
         records: list[ProgressRecord] = []
-        for pattern in self.patterns:
+        for number, pattern in enumerate(self.patterns, 1):
             found = pattern.regex.search(line)
             if found is None:
                 continue
@@ -158,7 +158,7 @@ class OutputPatterns:
                 found_groups = found.groups()
                 record = _record({name: found_groups[i] for name, i in pattern.groups})
             except _NotNumber as exc:
-                return LineResult(problem=f"pattern {pattern.source!r}: {exc}")
+                return LineResult(problem=f"pattern {number}: {exc}")
             if record is not None:
                 records.append(record)
         return LineResult(tuple(records)) if records else NO_MATCH

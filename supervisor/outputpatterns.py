@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ NO_MATCH: Final = LineResult()
 class _Pattern:
     source: str
     regex: Any  # re2._Regexp over bytes (the binding ships no type hints)
-    groups: tuple[tuple[str, int], ...]  # (name, position in Match.groups()) of each group
+    groups: tuple[tuple[str, int], ...]  # (name, group number) of each known group
 
 
 def _options() -> Any:
@@ -128,7 +129,7 @@ def _compile_one(source: str) -> _Pattern:
         )
     if "erlang_index" in names and "erlang_number" in names:
         raise PatternError(f"pattern {source!r}: has both erlang_index and erlang_number; use one")
-    return _Pattern(source, regex, tuple((name, index[name] - 1) for name in names))
+    return _Pattern(source, regex, tuple((name, index[name]) for name in names))
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class OutputPatterns:
     """A template's compiled progress patterns."""
 
     patterns: tuple[_Pattern, ...]
+    # All patterns as one, unable to cross a newline: finds the lines worth matching in a
+    # whole block at C speed, so lines that match nothing cost no Python work. None when a
+    # pattern could match a line alone but not inside a block (see _prefilter).
+    any_line: Any = None
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -151,22 +156,73 @@ class OutputPatterns:
             line = line.decode("utf-8", "replace").encode("utf-8")
         records: list[ProgressRecord] = []
         for number, pattern in enumerate(self.patterns, 1):
-            found = pattern.regex.search(line)
-            if found is None:
-                continue
+            spans = pattern.regex._regexp.Match(_UNANCHORED, line, 0, len(line))
+            if spans[0][0] < 0:
+                continue  # the binding's search() costs twice this call: it wraps a generator
             try:
-                found_groups = found.groups()
-                record = _record({name: found_groups[i] for name, i in pattern.groups})
+                record = _record({name: _span(line, spans[i]) for name, i in pattern.groups})
             except _NotNumber as exc:
                 return LineResult(problem=f"pattern {number}: {exc}")
             if record is not None:
                 records.append(record)
         return LineResult(tuple(records)) if records else NO_MATCH
 
+    def candidate_lines(self, block: bytes, max_line: int) -> list[bytes] | None:
+        """The lines of `block` (lines joined by newlines) some pattern may match.
+
+        None when the block must be matched line by line instead: non-ASCII bytes (the
+        line-by-line path replaces invalid UTF-8 first), a CR (it strips a CR before the
+        newline) or a line that may be longer than max_line (it counts those).
+        """
+        regexp = self.any_line
+        if regexp is None or not block.isascii() or b"\r" in block:
+            return None
+        half = max(1, max_line // 2)
+        # A line longer than max_line holds a whole aligned window of max_line/2 bytes.
+        for i in range(0, len(block) - half + 1, half):
+            if block.find(b"\n", i, i + half) < 0:
+                return None
+        out = []
+        pos, end = 0, len(block)
+        while pos <= end:
+            start = regexp.Match(_UNANCHORED, block, pos, end)[0][0]
+            if start < 0:
+                break
+            line_end = block.find(b"\n", start)
+            if line_end < 0:
+                line_end = end
+            line_start = block.rfind(b"\n", pos, start) + 1 or pos  # -1 + 1: the line at pos
+            out.append(block[line_start:line_end])
+            pos = line_end + 1
+        return out
+
+
+_UNANCHORED: Final = re2._Anchor.UNANCHORED
+# Constructs that mean something else inside a block than in a line alone: \A, \z (start
+# and end of the text), \C (any byte, a newline too), or a flag turned off (e.g. (?-m)).
+_BLOCK_UNSAFE: Final = re.compile(r"\\[AzCQ]|\(\?[a-zA-Z]*-")
+
+
+def _span(line: bytes, span: tuple[int, int]) -> bytes | None:
+    return None if span[0] < 0 else line[span[0] : span[1]]
+
+
+def _prefilter(sources: tuple[str, ...]) -> Any:
+    """The patterns as one multi-line, never-newline regexp; None when that would differ."""
+    if not sources or any(_BLOCK_UNSAFE.search(s) for s in sources):
+        return None
+    options = _options()
+    options.never_nl = True
+    combined = "(?m)" + "|".join(f"(?:{s})" for s in sources)
+    try:
+        return re2.compile(combined.encode("utf-8"), options)._regexp
+    except re2.error:  # e.g. too large together: line by line then
+        return None
+
 
 @functools.lru_cache(maxsize=64)
 def _compile_cached(sources: tuple[str, ...]) -> OutputPatterns:
-    return OutputPatterns(tuple(_compile_one(s) for s in sources))
+    return OutputPatterns(tuple(_compile_one(s) for s in sources), _prefilter(sources))
 
 
 def compile_patterns(sources: Iterable[str]) -> OutputPatterns:
@@ -481,7 +537,9 @@ class OutputTail:
             self.offset = base + start
         last = data.rfind(b"\n", start)
         if last >= 0:
-            for line in data[start:last].split(b"\n"):
+            block = data[start:last]
+            lines = self.patterns.candidate_lines(block, self._max_line)
+            for line in block.split(b"\n") if lines is None else lines:
                 self._line(line, records)
             start = last + 1
             self.offset = base + start

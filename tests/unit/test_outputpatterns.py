@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from supervisor import logcap
 from supervisor.errors import ConfigError
@@ -299,3 +301,48 @@ def test_symlink_is_refused(tmp_path: Path) -> None:
     tail = OutputTail(log, SPEC)
     assert tail.read() == []
     assert tail.refused is not None
+
+
+# --- the block prefilter gives what line-by-line matching gives -----------------------------
+
+TRICKY = compile_patterns(
+    [
+        ITERATION,
+        r"^ERROR: (?P<error>.*)$",
+        r"(?P<erlang>[0-9.]+) Erlang$",
+        r"(?i)load=(?P<total_erlangs>\d+)\s*",
+    ]
+)
+PIECES = [
+    b"Iteration 3 out of 9 completed",
+    b"ERROR: it broke",
+    b"x ERROR: not at the start",
+    b"300.0 Erlang",
+    b"300.0 Erlang\r",
+    b"LOAD=4   ",
+    b"load=5\tload=6",
+    b"\xff\xfe 12.5 Erlang",
+    b"plain chatter",
+    b"",
+    b"Iteration 1 out of",
+]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=60), st.sampled_from([16, 64, 1 << 20]))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_prefilter_finds_what_line_by_line_finds(
+    tmp_path: Path, pieces: list[bytes], chunk: int
+) -> None:
+    assert TRICKY.any_line is not None
+    data = b"".join(p + b"\n" for p in pieces)
+    want = [rec for p in pieces for rec in TRICKY.match(p).records]
+    log = tmp_path / f"sim-{len(pieces)}-{chunk}-{hash(data)}.log"
+    log.write_bytes(data)
+    assert OutputTail(log, TRICKY, max_read_bytes=chunk).read_to_end() == want
+
+
+def test_patterns_that_differ_inside_a_block_are_matched_line_by_line() -> None:
+    for source in (r"\A(?P<iteration>\d+)", r"(?P<iteration>\d+)\z", r"(?-m)^(?P<iteration>\d)"):
+        assert compile_patterns([source]).any_line is None
+    lines = compile_patterns([r"\A(?P<iteration>\d+)"])
+    assert lines.match(b"7 done").records == (ProgressRecord(type=None, iteration=7),)

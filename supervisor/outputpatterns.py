@@ -28,7 +28,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -51,9 +51,11 @@ RESYNC_CHUNK_BYTES: Final = 1024 * 1024
 MAX_NUMBER_CHARS: Final = 64
 """A group's text longer than this is not a number we take (int() of it could be slow)."""
 
-FLOAT_GROUPS: Final = ("erlang",)
-COUNT_GROUPS: Final = ("total_erlangs", "iteration", "total_iterations", "erlang_index")
-KNOWN_GROUPS: Final = frozenset({*FLOAT_GROUPS, *COUNT_GROUPS, "erlang_number", "error"})
+KNOWN_GROUPS: Final = frozenset(
+    {"erlang", "total_erlangs", "iteration", "total_iterations", "erlang_index"}
+    | {"erlang_number", "error"}
+)
+"""The group names SPEC 12 gives a meaning (see _FIELDS for what each fills)."""
 
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 # logcap's marker (not imported: logcap loads libc through ctypes; a test checks they agree).
@@ -83,11 +85,14 @@ class LineResult:
 NO_MATCH: Final = LineResult()
 
 
+_Field = tuple[int, str, str, "Callable[[str, bytes], Any]"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     source: str
     regex: Any  # re2._Regexp over bytes (the binding ships no type hints)
-    groups: tuple[tuple[str, int], ...]  # (name, group number) of each known group
+    fields: tuple[_Field, ...]  # each known group: its number, name, record field, converter
 
 
 def _options() -> Any:
@@ -129,7 +134,7 @@ def _compile_one(source: str) -> _Pattern:
         )
     if "erlang_index" in names and "erlang_number" in names:
         raise PatternError(f"pattern {source!r}: has both erlang_index and erlang_number; use one")
-    return _Pattern(source, regex, tuple((name, index[name]) for name in names))
+    return _Pattern(source, regex, tuple((index[n], n, *_FIELDS[n]) for n in names))
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class OutputPatterns:
             if spans[0][0] < 0:
                 continue  # the binding's search() costs twice this call: it wraps a generator
             try:
-                record = _record({name: _span(line, spans[i]) for name, i in pattern.groups})
+                record = _record(line, spans, pattern.fields)
             except _NotNumber as exc:
                 return LineResult(problem=f"pattern {number}: {exc}")
             if record is not None:
@@ -201,10 +206,6 @@ _UNANCHORED: Final = re2._Anchor.UNANCHORED
 # Constructs that mean something else inside a block than in a line alone: \A, \z (start
 # and end of the text), \C (any byte, a newline too), or a flag turned off (e.g. (?-m)).
 _BLOCK_UNSAFE: Final = re.compile(r"\\[AzCQ]|\(\?[a-zA-Z]*-")
-
-
-def _span(line: bytes, span: tuple[int, int]) -> bytes | None:
-    return None if span[0] < 0 else line[span[0] : span[1]]
 
 
 def _prefilter(sources: tuple[str, ...]) -> Any:
@@ -272,24 +273,42 @@ def _float(name: str, raw: bytes) -> float:
     return value
 
 
-def _record(groups: dict[str, bytes | None]) -> ProgressRecord | None:
-    """The record of one match's groups; None when no known group took part."""
+def _message(_name: str, raw: bytes) -> str | None:
+    return _text(raw)[:MAX_MESSAGE_CHARS] or None  # empty: the record says NO_MESSAGE
+
+
+def _position(name: str, raw: bytes) -> int:
+    number = _count(name, raw)
+    if number < 1:
+        raise _NotNumber(f"{name} 0: it counts from 1")
+    return number - 1
+
+
+# Per group name: the ProgressRecord field it fills and how its text is converted.
+_FIELDS: Final[dict[str, tuple[str, Callable[[str, bytes], Any]]]] = {
+    "erlang": ("erlang", _float),
+    "total_erlangs": ("total_erlangs", _count),
+    "iteration": ("iteration", _count),
+    "total_iterations": ("total_iterations", _count),
+    "erlang_index": ("erlang_index", _count),
+    "erlang_number": ("erlang_index", _position),
+    "error": ("message", _message),
+}
+
+
+def _record(
+    line: bytes, spans: Sequence[tuple[int, int]], fields: tuple[_Field, ...]
+) -> ProgressRecord | None:
+    """The record of one match; None when no known group took part."""
     values: dict[str, Any] = {}
-    for name, raw in groups.items():
-        if raw is None:
+    error = False
+    for group, name, key, convert in fields:
+        start, end = spans[group]
+        if start < 0:
             continue  # an optional group that did not take part
-        if name == "error":
-            values["message"] = _text(raw)[:MAX_MESSAGE_CHARS] or None
-        elif name == "erlang":
-            values["erlang"] = _float(name, raw)
-        elif name == "erlang_number":
-            number = _count(name, raw)
-            if number < 1:
-                raise _NotNumber("erlang_number 0: it counts from 1")
-            values["erlang_index"] = number - 1
-        else:
-            values[name] = _count(name, raw)
-    if groups.get("error") is not None:
+        error = error or name == "error"
+        values[key] = convert(name, line[start:end])
+    if error:
         kind: str | None = "error"
     elif not values:
         return None

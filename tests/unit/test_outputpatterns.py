@@ -346,3 +346,9 @@ def test_patterns_that_differ_inside_a_block_are_matched_line_by_line() -> None:
         assert compile_patterns([source]).any_line is None
     lines = compile_patterns([r"\A(?P<iteration>\d+)"])
     assert lines.match(b"7 done").records == (ProgressRecord(type=None, iteration=7),)
+
+
+def test_every_known_group_fills_a_field() -> None:
+    from supervisor.outputpatterns import _FIELDS, KNOWN_GROUPS
+
+    assert set(_FIELDS) == KNOWN_GROUPS

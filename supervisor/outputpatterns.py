@@ -586,30 +586,14 @@ class OutputTail:
             records.extend(result.records)
 
 
+def tail_for(patterns: Sequence[str], log: Path, offset: int = 0) -> OutputTail | None:
+    """The output tail a run of a template with these patterns needs; None without patterns."""
+    return OutputTail(log, compile_patterns(patterns), offset) if patterns else None
+
+
 def _overlap(head: bytes, anchor: bytes) -> int:
     """Length of the longest start of `head` that ends `anchor` at a line end (else 0)."""
     for n in range(min(len(head), len(anchor)), 0, -1):
         if head[n - 1 : n] == b"\n" and anchor.endswith(head[:n]):
             return n
     return 0
-
-
-def scan_lines(patterns: OutputPatterns, lines: Iterable[bytes]) -> Iterable[LineResult]:
-    """Each line's result (for `runsup check --sample-log`); over-long lines are skipped."""
-    for line in lines:
-        if len(line) > MAX_LINE_BYTES:
-            yield LineResult(problem=f"longer than {MAX_LINE_BYTES} bytes: skipped")
-        else:
-            yield patterns.match(line)
-
-
-__all__: Sequence[str] = (
-    "MAX_LINE_BYTES",
-    "LineResult",
-    "OutputPatterns",
-    "OutputTail",
-    "PatternError",
-    "check_patterns",
-    "compile_patterns",
-    "scan_lines",
-)

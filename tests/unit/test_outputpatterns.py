@@ -352,3 +352,12 @@ def test_every_known_group_fills_a_field() -> None:
     from supervisor.outputpatterns import _FIELDS, KNOWN_GROUPS
 
     assert set(_FIELDS) == KNOWN_GROUPS
+
+
+def test_tail_for_a_template_without_patterns_is_none(tmp_path: Path) -> None:
+    from supervisor.outputpatterns import tail_for
+
+    assert tail_for((), tmp_path / "sim.log") is None
+    tail = tail_for((ITERATION,), tmp_path / "sim.log", 7)
+    assert tail is not None
+    assert (tail.offset, tail.patterns.sources) == (7, (ITERATION,))

@@ -333,11 +333,13 @@ class OutputTail:
     checked to be still where they were; when they are not (or the file shrank), the tail
     finds its place again (`resyncs` counts this), never re-reading a line it gave:
 
-    1. the anchor moved down by a multiple of the cut block (we were in the kept tail):
-       go on from its new place (the smallest shift that fits: rather skip than repeat);
-    2. else, logcap's marker line is found at a block boundary (we were in the cut part):
-       go on after it, past the few bytes of the anchor that may sit right after it;
-    3. else (a foreign rewrite): go on from the next line that starts after the current end.
+    1. the anchor moved down by a multiple of the cut block, and is past logcap's marker
+       line when there is one (we were in the kept tail): go on from its new place (the
+       smallest shift that fits: rather skip a line than repeat one);
+    2. else, logcap's marker is found at a block boundary (we were in the cut part): go on
+       after it, past the few bytes of the anchor that may sit right after it;
+    3. else (a foreign rewrite, or a saved offset that is no line start after a restart):
+       go on from the next line that starts after the current end.
 
     A file replaced by another inode is a new log: read from 0. A symlink, FIFO or device
     is never opened (`refused` says why).
@@ -472,32 +474,35 @@ class OutputTail:
         """The bytes before our place changed: find it again (see the class docstring)."""
         self.resyncs += 1
         anchor, behind = self._anchor, self._pos - self.offset
-        if anchor:
-            found = self._find_anchor(fd, size, anchor, block)
-            if found is not None:
-                pending, discarding, counted = self._pending, self._discarding, self._count_discard
-                self._jump(found, max(0, found - behind))
-                self._pending, self._discarding, self._count_discard = pending, discarding, counted
-                self._anchor = anchor
-                return
-            end = self._find_marker(fd, size, block, limit=min(size, self._pos))
-            if end is not None:
-                n = _overlap(os.pread(fd, len(anchor), end), anchor)
-                self._jump(end + n, end + n)
-                if n == 0:
-                    self._skip_rest_of_line()  # the cut left a fragment of a line here
-                return
-        self._skip_to_next_line(fd, size)
+        if not anchor:  # fresh from a saved offset: nothing to recognise our place by
+            self._skip_to_next_line(fd, size)
+            return
+        marker = self._find_marker(fd, size, block, limit=min(size, self._pos))
+        # Below the marker is the head we read long ago: our place cannot be there.
+        floor = len(anchor) + (marker or 0)
+        found = self._find_anchor(fd, size, anchor, block, floor)
+        if found is not None:
+            pending, discarding, counted = self._pending, self._discarding, self._count_discard
+            self._jump(found, max(0, found - behind))
+            self._pending, self._discarding, self._count_discard = pending, discarding, counted
+            self._anchor = anchor
+        elif marker is not None:
+            n = _overlap(os.pread(fd, len(anchor), marker), anchor)
+            self._jump(marker + n, marker + n)
+            if n == 0:
+                self._skip_rest_of_line()  # the cut left a fragment of a line here
+        else:
+            self._skip_to_next_line(fd, size)
 
     def _skip_rest_of_line(self) -> None:
         self._discarding = True
         self._count_discard = False
 
-    def _find_anchor(self, fd: int, size: int, anchor: bytes, block: int) -> int | None:
-        """The highest place below ours, a whole number of blocks down, that ends in anchor."""
+    def _find_anchor(self, fd: int, size: int, anchor: bytes, block: int, floor: int) -> int | None:
+        """The highest place >= floor, whole blocks below ours, where the anchor ends."""
         alen = len(anchor)
         hi = self._pos - block * max(1, -(-(self._pos - size) // block))
-        lowest = max(alen, hi - MAX_RESYNC_SCAN_BYTES)
+        lowest = max(floor, hi - MAX_RESYNC_SCAN_BYTES)
         while hi >= lowest:
             lo = max(lowest - alen, hi - RESYNC_CHUNK_BYTES)
             window = os.pread(fd, hi - lo, lo)

@@ -361,3 +361,19 @@ def test_tail_for_a_template_without_patterns_is_none(tmp_path: Path) -> None:
     tail = tail_for((ITERATION,), tmp_path / "sim.log", 7)
     assert tail is not None
     assert (tail.offset, tail.patterns.sources) == (7, (ITERATION,))
+
+
+def test_cut_with_repeated_lines_never_resumes_in_the_head(tmp_path: Path) -> None:
+    log = tmp_path / "sim.log"
+    same = b"Iteration 7 out of 9 completed".ljust(63, b".") + b"\n"  # 64 bytes, like a block
+    append(log, same * 2000 + numbered(1000, 1000))
+    tail = OutputTail(log, SPEC, max_read_bytes=40 * 1024)
+    assert {r.iteration for r in tail.read()} == {7}  # stopped inside the repeated lines
+    assert logcap.bound_log(log, logcap.MIN_CAP_BYTES).removed > 0
+    after = [r.iteration for r in tail.read_to_end()]
+    # The kept head is the same lines as the anchor, block-aligned: resuming there would
+    # give them again. After the marker come only the numbered lines, each once.
+    assert after
+    assert 7 not in after
+    assert after == sorted(set(after))
+    assert after[-1] == 1999

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.outputpatterns import OutputTail, compile_patterns
+from supervisor.progress import ProgressTail
 from supervisor.watch import DirectoryWatcher
 
 PATTERNS = (
@@ -59,11 +60,25 @@ def now() -> float:
 # -- the writer (a child process) -------------------------------------------------------
 
 
-def writer(seconds: float, rate: float, paths: list[str]) -> int:
-    """Append FUSION's lines to each path at `rate` lines a second; print when each was sent."""
+def line_for(kind: str, run: int, iteration: int) -> bytes:
+    """One progress line: FUSION's output line, or the same as a progress.jsonl record."""
+    if kind == "jsonl":
+        return (
+            f'{{"type":"iteration","erlang":{300.0 + run},"iteration":{iteration},'
+            f'"total_iterations":{ITERATIONS_PER_LOAD}}}\n'
+        ).encode()
+    if iteration == 0:
+        return f"Starting simulation for {300.0 + run} Erlang (load 1/1)\n".encode()
+    return (
+        f"Iteration {iteration} out of {ITERATIONS_PER_LOAD} completed for Erlang: {300.0 + run}\n"
+    ).encode()
+
+
+def writer(kind: str, seconds: float, rate: float, paths: list[str]) -> int:
+    """Append progress lines to each path at `rate` lines a second; print when each was sent."""
     fds = [os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644) for p in paths]
     for i, fd in enumerate(fds):
-        os.write(fd, f"Starting simulation for {300.0 + i} Erlang (load 1/1)\n".encode())
+        os.write(fd, line_for(kind, i, 0))
     ticks_per_round = max(1, round(1 / rate / TICK_SECONDS))
     per_tick = -(-len(fds) // ticks_per_round)
     start = now()
@@ -81,10 +96,7 @@ def writer(seconds: float, rate: float, paths: list[str]) -> int:
         first = (tick % ticks_per_round) * per_tick
         for i in range(first, min(first + per_tick, len(fds))):
             iteration[i] += 1
-            line = (
-                f"Iteration {iteration[i]} out of {ITERATIONS_PER_LOAD} completed "
-                f"for Erlang: {300.0 + i}\n"
-            ).encode()
+            line = line_for(kind, i, iteration[i])
             if len(fds) == 1:
                 sent.append(now())
             os.write(fds[i], line)
@@ -99,13 +111,18 @@ def writer(seconds: float, rate: float, paths: list[str]) -> int:
 
 
 class Reader:
-    """Tails of many runs' logs, read when the watcher says a run's directory changed."""
+    """Tails of many runs' files, read when the watcher says a run's directory changed."""
 
-    def __init__(self, runs_dir: Path, run_ids: list[str]) -> None:
-        """Watch runs_dir; one OutputTail per run."""
+    def __init__(self, runs_dir: Path, run_ids: list[str], kind: str = "output") -> None:
+        """Watch runs_dir; one OutputTail (or ProgressTail for kind jsonl) per run."""
         self.runs_dir = runs_dir
         patterns = compile_patterns(PATTERNS)
-        self.tails = {r: OutputTail(runs_dir / r / "logs" / "sim.log", patterns) for r in run_ids}
+        self.tails: dict[str, OutputTail | ProgressTail] = {
+            r: OutputTail(runs_dir / r / "logs" / "sim.log", patterns)
+            if kind == "output"
+            else ProgressTail(runs_dir / r / "progress.jsonl")
+            for r in run_ids
+        }
         self.received: dict[str, list[tuple[int, float]]] = {r: [] for r in run_ids}
         self.records = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -155,20 +172,22 @@ class Reader:
         os.close(self._wake_w)
 
 
-def start_writer(seconds: float, rate: float, paths: list[Path]) -> subprocess.Popen[str]:
+def start_writer(
+    seconds: float, rate: float, paths: list[Path], kind: str = "output"
+) -> subprocess.Popen[str]:
     """This script as the writer, in a process of its own."""
-    args = [sys.executable, __file__, "--writer", str(seconds), str(rate), *map(str, paths)]
+    args = [sys.executable, __file__, "--writer", kind, str(seconds), str(rate), *map(str, paths)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
 
 
-def make_runs(root: Path, n: int) -> tuple[Path, list[str], list[Path]]:
-    """A runs directory with n run directories and their empty logs."""
+def make_runs(root: Path, n: int, kind: str = "output") -> tuple[Path, list[str], list[Path]]:
+    """A runs directory with n run directories and their empty logs (or progress files)."""
     runs_dir = root / "runs"
     ids = [f"{i:012x}" for i in range(n)]
     logs = []
     for run_id in ids:
         (runs_dir / run_id / "logs").mkdir(parents=True)
-        log = runs_dir / run_id / "logs" / "sim.log"
+        log = runs_dir / run_id / ("logs/sim.log" if kind == "output" else "progress.jsonl")
         log.touch()
         logs.append(log)
     return runs_dir, ids, logs
@@ -203,11 +222,11 @@ def latency(root: Path) -> dict[str, Any]:
     }
 
 
-def cpu(root: Path, seconds: float) -> dict[str, Any]:
+def cpu(root: Path, seconds: float, kind: str = "output") -> dict[str, Any]:
     """The reading process's CPU for LOAD_RUNS logs at LOAD_RATE matching lines/s each."""
-    runs_dir, ids, logs = make_runs(root / "cpu", LOAD_RUNS)
-    reader = Reader(runs_dir, ids)
-    proc = start_writer(seconds, LOAD_RATE, logs)
+    runs_dir, ids, logs = make_runs(root / f"cpu-{kind}", LOAD_RUNS, kind)
+    reader = Reader(runs_dir, ids, kind)
+    proc = start_writer(seconds, LOAD_RATE, logs, kind)
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # the writer has started: measure from here
@@ -238,7 +257,7 @@ def cpu(root: Path, seconds: float) -> dict[str, Any]:
 def main() -> int:
     """Run both measures; print a table (and JSON to --json FILE)."""
     if len(sys.argv) > 1 and sys.argv[1] == "--writer":
-        return writer(float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:])
+        return writer(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_LOAD_SECONDS:g} s of load")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
@@ -246,7 +265,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="runsup-bench-output-") as tmp:
         root = Path(tmp)
         lat = latency(root)
-        load = cpu(root, QUICK_LOAD_SECONDS if args.quick else LOAD_SECONDS)
+        seconds = QUICK_LOAD_SECONDS if args.quick else LOAD_SECONDS
+        load = cpu(root, seconds)
+        jsonl = cpu(root, seconds, "jsonl")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores")
     print(f"{'figure':<46} {'value':>12}  target")
     print(f"{'line -> record: median':<46} {lat['median_ms']:>9.1f} ms  <= 50 ms")
@@ -265,8 +286,14 @@ def main() -> int:
         f"{'  (written lines/s, records / expected)':<46} {load['lines_per_second']:>9,.0f}"
         f"     {load['records']} / {load['expected_records']}"
     )
+    print(
+        f"{'  the same load as progress.jsonl records':<46} "
+        f"{jsonl['reader_cpu_percent']:>7.1f} % core  (ProgressTail, for comparison)"
+    )
+    print(f"{'    of which the loop thread':<46} {jsonl['loop_thread_cpu_percent']:>7.1f} % core")
     if args.json:
-        Path(args.json).write_text(json.dumps({"latency": lat, "cpu": load}, indent=2))
+        figures = {"latency": lat, "cpu": load, "cpu_jsonl": jsonl}
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 

@@ -48,6 +48,8 @@ MAX_RESYNC_SCAN_BYTES: Final = 64 * 1024 * 1024
 """After the log was cut, at most this much of it is searched to find our place again."""
 RESYNC_CHUNK_BYTES: Final = 1024 * 1024
 """The search reads the log in pieces of this size (bounded memory)."""
+PREFILTER_MIN_BYTES: Final = 4096
+"""Blocks smaller than this (a few lines, the usual read) are matched line by line."""
 MAX_NUMBER_CHARS: Final = 64
 """A group's text longer than this is not a number we take (int() of it could be slow)."""
 
@@ -175,12 +177,18 @@ class OutputPatterns:
     def candidate_lines(self, block: bytes, max_line: int) -> list[bytes] | None:
         """The lines of `block` (lines joined by newlines) some pattern may match.
 
-        None when the block must be matched line by line instead: non-ASCII bytes (the
-        line-by-line path replaces invalid UTF-8 first), a CR (it strips a CR before the
-        newline) or a line that may be longer than max_line (it counts those).
+        None when the block must be matched line by line instead: a small block (the pass
+        costs a call for each line it finds, more than it saves on a few lines), non-ASCII
+        bytes (the line-by-line path replaces invalid UTF-8 first), a CR (it strips a CR
+        before the newline) or a line that may be longer than max_line (it counts those).
         """
         regexp = self.any_line
-        if regexp is None or not block.isascii() or b"\r" in block:
+        if (
+            regexp is None
+            or len(block) < PREFILTER_MIN_BYTES
+            or not block.isascii()
+            or b"\r" in block
+        ):
             return None
         half = max(1, max_line // 2)
         # A line longer than max_line holds a whole aligned window of max_line/2 bytes.

@@ -254,6 +254,29 @@ def cpu(root: Path, seconds: float, kind: str = "output") -> dict[str, Any]:
     }
 
 
+BURST_LINES = 1_000_000
+MATCHING_LINES = 100_000
+
+
+def burst(root: Path) -> dict[str, Any]:
+    """CPU to read a million chatter lines, and per matching line, in bounded reads."""
+    patterns = compile_patterns(PATTERNS)
+    log = root / "burst.log"
+    figures: dict[str, Any] = {}
+    for name, lines in (
+        ("chatter", [b"burst line %07d: some chatter a simulation might print\n" % i
+                     for i in range(BURST_LINES)]),
+        ("matching", [line_for("output", 0, i + 1) for i in range(MATCHING_LINES)]),
+    ):  # fmt: skip
+        log.write_bytes(b"".join(lines))
+        tail = OutputTail(log, patterns)
+        cpu0 = time.process_time()
+        records = tail.read_to_end()
+        spent = time.process_time() - cpu0
+        figures[name] = {"lines": len(lines), "records": len(records), "cpu_seconds": spent}
+    return figures
+
+
 def main() -> int:
     """Run both measures; print a table (and JSON to --json FILE)."""
     if len(sys.argv) > 1 and sys.argv[1] == "--writer":
@@ -265,6 +288,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="runsup-bench-output-") as tmp:
         root = Path(tmp)
         lat = latency(root)
+        bursts = burst(root)
         seconds = QUICK_LOAD_SECONDS if args.quick else LOAD_SECONDS
         load = cpu(root, seconds)
         jsonl = cpu(root, seconds, "jsonl")
@@ -291,8 +315,15 @@ def main() -> int:
         f"{jsonl['reader_cpu_percent']:>7.1f} % core  (ProgressTail, for comparison)"
     )
     print(f"{'    of which the loop thread':<46} {jsonl['loop_thread_cpu_percent']:>7.1f} % core")
+    chatter, matching = bursts["chatter"], bursts["matching"]
+    print(
+        f"{f'a burst of {BURST_LINES:,} chatter lines: CPU':<46} {chatter['cpu_seconds']:>9.2f} s"
+    )
+    print(
+        f"{'a matching line: CPU':<46} {1e6 * matching['cpu_seconds'] / matching['lines']:>9.1f} us"
+    )
     if args.json:
-        figures = {"latency": lat, "cpu": load, "cpu_jsonl": jsonl}
+        figures = {"latency": lat, "cpu": load, "cpu_jsonl": jsonl, "burst": bursts}
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 

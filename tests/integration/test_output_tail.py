@@ -12,20 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sims.fusionsim import ERROR_PATTERN, ITERATION_PATTERN, START_PATTERN
 
 from supervisor import logcap
 from supervisor.outputpatterns import MAX_READ_BYTES, OutputTail, compile_patterns
 from supervisor.progress import ProgressRecord, ProgressState
 
 SIM = Path(__file__).resolve().parents[1] / "sims" / "fusionsim.py"
-PATTERNS = compile_patterns(
-    [
-        r"Starting simulation for (?P<erlang>[0-9.]+) Erlang "
-        r"\(load (?P<erlang_number>[0-9]+)/(?P<total_erlangs>[0-9]+)\)",
-        r"Iteration (?P<iteration>[0-9]+) out of (?P<total_iterations>[0-9]+) completed",
-        r"^ERROR (?P<error>.*)",
-    ]
-)
+PATTERNS = compile_patterns([START_PATTERN, ITERATION_PATTERN, ERROR_PATTERN])
 DEADLINE_SECONDS = 60.0
 POLL_SECONDS = 0.01
 MEMORY_BOUND_BYTES = 4 * MAX_READ_BYTES

@@ -16,6 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+# SPEC section 12's patterns for the two lines this prints (tests import them from here).
+START_PATTERN = (
+    r"Starting simulation for (?P<erlang>[0-9.]+) Erlang "
+    r"\(load (?P<erlang_number>[0-9]+)/(?P<total_erlangs>[0-9]+)\)"
+)
+ITERATION_PATTERN = r"Iteration (?P<iteration>[0-9]+) out of (?P<total_iterations>[0-9]+) completed"
+ERROR_PATTERN = r"^ERROR (?P<error>.*)"  # what --error prints
+
 GATE_POLL_SECONDS = 0.005
 BURST_LINE = b"burst line %07d: some chatter a simulation might print\n"
 BURST_BATCH = 10_000  # lines per write(2): fast enough for a million a second

@@ -10,16 +10,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sims.fusionsim import ERROR_PATTERN, ITERATION_PATTERN, START_PATTERN
+
 if TYPE_CHECKING:
     from conftest import Runsup
 
 SIM = Path(__file__).resolve().parents[1] / "sims" / "fusionsim.py"
 SIM_TIMEOUT_SECONDS = 60
-START = (
-    r"Starting simulation for (?P<erlang>[0-9.]+) Erlang "
-    r"\(load (?P<erlang_number>[0-9]+)/(?P<total_erlangs>[0-9]+)\)"
-)
-ITERATION = r"Iteration (?P<iteration>[0-9]+) out of (?P<total_iterations>[0-9]+) completed"
+START, ITERATION = START_PATTERN, ITERATION_PATTERN
 
 
 def config(tmp_path: Path, *patterns: str) -> Path:
@@ -79,7 +77,7 @@ def test_a_pattern_re2_refuses_is_one_clear_line(runsup: Runsup, tmp_path: Path)
 def test_sample_log_gives_each_lines_progress_and_the_final_one(
     runsup: Runsup, tmp_path: Path
 ) -> None:
-    conf = config(tmp_path, START, ITERATION, r"^ERROR (?P<error>.*)")
+    conf = config(tmp_path, START, ITERATION, ERROR_PATTERN)
     log = sample_log(
         tmp_path, "--loads", "300.0", "350.0", "--iterations", "3", "--long-line", "1000000",
         "--binary", "5000", "--error", "out of memory",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sims.fusionsim import ITERATION_PATTERN, START_PATTERN
 
 from supervisor import logcap
 from supervisor.errors import ConfigError
@@ -22,11 +23,7 @@ from supervisor.outputpatterns import (
 from supervisor.progress import MAX_MESSAGE_CHARS, NO_MESSAGE, ProgressRecord, ProgressState
 
 # SPEC section 12's example patterns.
-START = (
-    r"Starting simulation for (?P<erlang>[0-9.]+) Erlang "
-    r"\(load (?P<erlang_number>[0-9]+)/(?P<total_erlangs>[0-9]+)\)"
-)
-ITERATION = r"Iteration (?P<iteration>[0-9]+) out of (?P<total_iterations>[0-9]+) completed"
+START, ITERATION = START_PATTERN, ITERATION_PATTERN
 ERROR = r"^ERROR: (?P<error>.*)"
 SPEC = compile_patterns([START, ITERATION, ERROR])
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sims.fusionsim import ITERATION_PATTERN, START_PATTERN
 
 from supervisor.errors import ConfigError
 from supervisor.settings import Settings, load_settings
 
-START = (
-    r"Starting simulation for (?P<erlang>[0-9.]+) Erlang "
-    r"\(load (?P<erlang_number>[0-9]+)/(?P<total_erlangs>[0-9]+)\)"
-)
-ITERATION = r"Iteration (?P<iteration>[0-9]+) out of (?P<total_iterations>[0-9]+) completed"
+START, ITERATION = START_PATTERN, ITERATION_PATTERN
 FUSION = f"""
 [templates.fusion]
 command = ["/opt/fusion/bin/run_sim", "{{config_path}}"]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import re2
+import structlog
 
 from supervisor.errors import ConfigError
 from supervisor.progress import MAX_INT, MAX_MESSAGE_CHARS, ProgressRecord
@@ -66,6 +67,9 @@ LOGCAP_MARKER: Final = (
     b" the start is above, the latest output below ...]\n\n"
 )
 _LOGCAP_MIN_BLOCK: Final = 512  # as logcap: cuts are multiples of max(st_blksize, 512)
+
+
+log = structlog.get_logger(__name__)
 
 
 class PatternError(ValueError):
@@ -361,12 +365,14 @@ class OutputTail:
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
         max_read_bytes: int = MAX_READ_BYTES,
+        run_id: str | None = None,
     ) -> None:
-        """Prepare to read `path` from `offset`; touches nothing on disk."""
+        """Prepare to read `path` from `offset`; touches nothing on disk. `run_id`: for logs."""
         if offset < 0 or max_line_bytes < 1 or max_read_bytes < 1:
             raise ValueError("offset must be >= 0 and limits >= 1")
         self.path = path
         self.patterns = patterns
+        self.run_id = run_id
         self.offset = offset
         self.bad_lines = 0
         self.long_lines = 0
@@ -428,6 +434,8 @@ class OutputTail:
             os.close(fd)
 
     def _refuse(self, reason: str) -> list[ProgressRecord]:
+        if reason != self.refused:  # once per condition: a rescan every 2 s must not flood
+            log.warning("output_log_refused", run_id=self.run_id, path=str(self.path), why=reason)
         self.refused = reason
         return []
 
@@ -437,6 +445,7 @@ class OutputTail:
         if self._ident is not None and ident != self._ident:
             self._jump(0, 0)  # another file now: all of it is new
             self.restarts += 1
+            log.info("output_log_replaced", run_id=self.run_id, path=str(self.path))
         self._ident = ident
         size = fst.st_size
         block = max(fst.st_blksize, _LOGCAP_MIN_BLOCK)
@@ -481,10 +490,18 @@ class OutputTail:
     def _resync(self, fd: int, size: int, block: int) -> None:
         """The bytes before our place changed: find it again (see the class docstring)."""
         self.resyncs += 1
+        old = self._pos
+        how = self._find_place(fd, size, block)
+        log.info(
+            "output_log_resynced", run_id=self.run_id, how=how, old_offset=old, offset=self._pos
+        )
+
+    def _find_place(self, fd: int, size: int, block: int) -> str:
+        """Go to where reading goes on after a rewrite; says which way it was found."""
         anchor, behind = self._anchor, self._pos - self.offset
         if not anchor:  # fresh from a saved offset: nothing to recognise our place by
             self._skip_to_next_line(fd, size)
-            return
+            return "skipped_to_end"
         marker = self._find_marker(fd, size, block, limit=min(size, self._pos))
         # Below the marker is the head we read long ago: our place cannot be there.
         floor = len(anchor) + (marker or 0)
@@ -494,13 +511,15 @@ class OutputTail:
             self._jump(found, max(0, found - behind))
             self._pending, self._discarding, self._count_discard = pending, discarding, counted
             self._anchor = anchor
-        elif marker is not None:
+            return "moved_down"
+        if marker is not None:
             n = _overlap(os.pread(fd, len(anchor), marker), anchor)
             self._jump(marker + n, marker + n)
             if n == 0:
                 self._skip_rest_of_line()  # the cut left a fragment of a line here
-        else:
-            self._skip_to_next_line(fd, size)
+            return "after_cut_marker"
+        self._skip_to_next_line(fd, size)
+        return "skipped_to_end"
 
     def _skip_rest_of_line(self) -> None:
         self._discarding = True
@@ -599,9 +618,13 @@ class OutputTail:
             records.extend(result.records)
 
 
-def tail_for(patterns: Sequence[str], log: Path, offset: int = 0) -> OutputTail | None:
+def tail_for(
+    patterns: Sequence[str], log_path: Path, offset: int = 0, *, run_id: str | None = None
+) -> OutputTail | None:
     """The output tail a run of a template with these patterns needs; None without patterns."""
-    return OutputTail(log, compile_patterns(patterns), offset) if patterns else None
+    if not patterns:
+        return None
+    return OutputTail(log_path, compile_patterns(patterns), offset, run_id=run_id)
 
 
 def _overlap(head: bytes, anchor: bytes) -> int:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sims.fusionsim import ITERATION_PATTERN, START_PATTERN
@@ -234,9 +235,11 @@ def test_logcap_cut_while_reader_is_in_the_kept_tail(tmp_path: Path) -> None:
     seen = [r.iteration for r in tail.read_to_end()]
     assert logcap.bound_log(log, cap).removed > 0
     append(log, numbered(2000, 10))
-    seen += [r.iteration for r in tail.read_to_end()]
+    with structlog.testing.capture_logs() as logs:
+        seen += [r.iteration for r in tail.read_to_end()]
     assert seen == list(range(2010))  # nothing again, nothing lost
     assert tail.resyncs == 1
+    assert [e["how"] for e in logs if e["event"] == "output_log_resynced"] == ["moved_down"]
 
 
 def test_logcap_cut_while_reader_is_in_the_cut_part(tmp_path: Path) -> None:
@@ -247,7 +250,9 @@ def test_logcap_cut_while_reader_is_in_the_cut_part(tmp_path: Path) -> None:
     seen = [r.iteration for r in tail.read()]  # the first 40 KB only: in the future cut part
     assert logcap.bound_log(log, cap).removed > 0
     assert LOGCAP_MARKER == logcap.MARKER
-    seen += [r.iteration for r in tail.read_to_end()]
+    with structlog.testing.capture_logs() as logs:
+        seen += [r.iteration for r in tail.read_to_end()]
+    assert [e["how"] for e in logs if e["event"] == "output_log_resynced"] == ["after_cut_marker"]
     assert seen == sorted(set(seen))  # increasing: no line twice
     assert seen[-1] == 2999  # and it goes on to the end
     assert tail.resyncs == 1
@@ -290,14 +295,20 @@ def test_resume_from_an_offset_that_is_no_line_start(tmp_path: Path) -> None:
     assert [r.iteration for r in beyond.read()] == [12]
 
 
-def test_symlink_is_refused(tmp_path: Path) -> None:
+def test_symlink_is_refused_and_logged_once(tmp_path: Path) -> None:
     target = tmp_path / "real.log"
     append(target, numbered(0, 1))
     log = tmp_path / "sim.log"
     log.symlink_to(target)
-    tail = OutputTail(log, SPEC)
-    assert tail.read() == []
+    tail = OutputTail(log, SPEC, run_id="r1")
+    with structlog.testing.capture_logs() as logs:
+        assert tail.read() == []
+        assert tail.read() == []
     assert tail.refused is not None
+    refusals = [e for e in logs if e["event"] == "output_log_refused"]
+    assert len(refusals) == 1
+    assert refusals[0]["run_id"] == "r1"
+    assert "not a regular file" in refusals[0]["why"]
 
 
 # --- the block prefilter gives what line-by-line matching gives -----------------------------

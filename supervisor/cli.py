@@ -244,6 +244,29 @@ def cancel(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 @cli.command()
 @config_option
+@click.option("--template", "-t", default=None, help="Try this template's progress patterns.")
+@click.option("--sample-log", default=None, metavar="FILE", help="...on this saved log.")
+@json_option
+@click.pass_context
+def check(ctx: click.Context, template: str | None, sample_log: str | None, as_json: bool) -> None:
+    """Validate the configuration; with a sample log, print the progress its patterns give."""
+    from supervisor import check as checks
+
+    if (template is None) != (sample_log is None):
+        raise click.UsageError("give --template and --sample-log together")
+    settings = _settings(ctx)
+    if template is not None and sample_log is not None:
+        report = checks.check_sample_log(settings, template, Path(sample_log))
+        click.echo(
+            json.dumps(report.to_json(), indent=2) if as_json else checks.sample_text(report)
+        )
+        return
+    config = checks.check_config(settings)
+    click.echo(json.dumps(config, indent=2) if as_json else checks.config_text(config))
+
+
+@cli.command()
+@config_option
 @click.argument("run_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
 @click.pass_context

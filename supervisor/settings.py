@@ -93,6 +93,7 @@ class Template:
     retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
     retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
     on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
+    progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.outputpatterns
 
     @property
     def config_filename(self) -> str:
@@ -418,6 +419,7 @@ _TEMPLATE_KEYS = frozenset(
         "retry_on",
         "retry_delay_seconds",
         "on_finish",
+        "progress_patterns",
     }
 )
 _RESOURCES_KEYS = frozenset({"cpus", "gpus", "memory", "pin_cpus"})
@@ -519,6 +521,12 @@ def _template(
     ):
         raise reader.fail("env", "a table of string values", env)
     fmt = reader.choice("config_format", CONFIG_FORMATS) or "json"
+    patterns: tuple[str, ...] = ()
+    if "progress_patterns" in raw:  # RE2 is loaded only for a template that has the key
+        from supervisor.outputpatterns import check_patterns
+
+        where = f"config file {source}" if source else "configuration"
+        patterns = check_patterns(raw["progress_patterns"], f"{where}: {prefix}progress_patterns")
     return Template(
         name=name,
         command=command,
@@ -534,6 +542,7 @@ def _template(
         retry_on=_retry_on(reader),
         retry_delay_seconds=_or(reader.number("retry_delay_seconds"), DEFAULT_RETRY_DELAY_SECONDS),
         on_finish=reader.argv("on_finish", HOOK_PLACEHOLDERS),
+        progress_patterns=patterns,
     )
 
 

@@ -50,6 +50,7 @@ from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
+from supervisor.outputpatterns import OutputTail, tail_for
 from supervisor.progress import ProgressState, ProgressTail
 from supervisor.settings import Settings, Template, load_settings
 from supervisor.states import RunStatus
@@ -131,6 +132,7 @@ class TrackedRun:
     tail: ProgressTail
     progress: ProgressState
     state: RunState
+    output: OutputTail | None = None  # progress from the log's lines (progress_patterns)
     flushed: ProgressUpdate | None = None
     foreign: bool = False  # started by another program (SPEC section 3): no keeper, no status
     exit_fd: int | None = None  # registered with the selector until the run ends
@@ -154,7 +156,8 @@ class TrackedRun:
             total_iterations=s.total_iterations,
             erlang_index=s.erlang_index,
             offset=self.tail.offset,
-            bad_lines=self.tail.bad_lines,
+            bad_lines=self.tail.bad_lines + (self.output.bad_lines if self.output else 0),
+            output_offset=self.output.offset if self.output else None,
         )
 
 
@@ -205,6 +208,7 @@ class Daemon:
         self._cancel_seen: set[str] = set()  # cancels asked while the run was still launching
         self._settling: set[str] = set()  # final status queued in the outbox, not yet committed
         self._progress_read: set[str] = set()  # runs whose tail was read since the last flush
+        self._read_again: set[str] = set()  # runs with more to read than one read takes
         self._next_rescan = 0.0
         self._next_db_poll = 0.0
         self._db_unsynced = False  # a database pass failed half-way: look again
@@ -344,7 +348,8 @@ class Daemon:
         now = self.clock.monotonic()
         self._poll_due_launches(now)
         changed = self._runs_watcher.drain() if self._runs_watcher else set()
-        self._read_progress(self._runs_touched(changed))
+        again, self._read_again = self._read_again, set()
+        self._read_progress(self._runs_touched(changed) | again)
         # Only runs whose log changed: a progress line cannot grow the log (and a cap check
         # per progress batch cost ~8 % of the loop at 10,000 lines/s; bench/ load scenario).
         self._bound_logs(self._runs_touched(p for p in changed if p.name == rundir.LOG_FILENAME))
@@ -361,6 +366,8 @@ class Daemon:
 
     def _next_timeout(self) -> float:
         now = self.clock.monotonic()
+        if self._read_again:
+            return 0.0
         deadlines = [self._next_rescan, self._next_db_poll]
         if self.notifier.watchdog_interval:
             deadlines.append(self._next_watchdog)
@@ -450,6 +457,11 @@ class Daemon:
         self._progress_read.add(run.run_id)
         for record in run.tail.read_to_end() if to_end else run.tail.read():
             run.progress = run.progress.apply(record)
+        if run.output is not None:
+            for record in run.output.read_to_end() if to_end else run.output.read():
+                run.progress = run.progress.apply(record)
+        if run.tail.more or (run.output is not None and run.output.more):
+            self._read_again.add(run.run_id)  # a burst: go on next pass, without waiting
 
     def _queue_progress(self) -> None:
         # Only runs whose tail was read can have new progress: with 200 runs, comparing every
@@ -479,16 +491,17 @@ class Daemon:
     def _bound_logs(self, run_ids: Iterable[str]) -> None:
         for run_id in run_ids:
             run = self.runs.get(run_id)
-            if run is not None:
-                self._bound_log(run.run_dir)
+            if run is not None and self._bound_log(run.run_dir) and run.output is not None:
+                self._read_tail(run)  # the output tail finds its place again; saved this pass
 
-    def _bound_log(self, run_dir: Path) -> None:
-        """Cut the middle of the run's log once it is past max_log_bytes (see logcap)."""
+    def _bound_log(self, run_dir: Path) -> bool:
+        """Cut the middle of the run's log once it is past max_log_bytes (see logcap); True if
+        it was cut."""
         try:
             cut = logcap.bound_log(rundir.log_path(run_dir), self.settings.max_log_bytes)
         except OSError as exc:
             log.warning("log_cut_failed", run_dir=str(run_dir), error=str(exc))
-            return
+            return False
         if cut.removed:
             log.info(
                 "log_cut",
@@ -497,6 +510,7 @@ class Daemon:
                 size_after=cut.size_after,
                 method=cut.method,
             )
+        return bool(cut.removed)
 
     def _checkpoint_if_large(self) -> None:
         path = self.settings.database_path
@@ -725,6 +739,12 @@ class Daemon:
             rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
         )
         tail.bad_lines = record.progress_bad_lines or 0
+        output = tail_for(
+            template.progress_patterns if template else (),
+            rundir.log_path(run_dir),
+            record.output_offset or 0,
+            run_id=record.id,
+        )
         run = TrackedRun(
             run_id=record.id,
             run_dir=run_dir,
@@ -736,6 +756,7 @@ class Daemon:
             progress=_progress_of(record),
             state=state,
             foreign=foreign,
+            output=output,
         )
         run.flushed = run.progress_update()
         self.runs[record.id] = run
@@ -954,7 +975,8 @@ class Daemon:
         )
         if handle is None:
             # Every process of its group has exited: settle it by what its progress says.
-            state, update = _read_on(record, run_dir)
+            template = self.settings.templates.get(record.template)
+            state, update = _read_on(record, run_dir, template)
             self.outbox.progress(update)
             out = outcomes.foreign_end(completed_ok=state.completed_ok, last_error=state.last_error)
             self._settle(record.id, out, reason=f"{out.reason} (started by another program)")
@@ -1020,9 +1042,9 @@ class Daemon:
         Its progress is read on from where the last daemon stopped (not from the start), and
         the final progress is committed with the final status.
         """
-        self._bound_log(run_dir)
         template = self.settings.templates.get(record.template)
-        state, update = _read_on(record, run_dir)
+        state, update = _read_on(record, run_dir, template)  # before the last log cut
+        self._bound_log(run_dir)
         self.outbox.progress(update)
         cause = _stop_cause(record)
         out = outcomes.classify_exit(
@@ -1150,14 +1172,24 @@ def _stop_cause(record: RunRecord) -> StopCause | None:
     return None
 
 
-def _read_on(record: RunRecord, run_dir: Path) -> tuple[ProgressState, ProgressUpdate]:
+def _read_on(
+    record: RunRecord, run_dir: Path, template: Template | None
+) -> tuple[ProgressState, ProgressUpdate]:
     """A run's progress read on from where the last daemon stopped: its state and row update."""
     tail = ProgressTail(
         rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
     )
     tail.bad_lines = record.progress_bad_lines or 0
+    output = tail_for(
+        template.progress_patterns if template else (),
+        rundir.log_path(run_dir),
+        record.output_offset or 0,
+        run_id=record.id,
+    )
     state = _progress_of(record)
     for rec in tail.read_to_end():
+        state = state.apply(rec)
+    for rec in output.read_to_end() if output is not None else ():
         state = state.apply(rec)
     update = ProgressUpdate(
         run_id=record.id,
@@ -1167,7 +1199,8 @@ def _read_on(record: RunRecord, run_dir: Path) -> tuple[ProgressState, ProgressU
         total_iterations=state.total_iterations,
         erlang_index=state.erlang_index,
         offset=tail.offset,
-        bad_lines=tail.bad_lines,
+        bad_lines=tail.bad_lines + (output.bad_lines if output else 0),
+        output_offset=output.offset if output else record.output_offset,
     )
     return state, update
 

@@ -109,6 +109,7 @@ runs = Table(
     Column("progress_offset", Integer, nullable=True),
     Column("progress_bad_lines", Integer, nullable=True),
     Column("hook_done_at", UTCDateTime, nullable=True),  # the run's on_finish hook has run
+    Column("output_offset", Integer, nullable=True),  # progress_patterns read up to here
 )
 
 # The queue's order (SPEC section 11): highest priority first (NULL means 0), then oldest.

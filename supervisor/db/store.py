@@ -93,6 +93,7 @@ class RunRecord:
     progress_offset: int | None
     progress_bad_lines: int | None
     hook_done_at: datetime | None
+    output_offset: int | None
 
     @property
     def is_final(self) -> bool:
@@ -135,6 +136,7 @@ class ProgressUpdate:
     erlang_index: int | None
     offset: int
     bad_lines: int
+    output_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ def _write_progress(conn: Connection, updates: Sequence[ProgressUpdate]) -> int:
             u.erlang_index,
             u.offset,
             u.bad_lines,
+            u.output_offset,
             at,
             u.run_id,
         )
@@ -855,18 +858,20 @@ def check_config_json(config_json: str) -> dict[str, Any]:
 
 
 # record_progress's statement, with named parameters (any driver) and positional ones (SQLite).
-_PROGRESS_KEYS = ("b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_at", "b_id")
+_PROGRESS_KEYS = (
+    "b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_out", "b_at", "b_id"
+)
 _PROGRESS_NAMED_SQL = (
     "UPDATE runs SET current_erlang = :b_ce, total_erlangs = :b_te,"
     " current_iteration = :b_ci, total_iterations = :b_ti, erlang_index = :b_ei,"
-    " progress_offset = :b_off, progress_bad_lines = :b_bad,"
+    " progress_offset = :b_off, progress_bad_lines = :b_bad, output_offset = :b_out,"
     " progress_updated_at = :b_at"
     " WHERE id = :b_id AND status = 'RUNNING'"
 )
 _PROGRESS_QMARK_SQL = (
     "UPDATE runs SET current_erlang = ?, total_erlangs = ?,"
     " current_iteration = ?, total_iterations = ?, erlang_index = ?,"
-    " progress_offset = ?, progress_bad_lines = ?,"
+    " progress_offset = ?, progress_bad_lines = ?, output_offset = ?,"
     " progress_updated_at = ?"
     " WHERE id = ? AND status = 'RUNNING'"
 )

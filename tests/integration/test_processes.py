@@ -36,6 +36,7 @@ from supervisor.executors.base import (
     ProcessIdentity,
     ProcessRecord,
 )
+from supervisor.executors.local import cgroups
 from supervisor.executors.local.executor import (
     LOST_KEEPER_KILLED,
     LOST_MACHINE_RESTARTED,
@@ -683,3 +684,14 @@ def test_keeper_cost(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
         )
     assert overhead < KEEPER_CPU_REGRESSION_LIMIT_SECONDS
     assert uss < KEEPER_USS_BUDGET_BYTES
+
+
+def test_a_cap_that_cannot_be_enforced_fails_the_launch_saying_why(runs: Runs) -> None:
+    """Nothing runs uncapped silently (SPEC section 10): the launch fails with the reason."""
+    why = "no cgroup memory controller is writable here; " + cgroups.HOW_TO_ENABLE
+    runs.executor = LocalExecutor(caps=cgroups.CapSupport(None, None, None, why))
+    spec = dataclasses.replace(runs.spec(["true"]), memory_max=64 * 1024 * 1024)
+    with pytest.raises(LaunchError, match="cannot be enforced here") as caught:
+        runs.executor.begin_launch(spec)
+    assert "Delegate=yes" in str(caught.value)
+    assert not (spec.record_dir / KEEPER_FILE).exists(), "nothing was started"

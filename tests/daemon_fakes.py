@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from supervisor.executors.base import (
     ProcessRecord,
     Recovery,
     RunHandle,
+    RunRef,
 )
 from supervisor.executors.local.identity import current_boot_id
 from supervisor.notify import Notifier
@@ -106,6 +107,7 @@ class FakeLaunch:
         self.deadline = deadline
         self.handle = handle
         self.error: str | None = None
+        self.external_id: str | None = None
         self.reported = False
         self.abandoned = False
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -133,6 +135,9 @@ class FakeLaunch:
     def abandon(self) -> None:
         self.abandoned = True
 
+    def cancel(self) -> bool:
+        return False
+
 
 @dataclass
 class FakeExecutor:
@@ -142,6 +147,8 @@ class FakeExecutor:
     report_timeout: float = 5.0
     name: str = "fake"
     poll_interval: float | None = None
+    runs_dir: Path | None = None
+    max_in_flight: int | None = None
     launches: dict[str, FakeLaunch] = field(default_factory=dict)
     found: dict[str, Recovery] = field(default_factory=dict)
     _next_pid: int = FAKE_PID_BASE
@@ -158,11 +165,14 @@ class FakeExecutor:
         self._next_pid += 1
         return FakeHandle(make_process(self._next_pid))
 
-    def poll(self, handles: Sequence[RunHandle]) -> None:
-        return None
+    def poll(self) -> tuple[str, ...]:
+        return ()
 
-    def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
-        return self.found[run_id]
+    def recover(self, ref: RunRef) -> Recovery:
+        return self.found[ref.run_id]
+
+    def close(self) -> None:
+        return None
 
     def adopt_foreign(
         self,

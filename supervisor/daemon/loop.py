@@ -17,7 +17,7 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,10 +34,12 @@ from supervisor.daemon.resources import Held, Resources, Start, running_per_temp
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
 from supervisor.db import (
     ProgressUpdate,
+    RowChange,
     RunRecord,
     Store,
     claim_released_change,
     corrected_final_change,
+    external_id_change,
     final_change,
     foreign_identity_change,
     running_change,
@@ -45,14 +47,22 @@ from supervisor.db import (
     utcnow,
 )
 from supervisor.errors import ConfigError, DatabaseBusy, LaunchError, SupervisorError
-from supervisor.executors.base import Executor, ExitStatus, Launch, ProcessRecord, RunHandle
+from supervisor.executors.base import (
+    Executor,
+    ExitStatus,
+    Launch,
+    ProcessRecord,
+    RunHandle,
+    RunRef,
+)
 from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
+from supervisor.executors.registry import build_executors
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
 from supervisor.outputpatterns import OutputTail, tail_for
 from supervisor.progress import ProgressState, ProgressTail
-from supervisor.settings import Settings, Template, load_settings
+from supervisor.settings import LOCAL_EXECUTOR, Settings, Template, load_settings
 from supervisor.states import RunStatus
 from supervisor.watch import DirectoryWatcher
 
@@ -128,6 +138,7 @@ class TrackedRun:
     template: Template | None
     template_name: str
     held: Held
+    executor: str
     handle: RunHandle
     tail: ProgressTail
     progress: ProgressState
@@ -171,6 +182,8 @@ class InFlight:
     run_dir: Path
     held: Held
     fd: int | None  # registered with the selector (unregistered by number: poll closes it)
+    executor: str = LOCAL_EXECUTOR
+    external_recorded: bool = False  # its job id is in the row
 
 
 class Daemon:
@@ -182,13 +195,13 @@ class Daemon:
         store: Store,
         *,
         executor: Executor | None = None,
+        executors: Mapping[str, Executor] | None = None,
         notifier: Notifier | None = None,
         config_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.executor: Executor = executor or LocalExecutor()
         self.notifier = notifier or Notifier.from_environ()
         self.config_file = config_file
         self.clock: Clock = clock or SystemClock()
@@ -199,6 +212,12 @@ class Daemon:
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, ""))
+        self.executors: dict[str, Executor] = (
+            dict(executors) if executors is not None else build_executors(settings, self.wake)
+        )
+        if executor is not None or LOCAL_EXECUTOR not in self.executors:
+            self.executors[LOCAL_EXECUTOR] = executor or LocalExecutor()
+        self.executor = self.executors[LOCAL_EXECUTOR]
         self._signals: list[int] = []
         self.stopping = False
         self._forced = False
@@ -314,9 +333,11 @@ class Daemon:
             if watcher is not None:
                 watcher.stop()
         for flight in list(self.launching.values()):
-            # Its keeper goes on; the next daemon finds the claimed run from its files.
+            # Its keeper (or job) goes on; the next daemon finds the claimed run again.
             flight.launch.abandon()
         self.launching.clear()
+        for executor in self.executors.values():
+            executor.close()
         self._queue_progress()
         deadline = self.clock.monotonic() + SHUTDOWN_FLUSH_SECONDS
         while not self.outbox.flush(self.clock.monotonic()) and self.clock.monotonic() < deadline:
@@ -346,6 +367,7 @@ class Daemon:
                 self._check_group(run_id)
         self._handle_signals()
         now = self.clock.monotonic()
+        self._poll_executors()
         self._poll_due_launches(now)
         changed = self._runs_watcher.drain() if self._runs_watcher else set()
         again, self._read_again = self._read_again, set()
@@ -375,6 +397,9 @@ class Daemon:
             deadlines.append(self.outbox.retry_at)
         for flight in self.launching.values():
             deadlines.append(flight.launch.deadline)
+        for executor in self.executors.values():
+            if executor.poll_interval is not None:
+                deadlines.append(now + executor.poll_interval)  # its thread also wakes us
         for run in self.runs.values():
             due = run.state.next_deadline()
             if due is not None:
@@ -482,8 +507,6 @@ class Daemon:
             self._read_tail(run)
         self._bound_logs(list(self.runs))
         self._checkpoint_if_large()
-        if self.executor.poll_interval is not None:
-            self.executor.poll([run.handle for run in self.runs.values()])
         for run in list(self.runs.values()):
             if run.state.exit is None:
                 self._on_exit(run.run_id)
@@ -558,7 +581,12 @@ class Daemon:
             if not run.state.cancel_requested:
                 self._request_cancel(run)
         elif record.id in self.launching:
-            self._cancel_seen.add(record.id)  # acted on as soon as the launch reports
+            flight = self.launching[record.id]
+            if flight.launch.cancel():  # a queued job removed: it never starts
+                self._end_launch(flight)
+                self._cancel_unstarted(record.id, "cancelled before it started")
+            else:
+                self._cancel_seen.add(record.id)  # acted on as soon as the launch reports
         elif (
             record.status == RunStatus.PENDING
             and record.launch_claimed_at is None
@@ -576,12 +604,26 @@ class Daemon:
         self._act(run, run.state.request_cancel(self.clock.monotonic()))
 
     def _free_slots(self) -> int:
-        busy = len(self.runs) + len(self.launching) + len(self._claims_waiting)
-        return self.settings.max_concurrent_runs - busy
+        """Local runs that may start now (runs on other executors do not count)."""
+        busy = sum(r.executor == LOCAL_EXECUTOR for r in self.runs.values())
+        busy += sum(f.executor == LOCAL_EXECUTOR for f in self.launching.values())
+        return self.settings.max_concurrent_runs - busy - len(self._claims_waiting)
+
+    def _cluster_slots(self) -> dict[str, int]:
+        """For each other executor: how many more of its runs may be launched now."""
+        free: dict[str, int] = {}
+        for name, executor in self.executors.items():
+            if name == LOCAL_EXECUTOR or executor.max_in_flight is None:
+                continue
+            busy = sum(r.executor == name for r in self.runs.values())
+            busy += sum(f.executor == name for f in self.launching.values())
+            free[name] = executor.max_in_flight - busy
+        return free
 
     def _launch_pending(self) -> None:
-        free = self._free_slots()
-        if free <= 0:
+        free = max(0, self._free_slots())
+        cluster = self._cluster_slots()
+        if free + sum(max(0, n) for n in cluster.values()) <= 0:
             return
         templates = self.settings.templates
         candidates = []
@@ -596,16 +638,33 @@ class Daemon:
         plan = self.resources.plan(candidates, self._held(), templates, self._per_template())
         for run_id, why in plan.impossible.items():
             self._fail_unstarted_now(run_id, why)
-        claimed = set(self.store.claim_many([s.claim() for s in plan.start]))
-        for start in plan.start:
+        starts = self._within_executor_limits(plan.start, cluster)
+        claimed = set(self.store.claim_many([s.claim() for s in starts]))
+        for start in starts:
             if start.record.id in claimed:  # else cancelled or taken in the meantime
                 crash_point("launch_claimed")
                 self._begin_launch(start)
 
+    def _within_executor_limits(self, starts: Iterable[Start], free: dict[str, int]) -> list[Start]:
+        """The planned starts each executor can take now (max_submitted); a run of an executor
+        that is not available fails to start, saying so."""
+        kept = []
+        for start in starts:
+            name = start.template.executor
+            if name == LOCAL_EXECUTOR:
+                kept.append(start)
+            elif name not in self.executors:
+                why = f"executor {name!r} is not available (see the daemon's log)"
+                self._fail_unstarted_now(start.record.id, why)
+            elif free.get(name, 0) > 0:
+                free[name] -= 1
+                kept.append(start)
+        return kept
+
     def _held(self) -> dict[str, Held]:
-        """What every run the loop is responsible for holds."""
-        held = {run_id: run.held for run_id, run in self.runs.items()}
-        held.update((run_id, f.held) for run_id, f in self.launching.items())
+        """What every local run the loop is responsible for holds (a cluster holds its own)."""
+        held = {i: r.held for i, r in self.runs.items() if r.executor == LOCAL_EXECUTOR}
+        held.update((i, f.held) for i, f in self.launching.items() if f.executor == LOCAL_EXECUTOR)
         held.update(self._claims_held)
         return held
 
@@ -614,12 +673,18 @@ class Daemon:
         names += [f.template.name for f in self.launching.values()]
         return running_per_template(names)
 
+    def _runs_dir(self, executor: str | None) -> Path:
+        """Where the runs of this executor have their directories."""
+        found = self.executors.get(executor or LOCAL_EXECUTOR)
+        return (found.runs_dir if found else None) or self.settings.runs_dir
+
     def _begin_launch(self, start: Start) -> None:
         record, template, held = start.record, start.template, start.held
-        run_dir = rundir.run_dir_for(self.settings.runs_dir, record.id)
+        runs_dir = self._runs_dir(template.executor)
+        run_dir = rundir.run_dir_for(runs_dir, record.id)
         try:
-            spec = launchprep.prepare(record, template, self.settings.runs_dir, held)
-            launch = self.executor.begin_launch(spec)
+            spec = launchprep.prepare(record, template, runs_dir, held)
+            launch = self.executors[template.executor].begin_launch(spec)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             self._fail_unstarted(record.id, f"cannot prepare run directory {run_dir}: {reason}")
@@ -631,12 +696,29 @@ class Daemon:
         fd = launch.fileno()
         if fd is not None:
             self.selector.register(fd, selectors.EVENT_READ, (_LAUNCH, record.id))
-        self.launching[record.id] = InFlight(launch, record, template, run_dir, held, fd)
+        self.launching[record.id] = InFlight(
+            launch, record, template, run_dir, held, fd, executor=template.executor
+        )
+        self._record_external_id(self.launching[record.id])
 
     def _poll_due_launches(self, now: float) -> None:
         for run_id, flight in list(self.launching.items()):
-            if flight.fd is None or now >= flight.launch.deadline:
+            if now >= flight.launch.deadline:
                 self._poll_launch(run_id)
+
+    def _poll_executors(self) -> None:
+        """Executors that look at their runs in batches: act on what has news (never waits)."""
+        for executor in self.executors.values():
+            if executor.poll_interval is None:
+                continue
+            for run_id in executor.poll():
+                if run_id in self.launching:
+                    self._poll_launch(run_id)
+                elif run_id in self.runs:
+                    self._on_exit(run_id)
+                    run = self.runs.get(run_id)
+                    if run is not None and run.state.exit is not None:
+                        self._check_group(run_id)
 
     def _poll_launch(self, run_id: str) -> None:
         flight = self.launching.get(run_id)
@@ -648,10 +730,20 @@ class Daemon:
             self._end_launch(flight)
             self._fail_unstarted(run_id, str(exc))
             return
+        self._record_external_id(flight)
         if handle is None:
             return
         self._end_launch(flight)
         self._started(flight, handle)
+
+    def _record_external_id(self, flight: InFlight) -> None:
+        """A cluster job's id goes into the row as soon as it exists (before anything relies
+        on it: a restarted daemon finds the job by it)."""
+        ext = flight.launch.external_id
+        if ext is not None and not flight.external_recorded:
+            self.outbox.add(external_id_change(flight.record.id, ext))
+            flight.external_recorded = True
+            log.info("run_submitted", run_id=flight.record.id, external_id=ext)
 
     def _end_launch(self, flight: InFlight) -> None:
         self.launching.pop(flight.record.id, None)
@@ -667,7 +759,14 @@ class Daemon:
         self.outbox.add(change, lambda applied: self._running_recorded(record.id, applied))
         log.info("run_started", run_id=record.id, pid=proc.pid, pgid=proc.pgid)
         fresh = replace(record, status=RunStatus.RUNNING.value, started_at=self.clock.utcnow())
-        run = self._track(fresh, handle, flight.run_dir, flight.template, held=flight.held)
+        run = self._track(
+            fresh,
+            handle,
+            flight.run_dir,
+            flight.template,
+            held=flight.held,
+            executor=flight.executor,
+        )
         if record.id in self._cancel_seen:
             self._cancel_seen.discard(record.id)
             self._request_cancel(run)
@@ -694,6 +793,19 @@ class Daemon:
         )
         self.outbox.add(change)
         log.warning("run_not_started", run_id=run_id, error=reason)
+
+    def _cancel_unstarted(self, run_id: str, why: str) -> None:
+        """PENDING -> CANCELLED for a launch stopped before it started (a queued job removed)."""
+        change = final_change(
+            run_id,
+            RunStatus.CANCELLED,
+            reason="cancelled before start",
+            error_message=why,
+            expect=[RunStatus.PENDING],
+        )
+        self._settling.add(run_id)
+        out = Outcome(RunStatus.CANCELLED, None, None, why, "cancelled before start")
+        self.outbox.add(change, lambda applied: self._settled(run_id, out, applied))
 
     def _fail_unstarted_now(self, run_id: str, reason: str) -> None:
         """As _fail_unstarted, for an unclaimed row: written at once, or the next pass sees it
@@ -723,6 +835,7 @@ class Daemon:
         *,
         foreign: bool = False,
         held: Held | None = None,
+        executor: str | None = None,
     ) -> TrackedRun:
         timeout = template.timeout_seconds if template else None
         now = self.clock.monotonic()
@@ -751,6 +864,7 @@ class Daemon:
             template=template,
             template_name=record.template,
             held=held if held is not None else Held.of_row(record),
+            executor=executor or record.executor or LOCAL_EXECUTOR,
             handle=handle,
             tail=tail,
             progress=_progress_of(record),
@@ -1012,11 +1126,23 @@ class Daemon:
         if record.status == RunStatus.RUNNING and record.keeper_pid is None:
             self._adopt_foreign(record)
             return
-        run_dir = recovery.record_dir_of(record, self.settings.runs_dir)
-        found = self.executor.recover(
-            rundir.record_dir(run_dir), recovery.process_of(record), run_id=record.id
+        name = record.executor or LOCAL_EXECUTOR
+        executor = self.executors.get(name)
+        if executor is None:
+            # Its job was sent where this configuration no longer reaches: leave the row as
+            # it is (the job may still run) and say so at every start.
+            log.error("run_executor_missing", run_id=record.id, executor=name)
+            return
+        run_dir = recovery.record_dir_of(record, self._runs_dir(name))
+        ref = RunRef(
+            run_id=record.id,
+            record_dir=rundir.record_dir(run_dir),
+            process=recovery.process_of(record),
+            claimed=record.status == RunStatus.PENDING,
+            external_id=record.external_id,
+            host=record.host,
         )
-        recovery.apply(_Host(self, run_dir), record, found)
+        recovery.apply(_Host(self, run_dir), record, executor.recover(ref))
 
     def _settle_invalid(self, record: RunRecord, why: str) -> None:
         if record.status == RunStatus.PENDING:
@@ -1141,6 +1267,30 @@ class _Host:
         self._d._next_db_poll = 0.0
         log.warning("launch_claim_released", run_id=record.id, why=why)
 
+    def resume_launch(self, record: RunRecord, launch: Launch) -> None:
+        """Its job is still queued: an in-flight launch again, its id already in the row."""
+        template = self._d.settings.templates.get(record.template)
+        if template is None:
+            launch.abandon()
+            self._d._fail_unstarted(record.id, f"unknown template {record.template!r}")
+            return
+        fd = launch.fileno()
+        if fd is not None:
+            self._d.selector.register(fd, selectors.EVENT_READ, (_LAUNCH, record.id))
+        flight = InFlight(
+            launch,
+            record,
+            template,
+            self._run_dir,
+            Held.of_row(record),
+            fd,
+            executor=record.executor or LOCAL_EXECUTOR,
+            external_recorded=record.external_id is not None,
+        )
+        self._d.launching[record.id] = flight
+        self._d._record_external_id(flight)
+        log.info("launch_resumed", run_id=record.id, external_id=launch.external_id)
+
     def look_again_later(self, record: RunRecord, why: str) -> None:
         """Its keeper is still starting."""
         self._d._claims_waiting[record.id] = self._d.clock.monotonic() + CLAIM_RECHECK_SECONDS
@@ -1148,7 +1298,7 @@ class _Host:
         log.info("launch_still_starting", run_id=record.id, why=why)
 
 
-def _running(run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> Any:
+def _running(run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> RowChange:
     return running_change(
         run_id,
         pid=proc.pid,
@@ -1159,6 +1309,8 @@ def _running(run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> An
         keeper_pid=proc.keeper_pid,
         keeper_start_ticks=proc.keeper_start_ticks,
         reason=reason,
+        host=proc.host,
+        external_id=proc.external_id,
     )
 
 

@@ -1,9 +1,9 @@
 """At start (and for claims still starting): find each run the daemon is responsible for again.
 
 The executor looks and answers with one case (executors/base.py: Adopted, EndedWhileAway,
-StillStarting, NeverStarted, FailedToStart, Lost); this module decides what each case means for
-the run's row, which is either RUNNING (the daemon had recorded the start) or PENDING with a
-launch claim (a daemon died between claiming and recording RUNNING). The loop carries the
+Queued, StillStarting, NeverStarted, FailedToStart, Lost); this module decides what each case
+means for the run's row, which is either RUNNING (the daemon had recorded the start) or PENDING
+with a launch claim (a daemon died between claiming and recording RUNNING). The loop carries the
 decisions out through `RecoveryHost`, so the decisions are tested with a fake host.
 """
 
@@ -20,9 +20,11 @@ from supervisor.executors.base import (
     EndedWhileAway,
     ExitStatus,
     FailedToStart,
+    Launch,
     Lost,
     NeverStarted,
     ProcessRecord,
+    Queued,
     Recovery,
     RunHandle,
     StillStarting,
@@ -63,6 +65,10 @@ class RecoveryHost(Protocol):
         """A launch still under way: decide at the next look."""
         ...
 
+    def resume_launch(self, record: RunRecord, launch: Launch) -> None:
+        """A submitted run still waiting to start (a queued cluster job): wait for it again."""
+        ...
+
 
 def apply(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
     """Carry out what `found` means for a run whose row is `record`."""
@@ -87,6 +93,10 @@ def _apply_to_running(host: RecoveryHost, record: RunRecord, found: Recovery) ->
             host.settle_lost(record, why)
         case FailedToStart(why=why):
             host.settle_lost(record, why)
+        case Queued(launch=launch):
+            # A RUNNING row whose job waits again (a cluster requeued it): no start to record.
+            launch.abandon()
+            host.settle_lost(record, "the cluster queued the job again after it had started")
 
 
 def _apply_to_claim(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
@@ -98,6 +108,8 @@ def _apply_to_claim(host: RecoveryHost, record: RunRecord, found: Recovery) -> N
             host.fail_unstarted(record, why)
         case StillStarting(why=why):
             host.look_again_later(record, why)
+        case Queued(launch=launch):
+            host.resume_launch(record, launch)
         case Adopted(handle=handle):
             host.mark_running(record, handle.record, "found started after a daemon restart")
             _apply_to_running(host, record, found)

@@ -188,10 +188,13 @@ def running_change(
     keeper_pid: int,
     keeper_start_ticks: int,
     reason: str = "launched",
+    host: str | None = None,
+    external_id: str | None = None,
 ) -> RowChange:
-    """PENDING -> RUNNING with the process identity a restarted daemon will need."""
+    """PENDING -> RUNNING with the process identity a restarted daemon will need (and, for a
+    cluster job, the node it runs on and its id)."""
     now = utcnow()
-    values = {
+    values: dict[str, Any] = {
         "pid": pid,
         "pgid": pgid,
         "run_dir": run_dir,
@@ -201,6 +204,10 @@ def running_change(
         "keeper_start_ticks": keeper_start_ticks,
         "started_at": now,
     }
+    if host is not None:
+        values["host"] = host
+    if external_id is not None:
+        values["external_id"] = external_id
     return RowChange(run_id, frozenset({RunStatus.PENDING}), values, RunStatus.RUNNING, reason, now)
 
 
@@ -261,6 +268,11 @@ def foreign_identity_change(run_id: str, *, pid_start_ticks: int, boot_id: str) 
     """Remember which process stands for a run another program started (pid reuse)."""
     values = {"pid_start_ticks": pid_start_ticks, "boot_id": boot_id}
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), values)
+
+
+def external_id_change(run_id: str, external_id: str) -> RowChange:
+    """A claimed run's cluster job id, recorded before anything relies on it (SPEC 9)."""
+    return RowChange(run_id, frozenset({RunStatus.PENDING}), {"external_id": external_id})
 
 
 def timed_out_change(run_id: str) -> RowChange:

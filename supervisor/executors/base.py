@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,9 @@ class ExitStatus:
     # Measured where the executor can (a memory cgroup, the cluster's accounting):
     peak_memory_bytes: int | None = None
     out_of_memory: bool = False  # killed for passing its memory cap
+    # A cluster's own verdict when it ended the run (SPEC section 9): "timeout" (time limit),
+    # "node_failure", or "vanished" (no record of the job anywhere).
+    verdict: str | None = None
 
     @property
     def known(self) -> bool:
@@ -57,6 +60,9 @@ class ProcessRecord:
     boot_id: str
     keeper_pid: int
     keeper_start_ticks: int
+    # A run on a cluster: the job's id and the node it runs on (the process is its stand-in).
+    external_id: str | None = None
+    host: str | None = None
 
     @property
     def sim_identity(self) -> ProcessIdentity:
@@ -123,10 +129,16 @@ class RunHandle(Protocol):
 
 
 class Launch(Protocol):
-    """A launch in flight: begun without waiting, finished once the executor reports back."""
+    """A launch in flight: begun without waiting, finished once the executor reports back.
+
+    On a cluster a launch lasts while the job is queued: `external_id` is set as soon as the
+    job exists (the loop records it in the row before relying on it), and poll() returns the
+    handle once the job runs.
+    """
 
     run_id: str
     deadline: float  # monotonic: poll() must be called by then at the latest
+    external_id: str | None
 
     def fileno(self) -> int | None:
         """Readable when poll() may make progress; None: poll at the deadline or on a timer."""
@@ -140,8 +152,25 @@ class Launch(Protocol):
         """Stop waiting for the report (the loop is exiting); the run is found again later."""
         ...
 
+    def cancel(self) -> bool:
+        """A cancel while it is still starting: True if the run will never start (a queued job
+        removed); False if it cannot be stopped before it starts (then cancel the run)."""
+        ...
+
 
 # -- what looking for a run after a restart can find: one case each ------------------------------
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """What the row tells of a run an earlier daemon was responsible for."""
+
+    run_id: str
+    record_dir: Path
+    process: ProcessRecord | None  # the identity stored in the row, if complete
+    claimed: bool = False  # PENDING with a launch claim: it may or may not have started
+    external_id: str | None = None  # a cluster job's id, once recorded
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +186,13 @@ class EndedWhileAway:
 
     exit: ExitStatus
     record: ProcessRecord | None  # its process, when the row never got it (a claim)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Submitted and still waiting to start (a cluster job): the launch goes on."""
+
+    launch: Launch
 
 
 @dataclass(frozen=True)
@@ -189,7 +225,9 @@ class Lost:
     leftover: RunHandle | None = None
 
 
-Recovery = Adopted | EndedWhileAway | StillStarting | NeverStarted | FailedToStart | Lost
+Recovery = (
+    Adopted | EndedWhileAway | Queued | StillStarting | NeverStarted | FailedToStart | Lost
+)
 
 
 class Executor(Protocol):
@@ -198,17 +236,26 @@ class Executor(Protocol):
     name: str
     # Seconds between two batched looks at every run (poll()); None: the handles' fds tell.
     poll_interval: float | None
+    # Where its runs' directories are (None: the daemon's runs_dir) and how many of its runs
+    # may be launched or running at once (None: the daemon's local limits apply).
+    runs_dir: Path | None
+    max_in_flight: int | None
 
     def begin_launch(self, spec: LaunchSpec) -> Launch:
         """Start starting a run without waiting; LaunchError for what is wrong before starting."""
         ...
 
-    def poll(self, handles: Sequence[RunHandle]) -> None:
-        """Refresh what the handles know, for all of them at once (one query, not one each)."""
+    def poll(self) -> Collection[str]:
+        """Never waits: starts a batched look at all its runs when one is due (one query for all,
+        not one each) and returns the run ids whose launch or handle has news since last time."""
         ...
 
-    def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
-        """Find a run again (record None: the daemon died mid-launch, look at the files)."""
+    def recover(self, ref: RunRef) -> Recovery:
+        """Find a run again (ref.process None: the daemon died mid-launch, look at the files)."""
+        ...
+
+    def close(self) -> None:
+        """The loop is exiting: stop what the executor runs of its own (threads); runs go on."""
         ...
 
     def adopt_foreign(

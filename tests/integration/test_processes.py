@@ -35,6 +35,7 @@ from supervisor.executors.base import (
     NeverStarted,
     ProcessIdentity,
     ProcessRecord,
+    RunRef,
 )
 from supervisor.executors.local import cgroups
 from supervisor.executors.local.executor import (
@@ -456,7 +457,7 @@ def test_new_backend_adopts_a_live_run_and_sees_its_exit(runs: Runs) -> None:
     first, spec = runs.launch(sh("echo ready; while [ ! -e release ]; do sleep 0.02; done; exit 7"))
     ready(spec)
     executor: Executor = LocalExecutor()  # as after a daemon restart
-    found = executor.recover(spec.record_dir, first.record, run_id="r")
+    found = executor.recover(RunRef("r", spec.record_dir, first.record))
     assert isinstance(found, Adopted) and found.handle.record == first.record
     assert isinstance(found.handle, LocalRunHandle)
     adopted = runs.track(found.handle)
@@ -472,7 +473,7 @@ def test_run_that_ended_while_away(runs: Runs) -> None:
     poller = select.poll()
     poller.register(first.fileno(), select.POLLIN)
     assert poller.poll(DEADLINE * 1000)
-    found = LocalExecutor().recover(spec.record_dir, first.record, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", spec.record_dir, first.record))
     assert found == EndedWhileAway(ExitStatus(5, None), first.record)
 
 
@@ -480,7 +481,7 @@ def test_keeper_killed_means_lost_but_the_group_can_still_be_stopped(runs: Runs)
     first, spec = runs.launch(["sleep", "60"])
     os.kill(first.record.keeper_pid, signal.SIGKILL)
     wait_for(lambda: not is_same_process(first.record.keeper_identity), "the keeper to die")
-    found = LocalExecutor().recover(spec.record_dir, first.record, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", spec.record_dir, first.record))
     assert isinstance(found, Lost) and found.why.startswith(LOST_KEEPER_KILLED)
     assert isinstance(found.leftover, LocalRunHandle)
     left = runs.track(found.leftover)
@@ -495,7 +496,7 @@ def test_keeper_killed_means_lost_but_the_group_can_still_be_stopped(runs: Runs)
 def test_other_boot_means_machine_restarted(runs: Runs) -> None:
     first, spec = runs.launch(["sleep", "60"])
     stale = dataclasses.replace(first.record, boot_id="00000000-0000-0000-0000-000000000000")
-    found = LocalExecutor().recover(spec.record_dir, stale, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", spec.record_dir, stale))
     assert isinstance(found, Lost) and found.leftover is None
     assert found.why.startswith(LOST_MACHINE_RESTARTED)
     assert is_same_process(first.record.sim_identity)  # nothing was touched
@@ -523,7 +524,7 @@ def test_reused_pid_is_never_signalled(runs: Runs, bystander: subprocess.Popen[b
     )
     record_dir = runs.base / "old-run"
     record_dir.mkdir()
-    found = LocalExecutor().recover(record_dir, record, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", record_dir, record))
     assert isinstance(found, Lost) and found.leftover is None
     assert found.why.startswith(LOST_KEEPER_KILLED)
     # Even a handle made from that record refuses.
@@ -569,7 +570,7 @@ def test_own_pid_with_wrong_start_time_is_never_signalled(tmp_path: Path) -> Non
 
 def test_recover_from_files_when_the_record_was_never_saved(runs: Runs) -> None:
     first, spec = runs.launch(["sleep", "60"])
-    found = LocalExecutor().recover(spec.record_dir, None, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", spec.record_dir, None))
     assert isinstance(found, Adopted) and found.handle.record == first.record
     assert isinstance(found.handle, LocalRunHandle)
     runs.track(found.handle)
@@ -579,7 +580,7 @@ def test_recover_from_files_when_the_record_was_never_saved(runs: Runs) -> None:
 def test_recover_never_started(runs: Runs, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    found = LocalExecutor().recover(empty, None, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", empty, None))
     assert isinstance(found, NeverStarted) and found.why
 
     # A keeper that ran and was killed before the simulation reported.
@@ -593,13 +594,13 @@ def test_recover_never_started(runs: Runs, tmp_path: Path) -> None:
     # What it left in its group was SIGKILLed too.
     wait_for(lambda: not live_group_members(keeper_pid), "the keeper's group to die")
     assert not (spec.record_dir / SIM_FILE).exists()
-    found = LocalExecutor().recover(spec.record_dir, None, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", spec.record_dir, None))
     assert isinstance(found, NeverStarted)
 
 
 def test_recover_from_files_of_another_boot(tmp_path: Path) -> None:
     (tmp_path / BOOT_ID_FILE).write_text("00000000-0000-0000-0000-000000000000\n")
-    found = LocalExecutor().recover(tmp_path, None, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", tmp_path, None))
     assert isinstance(found, NeverStarted) and found.why.startswith(LOST_MACHINE_RESTARTED)
 
 
@@ -642,7 +643,7 @@ def test_ctrl_c_to_the_daemons_group_reaches_neither_keeper_nor_simulation(
     assert is_same_process(record.keeper_identity)
     assert is_same_process(record.sim_identity)
     # Now an orphan of a dead daemon: adopted, stopped, and its status read.
-    found = LocalExecutor().recover(tmp_path / "rec", record, run_id="r")
+    found = LocalExecutor().recover(RunRef("r", tmp_path / "rec", record))
     assert isinstance(found, Adopted) and isinstance(found.handle, LocalRunHandle)
     handle = runs.track(found.handle)
     assert handle.signal_group(signal.SIGTERM)

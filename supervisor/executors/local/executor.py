@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from supervisor.executors.base import (
     ProcessRecord,
     Recovery,
     RunHandle,
+    RunRef,
     StillStarting,
 )
 from supervisor.executors.local import cgroups, foreign, pinning
@@ -94,6 +94,8 @@ class LocalExecutor:
 
     name = "local"
     poll_interval: float | None = None  # each run's keeper pidfd tells when it ends
+    runs_dir: Path | None = None  # the daemon's
+    max_in_flight: int | None = None  # max_concurrent_runs and [resources] apply
 
     def __init__(
         self,
@@ -189,8 +191,12 @@ class LocalExecutor:
             if handle is not None:
                 return handle
 
-    def poll(self, handles: Sequence[RunHandle]) -> None:
-        """Nothing to do: each local handle's pidfd tells when its run ends."""
+    def poll(self) -> tuple[str, ...]:
+        """Nothing to look at: each local handle's pidfd tells when its run ends."""
+        return ()
+
+    def close(self) -> None:
+        """Nothing of its own to stop: keepers live on without the daemon."""
 
     def adopt_foreign(
         self,
@@ -369,12 +375,12 @@ class LocalExecutor:
 
     # -- recover --
 
-    def recover(self, record_dir: Path, record: ProcessRecord | None, *, run_id: str) -> Recovery:
+    def recover(self, ref: RunRef) -> Recovery:
         """Find a run again after a restart, from its saved record or from its files alone."""
-        record_dir = record_dir.absolute()
-        if record is None:
-            return self._recover_from_files(record_dir, run_id)
-        return self._recover_record(record_dir, record, run_id)
+        record_dir = ref.record_dir.absolute()
+        if ref.process is None:
+            return self._recover_from_files(record_dir, ref.run_id)
+        return self._recover_record(record_dir, ref.process, ref.run_id)
 
     def _recover_record(self, record_dir: Path, record: ProcessRecord, run_id: str) -> Recovery:
         boot_id = current_boot_id()
@@ -521,6 +527,7 @@ class LocalLaunch:
     ) -> None:
         """Take ownership of the keeper's pidfd, of our ends of its two pipes, of its cgroup."""
         self.run_id = spec.run_id
+        self.external_id: str | None = None  # a local run has no other id
         self.deadline = time.monotonic() + executor.report_timeout
         self._executor = executor
         self._spec = spec
@@ -582,6 +589,10 @@ class LocalLaunch:
                 return None, KEEPER_ENDED
             self._buffer += chunk
         return self._buffer.split(b"\n", 1)[0].decode("utf-8", "replace"), ""
+
+    def cancel(self) -> bool:
+        """A local launch reports within milliseconds: cancel the run once it has started."""
+        return False
 
     def abandon(self) -> None:
         """Let the keeper go on unwatched: a restarted daemon finds the run from its files."""

@@ -120,6 +120,20 @@ def out_of_memory(cap_bytes: int, peak_bytes: int | None) -> Outcome:
     return Outcome(RunStatus.FAILED, None, signal.SIGKILL, message, OUT_OF_MEMORY)
 
 
+CLUSTER_VERDICTS = {
+    "node_failure": "node failure: the cluster lost the node the run ran on",
+    "vanished": "lost: the cluster has no record of the job any more (purged, no accounting)",
+}
+
+
+def cluster_failure(verdict: str, detail: str | None = None) -> Outcome:
+    """The cluster lost the run (SPEC section 6): a node failure, or a job without a record."""
+    message = CLUSTER_VERDICTS.get(verdict, f"the cluster ended the job: {verdict}")
+    if detail:
+        message += f" ({detail})"
+    return Outcome(RunStatus.FAILED, None, None, bound(message), verdict)
+
+
 FOREIGN_UNKNOWN = "exit status unknown: started by another program"
 
 

@@ -997,6 +997,8 @@ class Daemon:
         if status.out_of_memory:
             cap = run.held.memory_max_bytes or 0
             return outcomes.out_of_memory(cap, status.peak_memory_bytes)
+        if status.verdict in outcomes.CLUSTER_VERDICTS and not run.state.cancelled:
+            return outcomes.cluster_failure(status.verdict or "", status.describe())
         if not status.known:
             return outcomes.lost(
                 "exit status unknown: the run's keeper process ended without recording it"
@@ -1005,7 +1007,7 @@ class Daemon:
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,
             cancel_requested=run.state.cancelled,
-            timed_out=run.state.timed_out,
+            timed_out=run.state.timed_out or status.verdict == "timeout",
             timeout_seconds=run.timeout_seconds,
             last_error=run.progress.last_error,
             log_tail=_log_tail(run.run_dir),

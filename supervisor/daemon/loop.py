@@ -30,7 +30,7 @@ from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
 from supervisor.daemon import launchprep, recovery
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
-from supervisor.daemon.resources import Held, Resources, Start, running_per_template
+from supervisor.daemon.resources import Held, Plan, Resources, Start, running_per_template
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
 from supervisor.db import (
     ProgressUpdate,
@@ -623,19 +623,15 @@ class Daemon:
     def _launch_pending(self) -> None:
         free = max(0, self._free_slots())
         cluster = self._cluster_slots()
-        if free + sum(max(0, n) for n in cluster.values()) <= 0:
+        want = free + sum(max(0, n) for n in cluster.values())
+        if want <= 0:
             return
-        templates = self.settings.templates
-        candidates = []
-        # Past the free slots too: a run that waits for resources must not hold back smaller
-        # ones behind it (scheduling.py), so the pass looks a little further down the queue.
-        for record in self.store.pending_runs(free + SCHEDULING_LOOKAHEAD):
-            problem = launchprep.row_problem(record, templates)
-            if problem is not None:
-                self._fail_unstarted_now(record.id, problem)
-            else:
-                candidates.append((record, templates[record.template]))
-        plan = self.resources.plan(candidates, self._held(), templates, self._per_template())
+        # First just enough rows to fill the free slots (the common case costs no more); when
+        # some of them wait for resources, look a little further down the queue, so that a
+        # run that waits never holds back smaller ones behind it (scheduling.py).
+        plan = self._plan(want)
+        if plan.waiting and plan.examined >= want and len(plan.start) < want:
+            plan = self._plan(want + SCHEDULING_LOOKAHEAD)
         for run_id, why in plan.impossible.items():
             self._fail_unstarted_now(run_id, why)
         starts = self._within_executor_limits(plan.start, cluster)
@@ -644,6 +640,18 @@ class Daemon:
             if start.record.id in claimed:  # else cancelled or taken in the meantime
                 crash_point("launch_claimed")
                 self._begin_launch(start)
+
+    def _plan(self, limit: int) -> Plan:
+        """A scheduling pass over the first `limit` PENDING runs in queue order."""
+        templates = self.settings.templates
+        candidates = []
+        for record in self.store.pending_runs(limit):
+            problem = launchprep.row_problem(record, templates)
+            if problem is not None:
+                self._fail_unstarted_now(record.id, problem)
+            else:
+                candidates.append((record, templates[record.template]))
+        return self.resources.plan(candidates, self._held(), templates, self._per_template())
 
     def _within_executor_limits(self, starts: Iterable[Start], free: dict[str, int]) -> list[Start]:
         """The planned starts each executor can take now (max_submitted); a run of an executor

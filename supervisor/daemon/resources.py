@@ -64,6 +64,8 @@ class Plan:
 
     start: tuple[Start, ...]
     impossible: Mapping[str, str]
+    waiting: int = 0  # candidates that wait for resources or a limit
+    examined: int = 0  # candidates looked at (rows the queue gave)
 
 
 class Resources:
@@ -110,7 +112,7 @@ class Resources:
             for r, t in candidates
             if t.executor != LOCAL_EXECUTOR
         ]
-        return Plan(tuple(starts), decision.impossible)
+        return Plan(tuple(starts), decision.impossible, len(decision.waiting), len(candidates))
 
     def _pin(self, grant: Grant, taken: list[int]) -> tuple[int, ...] | None:
         if not self.pin:

@@ -18,7 +18,8 @@ from supervisor.executors.local import cgroups
 ENV_DUMP = (
     "import json, os, pathlib, sys, time\n"
     "keys = ('CUDA_VISIBLE_DEVICES', 'CUDA_DEVICE_ORDER', 'OMP_NUM_THREADS')\n"
-    "json.dump({k: os.environ.get(k) for k in keys}, open('env.json', 'w'))\n"
+    "json.dump({k: os.environ.get(k) for k in keys}, open('env.tmp', 'w'))\n"
+    "os.replace('env.tmp', 'env.json')  # whole, or not there\n"
     "gate = pathlib.Path(sys.argv[1])\n"
     "while not gate.exists():\n"
     "    time.sleep(0.02)\n"
@@ -132,7 +133,7 @@ def test_a_run_past_its_memory_cap_fails_out_of_memory(harness: DaemonHarness) -
     assert "64M" in rec.error_message
     assert rec.memory_max_bytes == 64 * 1024 * 1024
     assert rec.peak_memory_bytes is not None and rec.peak_memory_bytes > 32 * 1024 * 1024
-    assert not cgroups.leftovers(SUPPORT), "its cgroup was removed"
+    wait_for("its cgroup removed", lambda: cgroups.find(SUPPORT, rec.id) is None)
 
 
 @needs_caps

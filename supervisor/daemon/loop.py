@@ -18,23 +18,33 @@ import selectors
 import signal
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
 from supervisor.daemon import launchprep, recovery
+from supervisor.daemon.clock import Clock, SystemClock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.resources import Held, Plan, Resources, Start, running_per_template
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
+from supervisor.daemon.tracked import (
+    GROUP_CHECK_FIRST_SECONDS,
+    GROUP_CHECK_MAX_SECONDS,
+    InFlight,
+    TrackedRun,
+    log_tail,
+    progress_of,
+    read_on,
+    running,
+    stop_cause,
+    tails_for,
+)
 from supervisor.db import (
-    ProgressUpdate,
-    RowChange,
     RunRecord,
     Store,
     claim_released_change,
@@ -42,9 +52,7 @@ from supervisor.db import (
     external_id_change,
     final_change,
     foreign_identity_change,
-    running_change,
     timed_out_change,
-    utcnow,
 )
 from supervisor.errors import ConfigError, DatabaseBusy, LaunchError, SupervisorError
 from supervisor.executors.base import (
@@ -60,19 +68,12 @@ from supervisor.executors.local.identity import current_boot_id, process_age_sec
 from supervisor.executors.registry import build_executors
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
-from supervisor.outputpatterns import OutputTail, tail_for
-from supervisor.progress import ProgressState, ProgressTail
 from supervisor.settings import LOCAL_EXECUTOR, Settings, Template, load_settings
 from supervisor.states import RunStatus
 from supervisor.watch import DirectoryWatcher
 
 log = structlog.get_logger(__name__)
 
-# A run that exited with processes left in its group: look at the group again after this long,
-# doubling up to the maximum (the loop also wakes when the leftover it watches ends), so a
-# group that lingers costs a bounded number of /proc scans, not one every few milliseconds.
-GROUP_CHECK_FIRST_SECONDS = 0.05
-GROUP_CHECK_MAX_SECONDS = 2.0
 # After an error in one pass of the loop, wait this long before the next (no hot spin).
 ERROR_BACKOFF_SECONDS = 1.0
 # The loop's own writes wait at most this long for another program's write lock, then give up
@@ -103,87 +104,6 @@ def crash_point(name: str) -> None:
     if os.environ.get(CRASH_POINT_VARIABLE) == name:
         log.warning("crash_point_reached", point=name)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Clock(Protocol):
-    """Time as the loop reads it; tests pass their own."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never jumps (deadlines)."""
-        ...
-
-    def utcnow(self) -> datetime:
-        """The wall clock, UTC (only for what is compared with stored timestamps)."""
-        ...
-
-
-class SystemClock:
-    """The real clocks."""
-
-    def monotonic(self) -> float:
-        """time.monotonic()."""
-        return time.monotonic()
-
-    def utcnow(self) -> datetime:
-        """The current UTC time."""
-        return utcnow()
-
-
-@dataclass
-class TrackedRun:
-    """A run the loop is responsible for, from its start until its final status is committed."""
-
-    run_id: str
-    run_dir: Path
-    template: Template | None
-    template_name: str
-    held: Held
-    executor: str
-    handle: RunHandle
-    tail: ProgressTail
-    progress: ProgressState
-    state: RunState
-    output: OutputTail | None = None  # progress from the log's lines (progress_patterns)
-    flushed: ProgressUpdate | None = None
-    foreign: bool = False  # started by another program (SPEC section 3): no keeper, no status
-    exit_fd: int | None = None  # registered with the selector until the run ends
-    leftover_fd: int | None = None  # registered with the selector while the group lingers
-    group_check_at: float | None = None
-    group_check_delay: float = GROUP_CHECK_FIRST_SECONDS
-
-    @property
-    def timeout_seconds(self) -> float | None:
-        """The template's wall-clock limit."""
-        return self.template.timeout_seconds if self.template else None
-
-    def progress_update(self) -> ProgressUpdate:
-        """The run's progress as a row update."""
-        s = self.progress
-        return ProgressUpdate(
-            run_id=self.run_id,
-            current_erlang=s.current_erlang,
-            total_erlangs=s.total_erlangs,
-            current_iteration=s.current_iteration,
-            total_iterations=s.total_iterations,
-            erlang_index=s.erlang_index,
-            offset=self.tail.offset,
-            bad_lines=self.tail.bad_lines + (self.output.bad_lines if self.output else 0),
-            output_offset=self.output.offset if self.output else None,
-        )
-
-
-@dataclass
-class InFlight:
-    """A launch begun and not yet reported back."""
-
-    launch: Launch
-    record: RunRecord
-    template: Template
-    run_dir: Path
-    held: Held
-    fd: int | None  # registered with the selector (unregistered by number: poll closes it)
-    executor: str = LOCAL_EXECUTOR
-    external_recorded: bool = False  # its job id is in the row
 
 
 class Daemon:
@@ -763,7 +683,7 @@ class Daemon:
         """A launch reported its process: RUNNING (with pid and pgid) goes out with this pass."""
         record = flight.record
         proc = handle.record
-        change = _running(record.id, proc, flight.run_dir, "launched")
+        change = running(record.id, proc, flight.run_dir, "launched")
         self.outbox.add(change, lambda applied: self._running_recorded(record.id, applied))
         log.info("run_started", run_id=record.id, pid=proc.pid, pgid=proc.pgid)
         fresh = replace(record, status=RunStatus.RUNNING.value, started_at=self.clock.utcnow())
@@ -853,19 +773,10 @@ class Daemon:
         state = RunState(
             grace_seconds=self.settings.cancel_grace_seconds,
             timeout_at=timeout_at,
-            cause=_stop_cause(record),
+            cause=stop_cause(record),
             stop_leftovers=not foreign,
         )
-        tail = ProgressTail(
-            rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
-        )
-        tail.bad_lines = record.progress_bad_lines or 0
-        output = tail_for(
-            template.progress_patterns if template else (),
-            rundir.log_path(run_dir),
-            record.output_offset or 0,
-            run_id=record.id,
-        )
+        tail, output = tails_for(record, run_dir, template)
         run = TrackedRun(
             run_id=record.id,
             run_dir=run_dir,
@@ -875,7 +786,7 @@ class Daemon:
             executor=executor or record.executor or LOCAL_EXECUTOR,
             handle=handle,
             tail=tail,
-            progress=_progress_of(record),
+            progress=progress_of(record),
             state=state,
             foreign=foreign,
             output=output,
@@ -1018,7 +929,7 @@ class Daemon:
             timed_out=run.state.timed_out or status.verdict == "timeout",
             timeout_seconds=run.timeout_seconds,
             last_error=run.progress.last_error,
-            log_tail=_log_tail(run.run_dir),
+            log_tail=log_tail(run.run_dir),
         )
 
     def _settle(
@@ -1100,7 +1011,7 @@ class Daemon:
         if handle is None:
             # Every process of its group has exited: settle it by what its progress says.
             template = self.settings.templates.get(record.template)
-            state, update = _read_on(record, run_dir, template)
+            state, update = read_on(record, run_dir, template)
             self.outbox.progress(update)
             out = outcomes.foreign_end(completed_ok=state.completed_ok, last_error=state.last_error)
             self._settle(record.id, out, reason=f"{out.reason} (started by another program)")
@@ -1179,10 +1090,10 @@ class Daemon:
         the final progress is committed with the final status.
         """
         template = self.settings.templates.get(record.template)
-        state, update = _read_on(record, run_dir, template)  # before the last log cut
+        state, update = read_on(record, run_dir, template)  # before the last log cut
         self._bound_log(run_dir)
         self.outbox.progress(update)
-        cause = _stop_cause(record)
+        cause = stop_cause(record)
         out = outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,
@@ -1190,7 +1101,7 @@ class Daemon:
             timed_out=cause is StopCause.TIMEOUT,
             timeout_seconds=template.timeout_seconds if template else None,
             last_error=state.last_error,
-            log_tail=_log_tail(run_dir),
+            log_tail=log_tail(run_dir),
         )
         self._settle(record.id, out, reason=f"{out.reason} (while the daemon was away)")
         log.info("run_settled_offline", run_id=record.id, status=out.status.value)
@@ -1238,7 +1149,7 @@ class _Host:
 
     def mark_running(self, record: RunRecord, process: ProcessRecord, reason: str) -> None:
         """PENDING -> RUNNING for a claim found started; retried until committed."""
-        change = _running(record.id, process, self._run_dir, reason)
+        change = running(record.id, process, self._run_dir, reason)
         self._d.outbox.add(change, lambda ok: self._d._running_recorded(record.id, ok))
 
     def track(self, record: RunRecord, handle: RunHandle) -> None:
@@ -1306,80 +1217,6 @@ class _Host:
         self._d._claims_waiting[record.id] = self._d.clock.monotonic() + CLAIM_RECHECK_SECONDS
         self._d._claims_held[record.id] = Held.of_row(record)
         log.info("launch_still_starting", run_id=record.id, why=why)
-
-
-def _running(run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> RowChange:
-    return running_change(
-        run_id,
-        pid=proc.pid,
-        pgid=proc.pgid,
-        run_dir=str(run_dir),
-        boot_id=proc.boot_id,
-        pid_start_ticks=proc.start_ticks,
-        keeper_pid=proc.keeper_pid,
-        keeper_start_ticks=proc.keeper_start_ticks,
-        reason=reason,
-        host=proc.host,
-        external_id=proc.external_id,
-    )
-
-
-def _stop_cause(record: RunRecord) -> StopCause | None:
-    """Why an earlier daemon was stopping this run, from its row: the earlier request wins."""
-    cancel, timeout = record.cancel_requested_at, record.timed_out_at
-    if cancel is not None and (timeout is None or cancel <= timeout):
-        return StopCause.CANCEL
-    if timeout is not None:
-        return StopCause.TIMEOUT
-    return None
-
-
-def _read_on(
-    record: RunRecord, run_dir: Path, template: Template | None
-) -> tuple[ProgressState, ProgressUpdate]:
-    """A run's progress read on from where the last daemon stopped: its state and row update."""
-    tail = ProgressTail(
-        rundir.progress_path(run_dir), offset=record.progress_offset or 0, run_id=record.id
-    )
-    tail.bad_lines = record.progress_bad_lines or 0
-    output = tail_for(
-        template.progress_patterns if template else (),
-        rundir.log_path(run_dir),
-        record.output_offset or 0,
-        run_id=record.id,
-    )
-    state = _progress_of(record)
-    for rec in tail.read_to_end():
-        state = state.apply(rec)
-    for rec in output.read_to_end() if output is not None else ():
-        state = state.apply(rec)
-    update = ProgressUpdate(
-        run_id=record.id,
-        current_erlang=state.current_erlang,
-        total_erlangs=state.total_erlangs,
-        current_iteration=state.current_iteration,
-        total_iterations=state.total_iterations,
-        erlang_index=state.erlang_index,
-        offset=tail.offset,
-        bad_lines=tail.bad_lines + (output.bad_lines if output else 0),
-        output_offset=output.offset if output else record.output_offset,
-    )
-    return state, update
-
-
-def _progress_of(record: RunRecord) -> ProgressState:
-    return ProgressState(
-        current_erlang=record.current_erlang,
-        total_erlangs=record.total_erlangs,
-        current_iteration=record.current_iteration,
-        total_iterations=record.total_iterations,
-        erlang_index=record.erlang_index,
-    )
-
-
-def _log_tail(run_dir: Path) -> str | None:
-    lines = logcap.tail_lines(rundir.log_path(run_dir))
-    return "\n".join(lines[-outcomes.LOG_TAIL_LINES :]) or None
 
 
 def run_daemon(settings: Settings, *, config_file: str | None = None) -> int:

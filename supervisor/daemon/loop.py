@@ -80,6 +80,8 @@ ERROR_BACKOFF_SECONDS = 1.0
 # and try again later: a locked database must never stall the loop (systemd's watchdog, signal
 # escalation and progress go on meanwhile).
 LOOP_BUSY_TIMEOUT_MS = 100
+# The pending count in systemd's STATUS= is taken at most this often (it costs a count).
+STATUS_COUNT_INTERVAL_SECONDS = 1.0
 # How far past its free slots a scheduling pass looks down the queue for runs that fit.
 SCHEDULING_LOOKAHEAD = 32
 # A claim whose keeper was still starting at the last look is looked at again this often.
@@ -150,6 +152,7 @@ class Daemon:
         self._read_again: set[str] = set()  # runs with more to read than one read takes
         self._next_rescan = 0.0
         self._next_db_poll = 0.0
+        self._next_count = 0.0
         self._db_unsynced = False  # a database pass failed half-way: look again
         self._next_watchdog = 0.0
         self._last_status = ""
@@ -491,8 +494,10 @@ class Daemon:
         self._watch_foreign()
         if not self.stopping:
             self._launch_pending()
-        counts = self.store.counts()
-        self._pending_count = counts.get(RunStatus.PENDING.value, 0)
+        now = self.clock.monotonic()
+        if now >= self._next_count:  # for STATUS= only: not on every busy pass
+            self._pending_count = self.store.count_status(RunStatus.PENDING)
+            self._next_count = now + STATUS_COUNT_INTERVAL_SECONDS
         self._db_unsynced = False
 
     def _on_cancel_request(self, record: RunRecord) -> None:
@@ -929,7 +934,8 @@ class Daemon:
             timed_out=run.state.timed_out or status.verdict == "timeout",
             timeout_seconds=run.timeout_seconds,
             last_error=run.progress.last_error,
-            log_tail=log_tail(run.run_dir),
+            # The log is read only for a run that failed (it quotes its last lines).
+            log_tail=None if status.exit_code == 0 else log_tail(run.run_dir),
         )
 
     def _settle(

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from supervisor.db import Store
 from supervisor.db.engine import make_engine
 from supervisor.db.migrate import HEAD_REVISION, SCRIPT_LOCATION, alembic_head
-from supervisor.db.schema import QUEUE_ORDER, runs
+from supervisor.db.schema import CANCEL_INDEX_NAME, CANCEL_REQUESTED_SQL, QUEUE_ORDER, runs
 
 if TYPE_CHECKING:
     from conftest import PythonWorker, Runsup
@@ -480,6 +480,32 @@ def test_pickup_query_walks_the_queue_index_without_sorting(tmp_path: Path) -> N
     assert not any("TEMP B-TREE" in d for d in details), details
     # Highest priority first (NULL counts as 0), then oldest: priority 2 is i % 15 == 9.
     assert first == [f"{i:012x}" for i in range(9, 9 + 8 * 15, 15)]
+
+
+def test_cancel_requests_are_read_through_their_partial_index(tmp_path: Path) -> None:
+    """The daemon's look for cancel requests on every pass touches only the rows that ask."""
+    path = tmp_path / "asks.db"
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        waiting = [store.submit("erlang-demo", "{}") for _ in range(3)]
+        store.request_cancel(waiting[1].id)
+        conn = connect(path)
+        try:
+            plan = conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT * FROM runs INDEXED BY {CANCEL_INDEX_NAME}"
+                f" WHERE {CANCEL_REQUESTED_SQL}"
+            ).fetchall()
+            indexed = conn.execute(
+                f"SELECT count(*) FROM runs INDEXED BY {CANCEL_INDEX_NAME}"
+                f" WHERE {CANCEL_REQUESTED_SQL}"
+            ).fetchone()
+        finally:
+            conn.close()
+        assert any(CANCEL_INDEX_NAME in str(r[3]) for r in plan), plan
+        assert indexed == (1,)
+        assert [r.id for r in store.cancel_requests()] == [waiting[1].id]
+    finally:
+        store.close()
 
 
 # Opens (creating) the database named on each line once the go line comes; reports the outcome.

@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar, get_type_hints
 
@@ -248,20 +248,15 @@ def corrected_final_change(
 ) -> RowChange:
     """Over a final status another program wrote while the run still lived: the true one
     (SPEC section 3), with a run_events row that says so."""
-    now = utcnow()
-    values = {
-        "exit_code": exit_code,
-        "exit_signal": exit_signal,
-        "error_message": error_message,
-        "completed_at": now,
-    }
-    why = f"{reason} (corrected: another program had written {was.value})"
-    return RowChange(run_id, frozenset({was}), values, to, why, now)
-
-
-def kept_foreign_final_change(run_id: str, status: RunStatus, why: str) -> RowChange:
-    """An event that records, once, that the status another program wrote is kept."""
-    return RowChange(run_id, frozenset({status}), {}, status, why)
+    change = final_change(
+        run_id,
+        to,
+        reason=f"{reason} (corrected: another program had written {was.value})",
+        exit_code=exit_code,
+        exit_signal=exit_signal,
+        error_message=error_message,
+    )
+    return replace(change, expect=frozenset({was}))
 
 
 def foreign_identity_change(run_id: str, *, pid_start_ticks: int, boot_id: str) -> RowChange:

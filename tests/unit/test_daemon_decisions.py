@@ -167,3 +167,23 @@ def test_a_lingering_group_costs_a_bounded_number_of_looks(rig: Rig) -> None:
     clock.advance(GROUP_CHECK_MAX_SECONDS)
     step(daemon)
     assert daemon.store.get(run_id).status == "COMPLETED"
+
+
+def test_a_gui_that_starts_the_run_itself_never_gets_it_run_twice(rig: Rig) -> None:
+    """FUSION's GUI writes RUNNING with its own pid while our launch of the row is in flight:
+    our RUNNING write is refused, and our copy is stopped at once (only one copy runs)."""
+    daemon, executor, _ = rig
+    run_id = daemon.store.submit("sim", "{}").id
+    sync(daemon)
+    assert run_id in executor.launches
+    lock = WriteLock(daemon)  # as the GUI: a plain UPDATE from another connection
+    lock.conn.execute(
+        "UPDATE runs SET status='RUNNING', pid=4200000, pgid=4200000 WHERE id=?", (run_id,)
+    )
+    lock.release()
+    executor.launches[run_id].report()
+    step(daemon)
+    ours = executor.launches[run_id].handle
+    assert ours.signals == [signal.SIGKILL] and ours.closed
+    rec = daemon.store.get(run_id)
+    assert rec.pid == 4200000, "the GUI's process is the run's"

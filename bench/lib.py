@@ -167,6 +167,12 @@ command = ["/bin/true"]
 [templates.sleep]
 command = ["/bin/sleep", "100000"]
 
+# The same quiet run, its progress read from its output lines (SPEC section 12): bench/writer.py
+# appends its lines to logs/sim.log, as a simulation printing its progress would.
+[templates.sleep_patterns]
+command = ["/bin/sleep", "100000"]
+progress_patterns = ['"erlang":(?P<erlang>[0-9.]+),"iteration":(?P<iteration>[0-9]+)']
+
 [templates.termsim]
 command = ["{{python}}", "-I", "-S", "{TERMSIM}"]
 """

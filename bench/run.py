@@ -8,7 +8,8 @@ process on a fresh database file and runs directory in a temporary folder, drive
 way other programs would (plain sqlite3 INSERTs and UPDATEs, files appended to), reads the
 figures from a separate process or from /proc, and stops it with everything it started.
 Scenarios: latency, pickup (pickup and cancel), throughput (with task-spooler and xargs
-side by side), limits (what bounds throughput here), load, idle, memory, cli. --profile
+side by side), limits (what bounds throughput here), load, output (the load read
+with progress_patterns), idle, memory, cli. --profile
 records each daemon with py-spy. See BENCHMARKS.md for the targets, the method and results.
 """
 

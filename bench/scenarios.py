@@ -563,12 +563,25 @@ LAG_SAMPLE_SECONDS = 0.1
 
 def progress_load(root: Path, sizes: Sizes) -> list[Result]:
     """200 runs writing 50 lines a second each: how stale the database is, what it costs."""
+    return _load(root / "load", sizes, "load", "sleep", "progress.jsonl", "progress_offset")
+
+
+def output_load(root: Path, sizes: Sizes) -> list[Result]:
+    """The same load printed to the runs' logs and read with progress_patterns (SPEC 12)."""
+    return _load(
+        root / "load_output", sizes, "output", "sleep_patterns", "logs/sim.log", "output_offset"
+    )
+
+
+def _load(
+    root: Path, sizes: Sizes, name: str, template: str, target: str, offset_column: str
+) -> list[Result]:
     n = sizes.load_runs
-    with BenchDaemon(root / "load", max_concurrent=max(256, n)) as d:
-        ids = d.insert_pending("sleep", n)
+    with BenchDaemon(root, max_concurrent=max(256, n)) as d:
+        ids = d.insert_pending(template, n)
         d.wait_count("RUNNING", n)
         time.sleep(SETTLE_SECONDS)
-        paths = [str(d.runs_dir / rid / "progress.jsonl") for rid in ids]
+        paths = [str(d.runs_dir / rid / target) for rid in ids]
         warmup = 1.0
         writer = subprocess.Popen(
             [sys.executable, str(WRITER), str(sizes.load_seconds + warmup), str(LOAD_RATE), *paths],
@@ -590,14 +603,14 @@ def progress_load(root: Path, sizes: Sizes) -> list[Result]:
         time.sleep(1.0)
         behind = 0
         for rid, path in zip(ids, paths, strict=True):
-            (offset,) = d.sql("SELECT progress_offset FROM runs WHERE id = ?", (rid,))[0]
+            (offset,) = d.sql(f"SELECT {offset_column} FROM runs WHERE id = ?", (rid,))[0]
             behind += int(offset or 0) != os.path.getsize(path)
     rate = summary["lines_per_second"]
     note = f"{n} runs, {len(lags)} samples; after the load {behind} runs behind their file"
     med, p99 = statistics.median(lags) * MS, percentile(lags, 99) * MS
     return [
         Result(
-            "load",
+            name,
             "written (all runs)",
             rate,
             "lines/s",
@@ -605,10 +618,10 @@ def progress_load(root: Path, sizes: Sizes) -> list[Result]:
             None,
             f"one writer process, {summary['cpu_seconds']:.1f} s CPU",
         ),
-        Result("load", "lag: median", med, "ms", "", None, note),
-        Result("load", "lag: p99", p99, "ms", "< 1000 ms", p99 < 1000),
-        Result("load", "lag: max", max(lags) * MS, "ms"),
-        Result("load", "daemon CPU", share * 100, "% core", "< 50 %", share < 0.5),
+        Result(name, "lag: median", med, "ms", "", None, note),
+        Result(name, "lag: p99", p99, "ms", "< 1000 ms", p99 < 1000),
+        Result(name, "lag: max", max(lags) * MS, "ms"),
+        Result(name, "daemon CPU", share * 100, "% core", "< 50 %", share < 0.5),
     ]
 
 
@@ -744,6 +757,7 @@ SCENARIOS: dict[str, Callable[[Path, Sizes], list[Result]]] = {
     "throughput": throughput,
     "limits": limits,
     "load": progress_load,
+    "output": output_load,
     "idle": idle,
     "memory": memory_at_scale,
     "cli": cli_startup,

@@ -690,7 +690,14 @@ class Daemon:
         proc = handle.record
         change = running(record.id, proc, flight.run_dir, "launched")
         self.outbox.add(change, lambda applied: self._running_recorded(record.id, applied))
-        log.info("run_started", run_id=record.id, pid=proc.pid, pgid=proc.pgid)
+        log.info(
+            "run_started",
+            run_id=record.id,
+            pid=proc.pid,
+            pgid=proc.pgid,
+            keeper_pid=proc.keeper_pid,
+            external_id=proc.external_id,
+        )
         fresh = replace(record, status=RunStatus.RUNNING.value, started_at=self.clock.utcnow())
         run = self._track(
             fresh,

@@ -318,7 +318,7 @@ class LocalExecutor:
         # Opened after the fact but checked against the reported start time, so it names the
         # simulation or nothing (it may already have ended: then the keeper says how).
         sim_fd = open_pidfd(record.sim_identity, zombie_ok=True)
-        log.info(
+        log.debug(  # the loop logs run_started with the same ids: one line a run is enough
             "run_launched",
             run_id=spec.run_id,
             pid=record.pid,

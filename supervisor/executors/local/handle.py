@@ -107,7 +107,7 @@ class LocalRunHandle:
                 pid=self.record.pid,
             )
         else:
-            log.info(
+            log.debug(  # the loop logs run_exited with the same fields
                 "run_process_ended",
                 run_id=self.run_id,
                 pid=self.record.pid,

@@ -153,12 +153,14 @@ class Daemon:
         self._next_rescan = 0.0
         self._next_db_poll = 0.0
         self._next_count = 0.0
+        self._count_stale = True
         self._db_unsynced = False  # a database pass failed half-way: look again
         self._next_watchdog = 0.0
         self._last_status = ""
         self._probe = store.change_probe()
         self._runs_watcher: DirectoryWatcher | None = None
         self._db_watcher: DirectoryWatcher | None = None
+        self._db_in_runs_watch = False  # one watcher sees both the runs and the database
         self._lock_fd: int | None = None
 
     # -- life cycle ---------------------------------------------------------
@@ -185,6 +187,7 @@ class Daemon:
         self.recover()
         self._guarded(lambda: self._sync_db_or_wait(force=True))
         self._guarded(self._flush)
+        self._guarded(lambda: self._count_pending(self.clock.monotonic()))
         self.notifier.ready(self._status_text())
         log.info(
             "daemon_ready",
@@ -232,11 +235,27 @@ class Daemon:
         self._lock_fd = fd
 
     def _start_watchers(self) -> None:
-        self._runs_watcher = self._watcher(self.settings.runs_dir, recursive=True)
-        db_path = self.settings.database_path
+        runs_dir, db_path = self.settings.runs_dir, self.settings.database_path
+        if db_path is not None and _shared_parent(runs_dir, db_path):
+            # The default layout (runs.db beside runs/ and nothing else): one watch of their
+            # folder sees both; each watcher thread wakes every step, so one costs half.
+            self._runs_watcher = self._watcher(db_path.parent, recursive=True)
+            self._db_in_runs_watch = True
+            return
+        self._runs_watcher = self._watcher(runs_dir, recursive=True)
         if db_path is not None:
             # Other programs' commits touch the -wal file: a hint to look at the database.
             self._db_watcher = self._watcher(db_path.parent, recursive=False)
+
+    def _db_changed(self, changed: set[Path]) -> bool:
+        """Whether the watchers saw the database's files change (another program's commit)."""
+        if self._db_watcher is not None:
+            return bool(self._db_watcher.drain())
+        db_path = self.settings.database_path
+        if not self._db_in_runs_watch or db_path is None:
+            return False
+        name, folder = db_path.name, db_path.parent
+        return any(p.parent == folder and p.name.startswith(name) for p in changed)
 
     def _watcher(self, path: Path, *, recursive: bool) -> DirectoryWatcher:
         watcher = DirectoryWatcher(
@@ -298,7 +317,7 @@ class Daemon:
         # Only runs whose log changed: a progress line cannot grow the log (and a cap check
         # per progress batch cost ~8 % of the loop at 10,000 lines/s; bench/ load scenario).
         self._bound_logs(self._runs_touched(p for p in changed if p.name == rundir.LOG_FILENAME))
-        db_hint = bool(self._db_watcher.drain()) if self._db_watcher else False
+        db_hint = self._db_changed(changed)
         if now >= self._next_rescan:
             self._rescan(now)
             self._next_rescan = now + self.settings.rescan_interval_seconds
@@ -307,6 +326,7 @@ class Daemon:
             self._sync_db_or_wait(force=False)
         self._check_deadlines(now)
         self._flush()
+        self._count_pending(now)
         self._report_status()
 
     def _next_timeout(self) -> float:
@@ -318,6 +338,8 @@ class Daemon:
             deadlines.append(self._next_watchdog)
         if self.outbox.blocked_since is not None:
             deadlines.append(self.outbox.retry_at)
+        if self._count_stale:
+            deadlines.append(self._next_count)
         for flight in self.launching.values():
             deadlines.append(flight.launch.deadline)
         for executor in self.executors.values():
@@ -494,11 +516,14 @@ class Daemon:
         self._watch_foreign()
         if not self.stopping:
             self._launch_pending()
-        now = self.clock.monotonic()
-        if now >= self._next_count:  # for STATUS= only: not on every busy pass
+        self._count_stale = True  # for STATUS= only: counted at most once a second
+        self._db_unsynced = False
+
+    def _count_pending(self, now: float) -> None:
+        if self._count_stale and now >= self._next_count:
             self._pending_count = self.store.count_status(RunStatus.PENDING)
             self._next_count = now + STATUS_COUNT_INTERVAL_SECONDS
-        self._db_unsynced = False
+            self._count_stale = False
 
     def _on_cancel_request(self, record: RunRecord) -> None:
         run = self.runs.get(record.id)
@@ -1230,6 +1255,21 @@ class _Host:
         self._d._claims_waiting[record.id] = self._d.clock.monotonic() + CLAIM_RECHECK_SECONDS
         self._d._claims_held[record.id] = Held.of_row(record)
         log.info("launch_still_starting", run_id=record.id, why=why)
+
+
+def _shared_parent(runs_dir: Path, db_path: Path) -> bool:
+    """True if the runs directory and the database sit side by side in a folder that holds no
+    other directory (a recursive watch of that folder then watches nothing else)."""
+    folder = db_path.parent
+    if runs_dir.parent != folder:
+        return False
+    try:
+        return all(
+            entry.name == runs_dir.name or not entry.is_dir(follow_symlinks=False)
+            for entry in os.scandir(folder)
+        )
+    except OSError:
+        return False
 
 
 def run_daemon(settings: Settings, *, config_file: str | None = None) -> int:

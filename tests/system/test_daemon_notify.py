@@ -94,6 +94,9 @@ def test_status_says_when_file_watching_died_and_when_it_is_back(
     harness: DaemonHarness, notify_socket: NotifySocket
 ) -> None:
     """A dead watcher shows in STATUS= until it watches again (issue 11, defect 6)."""
+    # Another folder beside runs/ and runs.db: the daemon then watches runs/ on its own (in the
+    # default layout one watch of their folder sees both and outlives runs/ being replaced).
+    (harness.tmp / "elsewhere").mkdir()
     daemon = NotifiedDaemon(harness)
     daemon.start({"NOTIFY_SOCKET": notify_socket.address})
     notify_socket.wait_for("READY=1", ready)

@@ -356,6 +356,9 @@ def test_forced_polling_still_delivers_progress(harness: DaemonHarness) -> None:
 def test_dead_watcher_leaves_the_rescan_to_keep_progress_right(harness: DaemonHarness) -> None:
     script = harness.tmp / "appender.sh"
     script.write_text(APPENDER)
+    # Another folder beside runs/ and runs.db: the daemon then watches runs/ on its own (in the
+    # default layout one watch of their folder sees both and outlives runs/ being replaced).
+    (harness.tmp / "elsewhere").mkdir()
     rescan = 1.0
     harness.settings["rescan_interval_seconds"] = rescan
     harness.write_config(f'[templates.appender]\ncommand = ["/bin/sh", "{script}", "5"]\n')

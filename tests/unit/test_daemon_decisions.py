@@ -13,7 +13,7 @@ import pytest
 from daemon_fakes import FakeClock, FakeExecutor, make_daemon, step
 
 from supervisor.daemon import Daemon
-from supervisor.daemon.loop import GROUP_CHECK_MAX_SECONDS
+from supervisor.daemon.loop import GROUP_CHECK_MAX_SECONDS, _shared_parent
 from supervisor.executors.base import Adopted, ExitStatus
 
 Rig = tuple[Daemon, FakeExecutor, FakeClock]
@@ -187,3 +187,15 @@ def test_a_gui_that_starts_the_run_itself_never_gets_it_run_twice(rig: Rig) -> N
     assert ours.signals == [signal.SIGKILL] and ours.closed
     rec = daemon.store.get(run_id)
     assert rec.pid == 4200000, "the GUI's process is the run's"
+
+
+def test_one_watcher_serves_runs_and_database_only_side_by_side_alone(tmp_path: Path) -> None:
+    """The default layout (runs.db beside runs/) gets one recursive watch of their folder; a
+    folder with anything else in it (a home directory) never gets a recursive watch."""
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True)
+    (state / "runs.db").write_text("")
+    assert _shared_parent(state / "runs", state / "runs.db")
+    (state / "other").mkdir()
+    assert not _shared_parent(state / "runs", state / "runs.db")
+    assert not _shared_parent(tmp_path / "elsewhere" / "runs", state / "runs.db")

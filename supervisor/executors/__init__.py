@@ -1,0 +1,1 @@
+"""Where runs run: one module per executor behind one interface (base.py)."""

@@ -16,6 +16,9 @@ import pytest
 
 from supervisor.db import Store
 
+# The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
+pytest_plugins = ("slurm_fixtures",)
+
 # The command installed next to the interpreter running the tests (the venv's bin/).
 RUNSUP = Path(sys.executable).parent / "runsup"
 RUNSUP_TIMEOUT_SECONDS = 60

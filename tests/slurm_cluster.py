@@ -17,6 +17,7 @@ Two partitions: `debug` (the default, OverSubscribe=FORCE:8: jobs start at once)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 import shutil
@@ -50,6 +51,7 @@ PROBE_JOB_TIMEOUT = 60.0  # the first job (slurmctld schedules nothing for ~3 s)
 DRAIN_TIMEOUT = 30.0  # every job gone after scancel
 DAEMON_EXIT_TIMEOUT = 15.0  # a daemon ending after shutdown / SIGTERM
 POLL_SECONDS = 0.1
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 MUNGE_KEY_BYTES = 1024
 DB_USER = "slurm"
@@ -316,7 +318,15 @@ def _spawn(cluster: SlurmCluster, name: str, argv: list[str]) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C of pytest must not reach the daemons first
+            preexec_fn=_die_with_parent,
         )
+
+
+def _die_with_parent() -> None:
+    # A test run killed with SIGKILL must not leave a cluster behind: the kernel sends SIGTERM
+    # to each daemon when the process that started it dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _check_alive(cluster: SlurmCluster, name: str) -> bool:

@@ -161,6 +161,11 @@ class SlurmCommands:
         if request.env is not None:
             env.update(request.env)  # --export names them; sbatch passes on these values
         argv = [self.programs.sbatch, *sbatch_argv(request)]
+        # A job whose output directory is missing fails at launch (JobLaunchFailure, 0:53).
+        try:
+            request.output_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SubmitRejected(f"cannot create the job's log directory: {exc}") from None
         result = self._run(argv, stdin=request.script, env=env)
         if result.returncode != 0:
             message = self._failure(result, "sbatch")
@@ -263,7 +268,8 @@ class SlurmCommands:
         SIGTERM, then SIGKILL after KillWait), or with `sig` send that signal to it: with
         `full`, to the batch script and all its children too, which a batch-only job needs
         (without --full, scancel signals job steps only). A job already ended is no error.
-        A signal to a job still queued fails ("Job can not be altered now"): cancel it."""
+        Never send a signal to a job still queued: scancel retries "Job can not be altered
+        now" until it gives up or times out; cancel a queued job plainly."""
         argv = [self.programs.scancel]
         if sig is not None:
             argv.append(f"--signal={sig.name.removeprefix('SIG')}")

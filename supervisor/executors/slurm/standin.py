@@ -13,19 +13,20 @@ Two POSIX sh processes per job:
 
 - The *leader* leads a session and process group of its own (pid == pgid: the stand-in). It
   traps TERM, INT and HUP and forwards each to the job; scancel runs under `setsid`, out of the
-  group, so a second signal to the group cannot kill a forward half done. It blocks in `wait`
-  on a long `sleep` (no polling: nothing to do per job per second).
+  group, so a second signal to the group cannot kill a forward half done. It blocks reading a
+  FIFO (no polling, no child: nothing to do per job per second, nothing left in the group).
 - The *watcher* (its own session, outside the group) waits for the leader in the foreground. If
   the leader dies without having been told that the job ended, something killed it with a
   signal it cannot trap (SIGKILL): the watcher writes `killed` and cancels the job with a plain
   scancel (Slurm's cancel: SIGTERM, SIGKILL after KillWait; `scancel --signal=KILL` is the same
   thing to Slurm, not an instant kill).
-- The daemon ends a stand-in by writing `ended` and sending SIGTERM to the leader alone.
+- The daemon ends a stand-in by writing `ended` and a line to the leader's FIFO `wake`.
 
 Files in the record directory:
 
     standin   the leader's /proc/<pid>/stat line, written first thing (its identity)
     signals   one line per signal forwarded to the job (TERM, INT or HUP)
+    wake      a FIFO the leader reads; a line written after `ended` makes it exit
     ended     written by the daemon: the job has ended, the stand-in may go
     boot_id   the boot the stand-in was started in (written by the daemon before spawning)
     killed    written by the watcher: the leader died untold (its sh status); job cancelled
@@ -66,6 +67,8 @@ SETSID_FALLBACK_PATH = "/usr/bin/setsid"
 STANDIN_FILE = "standin"
 SIGNALS_FILE = "signals"
 ENDED_FILE = "ended"
+WAKE_FIFO = "wake"
+FIFO_MODE = 0o600
 KILLED_FILE = "killed"
 LOG_FILE = "standin.log"
 BOOT_ID_FILE = "boot_id"
@@ -85,30 +88,25 @@ _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.S
 
 # $1 record dir, $2 job id, $3 scancel, $4 setsid. Variables carry a prefix (they would be
 # exported into scancel's environment if the daemon's environment had them).
-# - `sleep ... & wait`: a trapped signal interrupts `wait` at once (a foreground child would
-#   delay the trap until it ended). The same sleep is waited for again unless it died (a group
-#   signal reaches it too); `kill -0` is true for a zombie, which the next `wait` reaps.
-# - On `ended`, any of the three signals makes the leader exit (the daemon's way to end it).
-LEADER_SCRIPT = """_rs_d=$1 _rs_j=$2 _rs_c=$3 _rs_s=$4 _rs_w=
+# - The leader has no child to wait for: it blocks in `read` on the `wake` FIFO, which it holds
+#   open read-write (so a writer never blocks and a line is never lost). A trapped signal
+#   interrupts the read at once; the trap runs and the loop reads again. A SIGKILLed leader
+#   leaves no orphan in the group (an orphan would keep `killpg(pgid, 0)` true).
+# - The daemon ends it by writing `ended`, then a line to `wake`.
+LEADER_SCRIPT = """_rs_d=$1 _rs_j=$2 _rs_c=$3 _rs_s=$4
 _rs_sig() {
-  if [ -e "$_rs_d/ended" ]; then
-    [ -z "$_rs_w" ] || kill "$_rs_w" 2>/dev/null
-    exit 0
-  fi
+  [ ! -e "$_rs_d/ended" ] || exit 0
   printf '%s\\n' "$1" >>"$_rs_d/signals"
-  "$_rs_s" "$_rs_c" --full --signal="$1" "$_rs_j"
+  "$_rs_s" "$_rs_c" --full --signal="$1" "$_rs_j" 3<&-
 }
 trap '_rs_sig TERM' TERM
 trap '_rs_sig INT' INT
 trap '_rs_sig HUP' HUP
+exec 3<>"$_rs_d/wake" || exit 125
 read -r _rs_l </proc/$$/stat
 printf '%s\\n' "$_rs_l" >"$_rs_d/standin" || exit 125
-while :; do
-  if [ -z "$_rs_w" ] || ! kill -0 "$_rs_w" 2>/dev/null; then
-    sleep 86400 &
-    _rs_w=$!
-  fi
-  wait "$_rs_w"
+while [ ! -e "$_rs_d/ended" ]; do
+  read -r _rs_l <&3
 done
 """
 # $1 record dir, $2 job id, $3 scancel, $4 setsid, $5 the leader's script. The leader runs in
@@ -167,8 +165,9 @@ def start_standin(
 ) -> StandIn:
     """Start the stand-in of a running job; `env` reaches scancel (SLURM_CONF, PATH)."""
     record_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (STANDIN_FILE, ENDED_FILE, KILLED_FILE):
+    for stale in (STANDIN_FILE, ENDED_FILE, KILLED_FILE, WAKE_FIFO):
         (record_dir / stale).unlink(missing_ok=True)
+    os.mkfifo(record_dir / WAKE_FIFO, FIFO_MODE)
     (record_dir / BOOT_ID_FILE).write_text(current_boot_id() + "\n")
     scancel_path = shutil.which(scancel, path=env.get("PATH")) or scancel
     args = [SH_PATH, "-c", WATCHER_SCRIPT, WATCHER_ARGV0, str(record_dir), job_id]
@@ -267,13 +266,12 @@ def forwarded_signals(record_dir: Path) -> list[str]:
 def end_standin(standin: StandIn, *, timeout: float = END_TIMEOUT_SECONDS) -> bool:
     """The job has ended: make its stand-in exit. True when the leader is gone in time."""
     (standin.record_dir / ENDED_FILE).write_text("ended\n")
-    if standin.leader.boot_id == current_boot_id() and is_same_process(standin.leader):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(standin.pid, signal.SIGTERM)  # the leader alone; its trap sees `ended`
+    _wake(standin.record_dir / WAKE_FIFO)
     deadline = time.monotonic() + timeout
     gone = False
     while time.monotonic() < deadline:
-        gone = not is_same_process(standin.leader)
+        # The group is empty only once the watcher has reaped the leader (a zombie counts).
+        gone = not is_same_process(standin.leader) and not _group_exists(standin.pgid)
         if gone:
             break
         time.sleep(POLL_SECONDS)
@@ -281,6 +279,31 @@ def end_standin(standin: StandIn, *, timeout: float = END_TIMEOUT_SECONDS) -> bo
         reap(standin.watcher_pid, block=gone)
     log.info("slurm_standin_ended", job_id=standin.job_id, pid=standin.pid, gone=gone)
     return gone
+
+
+def _wake(fifo: Path) -> None:
+    # Non-blocking: with no reader (the leader is gone) the open fails with ENXIO; a full pipe
+    # means the leader has lines to read already.
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"end\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def reap(pid: int, *, block: bool = False) -> bool:

@@ -441,6 +441,7 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
     if cluster.accounting:
         lines += [
             "JobAcctGatherType=jobacct_gather/linux",
+            "JobAcctGatherFrequency=task=1",  # MaxRSS of short jobs too
             "AccountingStorageType=accounting_storage/slurmdbd",
             "AccountingStorageHost=127.0.0.1",
             f"AccountingStoragePort={cluster.ports['slurmdbd']}",

@@ -206,3 +206,14 @@ def test_time_limit(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     info = wait_state(commands, job_id, final, TIME_LIMIT_WAIT_SECONDS)
     assert (info.state, info.reason) == (JobState.TIMEOUT, "TimeLimit")
     assert "started" in log_text(req)
+
+
+def test_accounting_gives_peak_memory(
+    slurm_cluster_accounting: SlurmCluster, tmp_path: Path
+) -> None:
+    commands = SlurmCommands(env=dict(slurm_cluster_accounting.env))
+    body = "python3 -c 'import time; x = bytearray(64 << 20); time.sleep(2)'"
+    job_id = commands.submit(request(tmp_path, "rss", body))
+    info = wait_state(commands, job_id, lambda i: i.final and i.max_rss_bytes is not None)
+    assert (info.state, info.source) == (JobState.COMPLETED, "sacct")
+    assert info.max_rss_bytes is not None and info.max_rss_bytes >= 64 << 20

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -182,9 +182,10 @@ class SlurmCommands:
     # -- query -----------------------------------------------------------------------------
 
     def query(self, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        """The state of every job in `job_ids`, in one squeue call (and one sacct call for the
-        ids squeue no longer lists, when accounting works). Ids no source knows come back
-        `purged`. SlurmError: the answer is unknown for all of them."""
+        """The state of every job in `job_ids` in one squeue call, plus, when accounting
+        works, one sacct call for the ids squeue no longer lists and those it lists as ended
+        (sacct adds MaxRSS). Ids no source knows come back `purged`. SlurmError: the answer
+        is unknown for all of them."""
         wanted = list(dict.fromkeys(job_ids))
         if not wanted:
             return {}
@@ -192,8 +193,15 @@ class SlurmCommands:
             raise ValueError(f"at most {IDS_PER_CALL} job ids per query, not {len(wanted)}")
         found = self._squeue(wanted)
         missing = unknown_ids(wanted, found)
-        if missing and self.accounting():
-            found.update(self._sacct(missing))
+        ended = [job_id for job_id, info in found.items() if info.final]
+        if (missing or ended) and self.accounting():
+            for job_id, info in self._sacct(missing + ended).items():
+                listed = found.get(job_id)
+                if listed is None:
+                    found[job_id] = info
+                elif info.final:  # sacct may lack a just-ended job's final record yet
+                    # sacct's Reason for an ended job reads None; squeue's is still there.
+                    found[job_id] = replace(info, reason=info.reason or listed.reason)
             missing = unknown_ids(missing, found)
         for job_id in missing:
             found[job_id] = purged_job(job_id)

@@ -283,7 +283,9 @@ class SubmitRequest:
     account: str | None = None
     sbatch_args: Sequence[str] = ()
     # The job's variables, exported by name (values travel in sbatch's own environment, so a
-    # value may hold commas). None: Slurm's default (sbatch's whole environment).
+    # value may hold commas). Slurm then starts the job with the user's login environment
+    # plus these (as --get-user-env), not the daemon's. None: Slurm's default (sbatch's whole
+    # environment, which is the daemon's).
     env: Mapping[str, str] | None = None
 
     @property

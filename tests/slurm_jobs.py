@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
+from daemon_harness import wait_for
 
 from supervisor.executors.slurm.commands import SlurmCommands
 from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest
 
 WAIT_SECONDS = 30.0  # a job starting or ending on the idle test cluster
-POLL_SECONDS = 0.1
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = WAIT_SECONDS) -> None:
-    """Poll `check` until it holds; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(POLL_SECONDS)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def wait_state(
@@ -35,12 +23,14 @@ def wait_state(
     """Query the job until `done` holds for it; return that record."""
     seen: list[JobInfo] = []
 
-    def check() -> bool:
+    def check() -> JobInfo | None:
         seen.append(commands.query([job_id])[job_id])
-        return done(seen[-1])
+        return seen[-1] if done(seen[-1]) else None
 
-    wait_until(f"job {job_id} (last seen {seen[-1:]})", check, timeout)
-    return seen[-1]
+    try:
+        return wait_for(f"job {job_id}", check, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (last seen: {seen[-1:]})") from None
 
 
 def final(info: JobInfo) -> bool:

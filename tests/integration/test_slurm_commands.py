@@ -6,8 +6,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from daemon_harness import wait_for
 from slurm_cluster import MIN_JOB_AGE_SECONDS, WHOLE_PARTITION, SlurmCluster
-from slurm_jobs import final, log_text, request, wait_state, wait_until
+from slurm_jobs import final, log_text, request, wait_state
 
 from supervisor.executors.slurm.commands import (
     SlurmCommands,
@@ -97,10 +98,10 @@ def test_cancel_running_term_ignoring_job_full_term_then_scancel(
     body = "trap 'echo got TERM' TERM\necho started\nwhile :; do sleep 0.2; done"
     req = request(tmp_path, "stubborn", body)
     job_id = slurm_commands.submit(req)
-    wait_until("the script to start", lambda: "started" in log_text(req))
+    wait_for("the script to start", lambda: "started" in log_text(req))
 
     slurm_commands.cancel(job_id, signal.SIGTERM)  # --full: the batch script itself gets it
-    wait_until("the script to see SIGTERM", lambda: "got TERM" in log_text(req))
+    wait_for("the script to see SIGTERM", lambda: "got TERM" in log_text(req))
     assert slurm_commands.query([job_id])[job_id].state is JobState.RUNNING
 
     slurm_commands.cancel(job_id)  # Slurm's own: TERM, then KILL after KillWait
@@ -114,7 +115,7 @@ def test_query_many_jobs_in_one_call(
     ids = [
         slurm_commands.submit(request(tmp_path, f"many{n}", f"exit {n}")) for n in range(MANY_JOBS)
     ]
-    wait_until("every job to end", lambda: all(i.final for i in slurm_commands.query(ids).values()))
+    wait_for("every job to end", lambda: all(i.final for i in slurm_commands.query(ids).values()))
     slurm_commands.accounting()  # asked once per SlurmCommands, then remembered
     before = slurm_commands.calls.copy()
     never = "99999999"  # an id this cluster never gave out
@@ -140,7 +141,7 @@ def test_finished_job_after_its_record_is_purged(
 ) -> None:
     job_id = slurm_commands.submit(request(tmp_path, "purged", "exit 5"))
     wait_state(slurm_commands, job_id, final)
-    wait_until(
+    wait_for(
         "slurmctld to purge the record",
         lambda: any_slurm_cluster.job_state(job_id) == "",
         PURGE_WAIT_SECONDS,

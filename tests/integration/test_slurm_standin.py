@@ -8,8 +8,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from daemon_harness import wait_for
 from slurm_cluster import SlurmCluster
-from slurm_jobs import final, log_text, request, wait_state, wait_until
+from slurm_jobs import final, log_text, request, wait_state
 
 from supervisor.executors.slurm.commands import SlurmCommands
 from supervisor.executors.slurm.parsing import JobState, SubmitRequest
@@ -48,7 +49,7 @@ def running_job(
     """Submit `body` and wait until the script itself runs (RUNNING comes a little earlier)."""
     req = request(tmp_path, run_id, body)
     job_id = commands.submit(req)
-    wait_until("the script to start", lambda: "started" in log_text(req))
+    wait_for("the script to start", lambda: "started" in log_text(req))
     return job_id, req
 
 
@@ -68,9 +69,9 @@ def test_signals_to_the_group_reach_the_job(
     assert group_alive(standin.pgid) and standin_state(standin) is StandInState.ALIVE
 
     os.killpg(standin.pgid, signal.SIGHUP)
-    wait_until("the job to get SIGHUP", lambda: "got HUP" in log_text(req))
+    wait_for("the job to get SIGHUP", lambda: "got HUP" in log_text(req))
     os.killpg(standin.pgid, signal.SIGINT)
-    wait_until("the job to get SIGINT", lambda: "got INT" in log_text(req))
+    wait_for("the job to get SIGINT", lambda: "got INT" in log_text(req))
     assert commands.query([job_id])[job_id].state is JobState.RUNNING
     assert group_alive(standin.pgid)
 
@@ -95,7 +96,7 @@ def test_sigkill_of_the_group_cancels_the_job(
     os.killpg(standin.pgid, signal.SIGKILL)
     info = wait_state(commands, job_id, final)
     assert info.state is JobState.CANCELLED
-    wait_until("the watcher to record the kill", lambda: was_killed(standin))
+    wait_for("the watcher to record the kill", lambda: was_killed(standin))
     assert standin_state(standin) is StandInState.KILLED
     assert forwarded_signals(standin.record_dir) == []
     assert _no_process_left(standin)
@@ -113,7 +114,7 @@ def test_a_restarted_daemon_finds_the_standin(
     assert standin_state(found) is StandInState.ALIVE
 
     os.killpg(found.pgid, signal.SIGHUP)
-    wait_until("the job to get SIGHUP", lambda: "got HUP" in log_text(req))
+    wait_for("the job to get SIGHUP", lambda: "got HUP" in log_text(req))
     commands.cancel(job_id)
     wait_state(commands, job_id, final)
     assert end_standin(found)
@@ -133,7 +134,7 @@ def _no_process_left(standin: StandIn) -> bool:
         return False
     if standin.watcher_pid is None:
         return True
-    wait_until("the watcher to exit", lambda: _reaped(standin.watcher_pid or 0))
+    wait_for("the watcher to exit", lambda: _reaped(standin.watcher_pid or 0))
     return True
 
 

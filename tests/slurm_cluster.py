@@ -12,6 +12,7 @@ several clusters can run side by side on one machine and nothing listens on its 
 
 Two partitions: `debug` (the default, OverSubscribe=FORCE:8: jobs start at once) and `whole`
 (OverSubscribe=NO: a job asking for every CPU makes the next one wait, Reason=Resources).
+Memory is scheduled (CR_Core_Memory) and `--mem` is enforced by sampling every second.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ WHOLE_PARTITION = "whole"  # OverSubscribe=NO: for jobs that must wait in the qu
 MIN_JOB_AGE_SECONDS = 10
 # SIGTERM -> SIGKILL delay for a job Slurm kills (cancel, time limit).
 KILL_WAIT_SECONDS = 2
+DEFAULT_MEMORY_PER_CPU_MIB = 64  # what a job without --mem holds of the node's memory
 # Loopback ports are picked at random here (below the kernel's ephemeral range).
 PORT_RANGE = (20000, 32000)
 PORT_ATTEMPTS = 200
@@ -428,7 +430,14 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core",
+        # Memory is a resource (as on most clusters): --mem is a cap. A job over it is killed
+        # by the sampling below (SIGKILL, "exceeded memory limit" in its log; the state is
+        # FAILED, not OUT_OF_MEMORY, which needs task/cgroup). Jobs without --mem hold little.
+        "SelectTypeParameters=CR_Core_Memory",
+        f"DefMemPerCPU={DEFAULT_MEMORY_PER_CPU_MIB}",
+        "JobAcctGatherType=jobacct_gather/linux",
+        "JobAcctGatherFrequency=task=1",  # MaxRSS of short jobs too, and a cap checked each second
+        "JobAcctGatherParams=OverMemoryKill",
         "MpiDefault=none",
         "ReturnToService=2",
         f"KillWait={KILL_WAIT_SECONDS}",
@@ -440,18 +449,13 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
     ]
     if cluster.accounting:
         lines += [
-            "JobAcctGatherType=jobacct_gather/linux",
-            "JobAcctGatherFrequency=task=1",  # MaxRSS of short jobs too
             "AccountingStorageType=accounting_storage/slurmdbd",
             "AccountingStorageHost=127.0.0.1",
             f"AccountingStoragePort={cluster.ports['slurmdbd']}",
             f"AccountingStoragePass={munge_socket}",
         ]
     else:
-        lines += [
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-        ]
+        lines.append("AccountingStorageType=accounting_storage/none")
     lines += [
         f"NodeName={cluster.node} NodeAddr=127.0.0.1 CPUs={cluster.cpus} "
         f"RealMemory={memory_mib} State=UNKNOWN",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def test_crash_signal(slurm_commands: SlurmCommands, tmp_path: Path) -> None:
     job_id = slurm_commands.submit(request(tmp_path, "segv", "kill -SEGV $$"))
     info = wait_state(slurm_commands, job_id, final)
     assert (info.state, info.exit_code, info.exit_signal) == (JobState.FAILED, None, 11)
+
+
+def test_memory_cap_kills_the_job(slurm_commands: SlurmCommands, tmp_path: Path) -> None:
+    body = "python3 -c 'import time; x = bytearray(400 << 20); time.sleep(30)'"
+    req = request(tmp_path, "oom", body, memory_bytes=100 << 20)
+    info = wait_state(slurm_commands, slurm_commands.submit(req), final)
+    # Without task/cgroup Slurm kills by sampling: FAILED by SIGKILL, not OUT_OF_MEMORY.
+    assert (info.state, info.exit_signal) == (JobState.FAILED, signal.SIGKILL)
+    assert "exceeded memory limit" in log_text(req)
 
 
 def test_submit_creates_the_log_directory(slurm_commands: SlurmCommands, tmp_path: Path) -> None:
@@ -187,6 +197,21 @@ def test_controller_that_does_not_answer_is_a_timeout(
     assert commands.calls == {"squeue": 1, "sbatch": 1}
 
 
+def test_a_stopped_controller_is_a_timeout_not_an_answer(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    commands = SlurmCommands(env=dict(slurm_cluster.env), timeout=1.0)
+    job_id = commands.submit(request(tmp_path, "frozen", "sleep 300"))
+    controller = slurm_cluster.processes["slurmctld"].pid
+    os.kill(controller, signal.SIGSTOP)
+    try:
+        with pytest.raises(SlurmTimeout, match="squeue did not answer"):
+            commands.query([job_id])
+    finally:
+        os.kill(controller, signal.SIGCONT)
+    assert commands.query([job_id])[job_id].state in (JobState.PENDING, JobState.RUNNING)
+
+
 def test_a_failing_client_is_an_error_with_its_message(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
@@ -214,7 +239,7 @@ def test_accounting_gives_peak_memory(
 ) -> None:
     commands = SlurmCommands(env=dict(slurm_cluster_accounting.env))
     body = "python3 -c 'import time; x = bytearray(64 << 20); time.sleep(2)'"
-    job_id = commands.submit(request(tmp_path, "rss", body))
+    job_id = commands.submit(request(tmp_path, "rss", body, memory_bytes=512 << 20))
     info = wait_state(commands, job_id, lambda i: i.final and i.max_rss_bytes is not None)
     assert (info.state, info.source) == (JobState.COMPLETED, "sacct")
     assert info.max_rss_bytes is not None and info.max_rss_bytes >= 64 << 20

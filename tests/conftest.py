@@ -16,9 +16,6 @@ import pytest
 
 from supervisor.db import Store
 
-# The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
-pytest_plugins = ("slurm_fixtures",)
-
 # The command installed next to the interpreter running the tests (the venv's bin/).
 RUNSUP = Path(sys.executable).parent / "runsup"
 RUNSUP_TIMEOUT_SECONDS = 60
@@ -35,6 +32,10 @@ ISOLATED_VARIABLES = (
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
 )
+
+
+# The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
+pytest_plugins = ("slurm_fixtures",)
 
 
 def sqlite_url(path: Path) -> str:

@@ -225,6 +225,7 @@ def test_a_failing_client_is_an_error_with_its_message(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TIME_LIMIT_WAIT_SECONDS + 60)
 def test_time_limit(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     commands = SlurmCommands(env=dict(slurm_cluster.env))
     req = request(tmp_path, "limit", "echo started; sleep 600", timeout_seconds=1)

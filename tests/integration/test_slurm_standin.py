@@ -24,7 +24,6 @@ from supervisor.executors.slurm.standin import (
     start_standin,
     was_killed,
 )
-from supervisor.processes import is_same_process
 
 # A job that reports each signal it catches and ends with 42 on SIGTERM.
 TRAPPING_JOB = """trap 'echo got HUP' HUP
@@ -124,7 +123,7 @@ def test_a_restarted_daemon_finds_the_standin(
 
 def _no_process_left(standin: StandIn) -> bool:
     """The leader, its sleep and the watcher have all exited (the watcher reaped by us)."""
-    if is_same_process(standin.leader):
+    if standin_state(standin) is StandInState.ALIVE:
         return False
     try:
         os.killpg(standin.pgid, 0)

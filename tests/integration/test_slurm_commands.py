@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,9 @@ def test_finished_job_after_its_record_is_purged(
     if any_slurm_cluster.accounting:  # sacct remembers it
         assert (info.source, info.state, info.exit_code) == ("sacct", JobState.FAILED, 5)
         assert found == {job_name("purged"): job_id}
+        # It ended MinJobAge before the purge: a search from a moment ago misses it.
+        recent = datetime.now(UTC) - timedelta(seconds=2)
+        assert slurm_commands.find_by_name([job_name("purged")], since=recent) == {}
     else:
         assert info.purged and info.state is JobState.UNKNOWN
         assert found == {}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from supervisor.executors.slurm.commands import sacct_time
 from supervisor.executors.slurm.parsing import (
     SACCT_FORMAT,
     SQUEUE_FORMAT,
@@ -265,3 +267,10 @@ def test_submit_errors_final_or_uncertain(stderr: str, final: bool) -> None:
 def test_unknown_ids_keep_order_without_duplicates() -> None:
     known = parse_squeue(SQUEUE_OUTPUT)
     assert unknown_ids(["5", "19", "4", "5"], known) == ["5", "4"]
+
+
+def test_sacct_time_is_local_time_to_the_second() -> None:
+    moment = datetime(2026, 11, 29, 17, 30, 5, 999, tzinfo=UTC)
+    local = moment.astimezone()
+    assert sacct_time(moment) == local.strftime("%Y-%m-%dT%H:%M:%S")
+    assert sacct_time(datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05"

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import structlog
 
@@ -53,6 +54,9 @@ ACCOUNTING_DISABLED = "accounting storage is disabled"
 # Variables of the daemon that would change what sbatch / squeue do if passed on.
 _CLIENT_VARIABLE_PREFIXES = ("SBATCH_", "SQUEUE_", "SACCT_", "SCANCEL_", "SLURM_")
 _CLIENT_VARIABLES_KEPT = frozenset({"SLURM_CONF"})
+# How far back sacct looks for a job by name (its own default is today's midnight, which a
+# daemon down across midnight would miss).
+NAME_LOOKBACK = "now-7days"
 # The ids and names given to one squeue/sacct call; the command line stays well below the
 # kernel's limit (500 ids of 10 digits is 5.5 kB).
 IDS_PER_CALL = 5000
@@ -68,6 +72,12 @@ class SlurmTimeout(SlurmError):
 
 class SubmitRejected(SlurmError):
     """sbatch refused the job (bad partition, account, request): no job was created."""
+
+
+def sacct_time(moment: datetime) -> str:
+    """A moment as sacct's -S wants it: local time, to the second (naive means local)."""
+    local = moment.astimezone() if moment.tzinfo else moment
+    return local.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @dataclass(frozen=True)
@@ -244,10 +254,12 @@ class SlurmCommands:
 
     # -- find by name ----------------------------------------------------------------------
 
-    def find_by_name(self, names: Iterable[str], *, since: str | None = None) -> dict[str, str]:
+    def find_by_name(
+        self, names: Iterable[str], *, since: datetime | None = None
+    ) -> dict[str, str]:
         """{job name: newest job id of ours with that name} for the names the cluster knows,
         in one squeue call (plus one sacct call, when accounting works, for names squeue no
-        longer lists; `since` is sacct's -S, default today's midnight)."""
+        longer lists, among jobs submitted after `since`: default NAME_LOOKBACK ago)."""
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return {}
@@ -262,7 +274,8 @@ class SlurmCommands:
         rest = [name for name in wanted if name not in found]
         if rest and self.accounting():
             argv = [self.programs.sacct, "-n", "-P", "-X", "--name", ",".join(rest)]
-            argv += ["-o", "JobID,JobName", *(["-S", since] if since else [])]
+            start = NAME_LOOKBACK if since is None else sacct_time(since)
+            argv += ["-o", "JobID,JobName", "-S", start]
             result = self._run(argv)
             if result.returncode != 0:
                 raise SlurmError(self._failure(result, "sacct"))

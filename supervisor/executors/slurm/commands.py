@@ -5,8 +5,11 @@ never a shell, and a timeout; its stderr goes into the exception's message. A co
 does not answer in time, or any error other than "Invalid job id", raises `SlurmError`: the
 caller must read that as "state unknown", never as "the job finished". `SlurmCommands.calls`
 counts the calls by program, so a benchmark can check that the number of queries does not grow
-with the number of jobs: `query` asks about any number of jobs with one squeue call (plus one
-sacct call for the ids squeue no longer lists, when accounting works).
+with the number of jobs: `query` asks about any number of jobs with one squeue call (plus, when
+accounting works, one sacct call for the ids squeue no longer lists or lists as ended).
+
+The calls block (up to `timeout`): run them off the daemon's main loop. Counting is
+thread-safe, and so is everything else here (each call is its own process).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ _CLIENT_VARIABLES_KEPT = frozenset({"SLURM_CONF"})
 # daemon down across midnight would miss).
 NAME_LOOKBACK = "now-7days"
 # The ids and names given to one squeue/sacct call; the command line stays well below the
-# kernel's limit (500 ids of 10 digits is 5.5 kB).
+# kernel's limit (5000 names of 19 characters are under 100 kB).
 IDS_PER_CALL = 5000
 
 

@@ -1,4 +1,4 @@
-"""supervisor.processes with real processes and real signals.
+"""The local executor (supervisor/executors/local/) with real processes and real signals.
 
 Nothing sleeps and hopes: every wait is for a condition, with a deadline.
 """

@@ -1,4 +1,4 @@
-"""The pure parts of supervisor.processes: stat lines, sh exit statuses, program lookup."""
+"""The pure parts of the local executor: stat lines, sh exit statuses, program lookup."""
 
 from __future__ import annotations
 

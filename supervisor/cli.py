@@ -287,6 +287,26 @@ def demo(ctx: click.Context, state_dir: str | None) -> None:
     raise SystemExit(run_demo(state_dir=state_dir, config_file=ctx.obj.get(CONFIG_OBJ_KEY)))
 
 
+@cli.command()
+@config_option
+@click.option(
+    "--textfile",
+    default=None,
+    metavar="PATH",
+    help="Write to PATH atomically (for node_exporter's textfile collector) instead of stdout.",
+)
+@click.pass_context
+def metrics(ctx: click.Context, textfile: str | None) -> None:
+    """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
+    from supervisor.metrics import render, write_textfile
+
+    data = render(_store(ctx), _settings(ctx))
+    if textfile is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        write_textfile(Path(textfile), data)
+
+
 @cli.group()
 def db() -> None:
     """Database maintenance."""

@@ -3,10 +3,12 @@
 from supervisor.db.migrate import HEAD_REVISION, ensure_schema
 from supervisor.db.store import (
     ChangeProbe,
+    Histogram,
     ProgressUpdate,
     RowChange,
     RunEvent,
     RunRecord,
+    RunStats,
     Store,
     check_config_json,
     claim_released_change,
@@ -21,10 +23,12 @@ from supervisor.db.store import (
 __all__ = [
     "HEAD_REVISION",
     "ChangeProbe",
+    "Histogram",
     "ProgressUpdate",
     "RowChange",
     "RunEvent",
     "RunRecord",
+    "RunStats",
     "Store",
     "check_config_json",
     "claim_released_change",

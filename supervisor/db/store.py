@@ -547,9 +547,7 @@ class Store:
         any template can add one label value at most. Timestamps another program wrote as
         garbage read as NULL (SQLite's julianday) and are left out.
         """
-        label = case(
-            (runs.c.template.in_(list(templates)), runs.c.template), else_=literal(other)
-        )
+        label = case((runs.c.template.in_(list(templates)), runs.c.template), else_=literal(other))
         stamp = now.astimezone(UTC).replace(tzinfo=None).strftime(TIMESTAMP_FORMAT)
         with self._read() as conn:
             return RunStats(
@@ -896,9 +894,7 @@ def _reserved(conn: Connection) -> dict[str, Any]:
 
     def positive(column: Any) -> ColumnElement[Any]:
         # A foreign row may hold text or a negative number: counted as nothing.
-        return func.total(
-            case((func.typeof(column) == "integer", func.max(column, 0)), else_=0)
-        )
+        return func.total(case((func.typeof(column) == "integer", func.max(column, 0)), else_=0))
 
     query = select(
         positive(runs.c.cpus), positive(runs.c.memory_max_bytes), func.group_concat(runs.c.gpu_ids)

@@ -46,6 +46,8 @@ from supervisor.errors import ConfigError, DatabaseBusy, LaunchError, Supervisor
 from supervisor.executors.base import Executor, ExitStatus, Launch, ProcessRecord, RunHandle
 from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
+from supervisor.heartbeat import Heartbeat, heartbeat_path
+from supervisor.metrics_server import MetricsServer
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
 from supervisor.progress import ProgressState, ProgressTail
@@ -202,6 +204,9 @@ class Daemon:
         self._runs_watcher: DirectoryWatcher | None = None
         self._db_watcher: DirectoryWatcher | None = None
         self._lock_fd: int | None = None
+        # SPEC section 14: when the daemon last served, and its /metrics endpoint if asked for.
+        self._heartbeat = Heartbeat(heartbeat_path(settings.database_path, settings.runs_dir))
+        self._metrics = MetricsServer.for_settings(settings)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -220,6 +225,8 @@ class Daemon:
     def run(self) -> int:
         """Serve until asked to stop; returns the exit code."""
         self._acquire_lock()
+        if self._metrics is not None:
+            self._metrics.start()  # a port in use: refuse to start, one clear line
         self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
@@ -312,6 +319,8 @@ class Daemon:
             # Detach: the keeper goes on and the next daemon re-adopts the run.
             self._forget(run)
         self._probe.close()
+        if self._metrics is not None:
+            self._metrics.stop()
         log.info("daemon_stopped", detached=self.settings.on_stop == "detach")
 
     # -- one pass -----------------------------------------------------------
@@ -337,7 +346,8 @@ class Daemon:
         # Only runs whose log changed: a progress line cannot grow the log (and a cap check
         # per progress batch cost ~8 % of the loop at 10,000 lines/s; bench/ load scenario).
         self._bound_logs(self._runs_touched(p for p in changed if p.name == rundir.LOG_FILENAME))
-        db_hint = bool(self._db_watcher.drain()) if self._db_watcher else False
+        db_changes = self._db_watcher.drain() if self._db_watcher else set()
+        db_hint = bool(self._heartbeat.others(db_changes))
         if now >= self._next_rescan:
             self._rescan(now)
             self._next_rescan = now + self.settings.rescan_interval_seconds
@@ -350,7 +360,7 @@ class Daemon:
 
     def _next_timeout(self) -> float:
         now = self.clock.monotonic()
-        deadlines = [self._next_rescan, self._next_db_poll]
+        deadlines = [self._next_rescan, self._next_db_poll, self._heartbeat.due]
         if self.notifier.watchdog_interval:
             deadlines.append(self._next_watchdog)
         if self.outbox.blocked_since is not None:
@@ -953,6 +963,8 @@ class Daemon:
         if interval and time.monotonic() >= self._next_watchdog:
             self.notifier.watchdog()
             self._next_watchdog = time.monotonic() + interval
+        if self._heartbeat.beat(self.clock.monotonic()) and self._metrics is not None:
+            self._metrics.check(self.clock.monotonic())
 
     def _run_age(self, record: RunRecord) -> float:
         """Seconds the run has been going: by the kernel's boot clock from its process's start

@@ -55,7 +55,9 @@ def test_histograms_counters_and_ages_are_counted_in_sql(store: Store) -> None:
     t0 = NOW - timedelta(minutes=50)
     _insert(store, "000000000001", "COMPLETED", **_span(t0, 5))
     _insert(store, "000000000002", "COMPLETED", **_span(t0, 30))
-    _insert(store, "000000000003", "FAILED", error_message="out of memory: cap 1G", **_span(t0, 7200))
+    _insert(
+        store, "000000000003", "FAILED", error_message="out of memory: cap 1G", **_span(t0, 7200)
+    )
     _insert(store, "000000000004", "FAILED", error_message="exit status 3", **_span(t0, 1))
     _insert(store, "000000000005", "CANCELLED", template="b")  # never started
     _insert(store, "000000000006", "PENDING", created_at=_stamp(NOW - timedelta(seconds=90)))
@@ -127,7 +129,9 @@ def test_hostile_rows_fold_into_other_and_garbage_is_left_out(store: Store) -> N
     assert stats.reserved_gpu_ids == {"3"}
 
     collector = RunsCollector(store, ["a"], Capacity(2, 0, 1), store_dir(store) / "none")
-    families = list(text_string_to_metric_families(generate_latest(registry_for(collector)).decode()))
+    families = list(
+        text_string_to_metric_families(generate_latest(registry_for(collector)).decode())
+    )
     templates = {
         s.labels["template"] for f in families for s in f.samples if "template" in s.labels
     }

@@ -91,10 +91,12 @@ def test_each_metric_moves_as_runs_move(harness: DaemonHarness, tmp_path: Path) 
     harness.wait_set_up(run_id)
     running = wait_for(
         "the heartbeat and a progress age",
-        lambda: m
-        if value(m := metrics(harness), "runsup_progress_age_seconds") > 0
-        and value(m, "runsup_daemon_heartbeat_timestamp_seconds") > 0
-        else None,
+        lambda: (
+            m
+            if value(m := metrics(harness), "runsup_progress_age_seconds") > 0
+            and value(m, "runsup_daemon_heartbeat_timestamp_seconds") > 0
+            else None
+        ),
     )
     assert value(running, "runsup_runs", status="RUNNING") == 1
     assert value(running, "runsup_runs", status="PENDING") == 0
@@ -125,7 +127,7 @@ def test_each_metric_moves_as_runs_move(harness: DaemonHarness, tmp_path: Path) 
 
 
 def test_reserved_resources_of_running_rows(harness: DaemonHarness) -> None:
-    resources = "[resources]\ncpus = 8\ngpus = [\"0\", \"1\", \"2\"]\nmemory = \"4G\""
+    resources = '[resources]\ncpus = 8\ngpus = ["0", "1", "2"]\nmemory = "4G"'
     harness.write_config(resources)
     idle = metrics(harness)
     assert value(idle, "runsup_resource_capacity", resource="cpus") == 8
@@ -193,7 +195,9 @@ def test_textfile_is_replaced_atomically(harness: DaemonHarness, tmp_path: Path)
         assert ("runsup_daemon_heartbeat_timestamp_seconds", frozenset()) in parse(content)
 
 
-def test_textfile_that_cannot_be_written_is_one_line(harness: DaemonHarness, tmp_path: Path) -> None:
+def test_textfile_that_cannot_be_written_is_one_line(
+    harness: DaemonHarness, tmp_path: Path
+) -> None:
     done = scrape(harness, "--textfile", str(tmp_path / "missing" / "runsup.prom"))
     assert done.returncode == 1
     assert done.stdout == ""
@@ -224,10 +228,12 @@ def test_daemon_serves_metrics_over_http(harness: DaemonHarness) -> None:
     url = f"http://127.0.0.1:{port}/metrics"
     served = wait_for(
         "a finished run on /metrics",
-        lambda: s
-        if (body := _get(url)) is not None
-        and value(s := parse(body), "runsup_runs", status="COMPLETED") == 1
-        else None,
+        lambda: (
+            s
+            if (body := _get(url)) is not None
+            and value(s := parse(body), "runsup_runs", status="COMPLETED") == 1
+            else None
+        ),
     )
     assert value(served, "runsup_daemon_heartbeat_timestamp_seconds") > 0
     logged = harness.wait_logged("metrics_serving", address=f"127.0.0.1:{port}")

@@ -99,7 +99,7 @@ def test_timer_writes_the_textfile_every_15_seconds(ns: SystemdNamespace) -> Non
 
     until(
         "the timer to write the textfile again",
-        lambda: (found := _textfile(ns)) is not None and found[0] != first_mtime or None,
+        lambda: ((found := _textfile(ns)) is not None and found[0] != first_mtime) or None,
         REWRITE_DEADLINE_SECONDS,
     )
     result = ns.show(METRICS_UNIT, "Result", "ExecMainStatus")

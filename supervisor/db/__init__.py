@@ -1,14 +1,13 @@
 """The database layer: the only package that imports SQLAlchemy."""
 
 from supervisor.db.migrate import HEAD_REVISION, ensure_schema
+from supervisor.db.stats import Histogram, RunStats
 from supervisor.db.store import (
     ChangeProbe,
-    Histogram,
     ProgressUpdate,
     RowChange,
     RunEvent,
     RunRecord,
-    RunStats,
     Store,
     check_config_json,
     claim_released_change,

@@ -11,13 +11,14 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar, get_type_hints
 
-from sqlalchemy import ColumnElement, Engine, Row, case, func, insert, literal, select, text, update
+from sqlalchemy import Engine, Row, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
-from supervisor.db.schema import TIMESTAMP_FORMAT, run_events, runs
+from supervisor.db.schema import run_events, runs
+from supervisor.db.stats import RunStats, read_run_stats
 from supervisor.errors import DatabaseBusy, DatabaseError, NotFoundError, ValidationError
 from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
 
@@ -121,31 +122,6 @@ class RunEvent:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {**asdict(self), "at": self.at.isoformat() if self.at else None}
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """One histogram series: cumulative counts of values <= each bound, their count and sum."""
-
-    cumulative: tuple[int, ...]  # one per bound, in the bounds' order
-    count: int
-    total: float
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """What the metrics are made of, read in one transaction by aggregate queries."""
-
-    status_counts: dict[str, int]
-    finished: dict[tuple[str, str], int]  # (template label, final status) -> runs
-    out_of_memory: dict[str, int]  # template label -> FAILED runs killed for memory
-    durations: dict[str, Histogram]  # template label -> started_at..completed_at, final runs
-    queue_waits: dict[str, Histogram]  # template label -> created_at..started_at
-    oldest_pending_seconds: float
-    progress_age_seconds: float
-    reserved_cpus: int
-    reserved_memory_bytes: int
-    reserved_gpu_ids: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -535,47 +511,11 @@ class Store:
             return {str(status): int(n) for status, n in conn.execute(query)}
 
     def run_stats(
-        self,
-        templates: Iterable[str],
-        other: str,
-        bounds: Sequence[float],
-        now: datetime,
+        self, templates: Iterable[str], other: str, bounds: Sequence[float], now: datetime
     ) -> RunStats:
-        """The metrics' figures, by aggregate SQL in one short read transaction.
-
-        Templates not in `templates` are counted under `other`, in SQL, so a foreign row naming
-        any template can add one label value at most. Timestamps another program wrote as
-        garbage read as NULL (SQLite's julianday) and are left out.
-        """
-        label = case((runs.c.template.in_(list(templates)), runs.c.template), else_=literal(other))
-        stamp = now.astimezone(UTC).replace(tzinfo=None).strftime(TIMESTAMP_FORMAT)
+        """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
         with self._read() as conn:
-            return RunStats(
-                status_counts=self._by_status(conn),
-                finished=_finished(conn, label),
-                out_of_memory=_out_of_memory(conn, label),
-                durations=_histograms(
-                    conn, label, runs.c.started_at, runs.c.completed_at, bounds, final=True
-                ),
-                queue_waits=_histograms(
-                    conn, label, runs.c.created_at, runs.c.started_at, bounds, final=False
-                ),
-                oldest_pending_seconds=_oldest_age(
-                    conn, RunStatus.PENDING, _jd(runs.c.created_at), stamp
-                ),
-                progress_age_seconds=_oldest_age(
-                    conn,
-                    RunStatus.RUNNING,
-                    func.coalesce(_jd(runs.c.progress_updated_at), _jd(runs.c.started_at)),
-                    stamp,
-                ),
-                **_reserved(conn),
-            )
-
-    @staticmethod
-    def _by_status(conn: Connection) -> dict[str, int]:
-        query = select(runs.c.status, func.count()).group_by(runs.c.status)
-        return {str(status): int(n) for status, n in conn.execute(query)}
+            return read_run_stats(conn, templates, other, bounds, now)
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""
@@ -816,99 +756,6 @@ class ChangeProbe:
 
     def close(self) -> None:
         """Nothing is held between calls (kept for callers that close their probe)."""
-
-
-# -- the aggregates behind run_stats (SQLite: julianday reads the stored timestamp text) ----
-
-SECONDS_PER_DAY = 86400.0
-_FINAL_VALUES = sorted(s.value for s in FINAL_STATUSES)
-# Ours, as the daemon writes it (SPEC section 10): a FAILED run killed for passing its cap.
-OUT_OF_MEMORY_PREFIX = "out of memory"
-
-
-def _jd(column: Any) -> ColumnElement[Any]:
-    """The column as a Julian day number; NULL for NULL or text that is not a timestamp."""
-    return func.julianday(column)
-
-
-def _finished(conn: Connection, label: ColumnElement[Any]) -> dict[tuple[str, str], int]:
-    query = (
-        select(label, runs.c.status, func.count())
-        .where(runs.c.status.in_(_FINAL_VALUES))
-        .group_by(label, runs.c.status)
-    )
-    return {(str(t), str(s)): int(n) for t, s, n in conn.execute(query)}
-
-
-def _out_of_memory(conn: Connection, label: ColumnElement[Any]) -> dict[str, int]:
-    prefix = func.substr(runs.c.error_message, 1, len(OUT_OF_MEMORY_PREFIX))
-    query = (
-        select(label, func.count())
-        .where(runs.c.status == RunStatus.FAILED.value, prefix == OUT_OF_MEMORY_PREFIX)
-        .group_by(label)
-    )
-    return {str(t): int(n) for t, n in conn.execute(query)}
-
-
-def _histograms(
-    conn: Connection,
-    label: ColumnElement[Any],
-    start: Any,
-    end: Any,
-    bounds: Sequence[float],
-    *,
-    final: bool,
-) -> dict[str, Histogram]:
-    """Per template label, the histogram of end - start in seconds, counted in SQL.
-
-    One pass over the rows, no row leaves SQLite: each bucket is a sum of comparisons. A
-    negative span (a clock stepped back, a foreign row) counts as 0 seconds.
-    """
-    span = func.max((_jd(end) - _jd(start)) * SECONDS_PER_DAY, 0.0)
-    where = [start.is_not(None), end.is_not(None)]
-    if final:
-        where.append(runs.c.status.in_(_FINAL_VALUES))
-    rows = select(label.label("t"), span.label("d")).where(*where).subquery()
-    buckets = [func.total(rows.c.d <= bound) for bound in bounds]
-    query = (
-        select(rows.c.t, func.count(), func.total(rows.c.d), *buckets)
-        .where(rows.c.d.is_not(None))
-        .group_by(rows.c.t)
-    )
-    out: dict[str, Histogram] = {}
-    for row in conn.execute(query):
-        t, n, total, *cumulative = row
-        out[str(t)] = Histogram(tuple(int(c) for c in cumulative), int(n), float(total))
-    return out
-
-
-def _oldest_age(conn: Connection, status: RunStatus, day: ColumnElement[Any], now: str) -> float:
-    """Seconds since the earliest `day` among rows of `status`; 0 when there is none."""
-    age = (_jd(literal(now)) - func.min(day)) * SECONDS_PER_DAY
-    value = conn.execute(select(age).where(runs.c.status == status.value)).scalar()
-    return max(0.0, float(value)) if value is not None else 0.0
-
-
-def _reserved(conn: Connection) -> dict[str, Any]:
-    """What RUNNING local runs hold (SPEC section 10); runs sent to a cluster hold nothing here."""
-
-    def positive(column: Any) -> ColumnElement[Any]:
-        # A foreign row may hold text or a negative number: counted as nothing.
-        return func.total(case((func.typeof(column) == "integer", func.max(column, 0)), else_=0))
-
-    query = select(
-        positive(runs.c.cpus), positive(runs.c.memory_max_bytes), func.group_concat(runs.c.gpu_ids)
-    ).where(
-        runs.c.status == RunStatus.RUNNING.value,
-        func.coalesce(runs.c.executor, "local") == "local",
-    )
-    cpus, memory, gpus = conn.execute(query).one()
-    ids = {g.strip() for g in str(gpus or "").split(",")} - {""}
-    return {
-        "reserved_cpus": int(cpus),
-        "reserved_memory_bytes": int(memory),
-        "reserved_gpu_ids": frozenset(ids),
-    }
 
 
 def check_config_json(config_json: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import IO
 import structlog
 
 from supervisor.errors import SupervisorError
+from supervisor.notify import SYSTEMD_VARIABLES
 from supervisor.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -97,6 +98,8 @@ class MetricsServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            # The daemon's own systemd variables (NOTIFY_SOCKET...) are not the server's.
+            env={k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES},
         )
         assert proc.stdout is not None
         line = _read_line(proc.stdout, START_TIMEOUT_SECONDS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RUNSUP, RUNSUP_TIMEOUT_SECONDS
-from daemon_harness import DaemonHarness, wait_for
+from daemon_harness import DaemonHarness, pid_alive, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
@@ -258,3 +260,29 @@ def test_port_in_use_refuses_to_start_with_one_line(harness: DaemonHarness) -> N
     ]
     assert "daemon_ready" not in harness.log_text()
     assert json.dumps("daemon_ready") not in harness.log_text()
+
+
+def test_server_is_restarted_if_it_dies_and_goes_when_the_daemon_dies(
+    harness: DaemonHarness,
+) -> None:
+    port = _free_port()
+    harness.write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"')
+    harness.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    first = harness.wait_logged("metrics_serving")
+    os.kill(first["pid"], signal.SIGKILL)
+    died = harness.wait_logged("metrics_server_died", returncode=-signal.SIGKILL)
+    assert died["address"] == f"127.0.0.1:{port}"
+    again = wait_for(
+        "a second server",
+        lambda: next(
+            (e for e in harness.log_events() if e["event"] == "metrics_serving" and e != first),
+            None,
+        ),
+    )
+    assert again["pid"] != first["pid"]
+    assert wait_for("the endpoint to answer again", lambda: _get(url))
+    # A daemon killed outright: its server reads end-of-file on stdin and goes too.
+    harness.kill()
+    wait_for("the server to go with the daemon", lambda: _get(url) is None or None)
+    wait_for("the server process to end", lambda: not pid_alive(again["pid"]) or None)

@@ -13,7 +13,8 @@ closes it at shutdown or dies in any way (the kernel closes it then). The child 
 stdout one line once it listens, or why it cannot; a port in use makes the daemon refuse to
 start (a configured endpoint that is silently missing would be noticed only when a dashboard
 goes blank), with one clear line. A server that dies later is logged and started again on
-the heartbeat's cadence.
+the heartbeat's cadence, at most every RESTART_INTERVAL_SECONDS, without the loop waiting
+for it.
 
 Run as `python -m supervisor.metrics_server SPEC_JSON` by the daemon only.
 """
@@ -75,6 +76,7 @@ class MetricsServer:
         self.spec = spec
         self._proc: subprocess.Popen[bytes] | None = None
         self._next_restart = 0.0
+        self._announced = False
 
     @property
     def where(self) -> str:
@@ -92,8 +94,52 @@ class MetricsServer:
         return cls(ServerSpec(settings.database_url, listen.host, listen.port, config))
 
     def start(self) -> None:
-        """Start the server and wait until it listens; SupervisorError (one line) if it cannot."""
-        proc = subprocess.Popen(
+        """Start the server and wait until it listens; SupervisorError (one line) if it cannot.
+
+        Only at the daemon's start, before its loop runs: waiting here blocks nothing.
+        """
+        proc = self._spawn()
+        assert proc.stdout is not None
+        self._proc = proc
+        line = _read_line(proc.stdout, START_TIMEOUT_SECONDS)
+        if line != READY_LINE:
+            self.stop()
+            why = line.removeprefix(ERROR_PREFIX) if line else "the server did not start"
+            raise SupervisorError(f"[metrics] listen = {self.where!r}: {why}")
+        self._announced = True
+        log.info("metrics_serving", address=self.where, pid=proc.pid)
+
+    def check(self, now: float) -> None:
+        """On the loop's heartbeat cadence: start the server again if it died, never waiting
+        for it (its "listening" line is looked for at the next checks)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._announce(proc)
+            return
+        if now < self._next_restart:
+            return
+        assert proc.stdout is not None
+        said = _read_line(proc.stdout, 0.0)  # it has exited: whatever it said is there now
+        log.error(
+            "metrics_server_died", address=self.where, returncode=proc.returncode, said=said
+        )
+        self._close_pipes(proc)
+        self._next_restart = now + RESTART_INTERVAL_SECONDS
+        self._proc = self._spawn()
+        self._announced = False
+
+    def _announce(self, proc: subprocess.Popen[bytes]) -> None:
+        """Log metrics_serving once a restarted server says it listens (never waits)."""
+        if self._announced or proc.stdout is None:
+            return
+        if _read_line(proc.stdout, 0.0) == READY_LINE:
+            self._announced = True
+            log.info("metrics_serving", address=self.where, pid=proc.pid)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "supervisor.metrics_server", self.spec.to_json()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -101,29 +147,6 @@ class MetricsServer:
             # The daemon's own systemd variables (NOTIFY_SOCKET...) are not the server's.
             env={k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES},
         )
-        assert proc.stdout is not None
-        line = _read_line(proc.stdout, START_TIMEOUT_SECONDS)
-        if line != READY_LINE:
-            self._proc = proc
-            self.stop()
-            why = line.removeprefix(ERROR_PREFIX) if line else "the server did not start"
-            raise SupervisorError(f"[metrics] listen = {self.where!r}: {why}")
-        self._proc = proc
-        log.info("metrics_serving", address=self.where, pid=proc.pid)
-
-    def check(self, now: float) -> None:
-        """Start the server again if it died (called on the loop's heartbeat cadence)."""
-        proc = self._proc
-        if proc is None or proc.poll() is None or now < self._next_restart:
-            return
-        log.error("metrics_server_died", address=self.where, returncode=proc.returncode)
-        self._close_pipes(proc)
-        self._proc = None
-        self._next_restart = now + RESTART_INTERVAL_SECONDS
-        try:
-            self.start()
-        except SupervisorError as exc:
-            log.error("metrics_restart_failed", address=self.where, error=str(exc))
 
     def stop(self) -> None:
         """Close the server's stdin (it then exits by itself) and wait for it a moment."""
@@ -149,8 +172,8 @@ def _read_line(stream: IO[bytes], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     data = b""
     while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        left = max(0.0, deadline - time.monotonic())
+        if not select.select([fd], [], [], left)[0]:
             return ""
         chunk = os.read(fd, 4096)
         if not chunk:

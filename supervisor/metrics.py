@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from supervisor.db import Histogram, RunStats, Store, utcnow
-from supervisor.errors import SupervisorError
+from supervisor.errors import ConfigError, SupervisorError
 from supervisor.heartbeat import heartbeat_path, last_beat
 from supervisor.settings import GPUS_AUTO, ResourcesSettings, Settings
 from supervisor.states import FINAL_STATUSES, RunStatus
@@ -207,6 +207,28 @@ class RunsCollector(Collector):
             reserved.add_metric([name], held)
         yield capacity
         yield reserved
+
+
+class ConfiguredCollector(Collector):
+    """A RunsCollector for the configuration as it is now: read again at each collect(), so
+    templates added since the start get their own label; while the file does not parse, the
+    last good configuration serves (the daemon itself goes on with its own until SIGHUP)."""
+
+    def __init__(self, store: Store, load: Callable[[], Settings]) -> None:
+        """`load` reads the configuration; the first read must succeed (ConfigError if not)."""
+        self.store = store
+        self.load = load
+        self.settings = load()
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front, as RunsCollector."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the configuration, then the database."""
+        with contextlib.suppress(ConfigError):
+            self.settings = self.load()
+        return RunsCollector.from_settings(self.store, self.settings).collect()
 
 
 class CachedCollector(Collector):

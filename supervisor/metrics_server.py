@@ -193,15 +193,15 @@ def serve(spec: ServerSpec) -> int:
     from prometheus_client import start_http_server
 
     from supervisor.db import Store
-    from supervisor.metrics import CachedCollector, RunsCollector, registry_for
+    from supervisor.metrics import CachedCollector, ConfiguredCollector, registry_for
     from supervisor.settings import load_settings
 
     try:
-        settings = load_settings(spec.config_file)
         store = Store.open(spec.database_url, upgrade=False)
+        collector = ConfiguredCollector(store, lambda: load_settings(spec.config_file))
     except SupervisorError as exc:
         return _say(f"{ERROR_PREFIX}{exc}", 1)
-    registry = registry_for(CachedCollector(RunsCollector.from_settings(store, settings)))
+    registry = registry_for(CachedCollector(collector))
     deadline = time.monotonic() + BIND_RETRY_SECONDS
     while True:
         try:

@@ -19,9 +19,11 @@ from supervisor.metrics import (
     TIME_BUCKETS_SECONDS,
     CachedCollector,
     Capacity,
+    ConfiguredCollector,
     RunsCollector,
     registry_for,
 )
+from supervisor.settings import load_settings
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 BOUNDS = (10.0, 60.0, 3600.0)
@@ -198,3 +200,24 @@ def test_heartbeat_touches_when_due_and_remakes_a_removed_file(tmp_path: Path) -
     path.unlink()
     assert beat.beat(120.0) is True and path.exists()
     assert beat.others([path, tmp_path / "runs.db-wal"]) == {tmp_path / "runs.db-wal"}
+
+
+def test_configured_collector_follows_the_file_and_keeps_the_last_good_one(
+    store: Store, tmp_path: Path
+) -> None:
+    database = store_dir(store) / "runs.db"
+    config = tmp_path / "config.toml"
+    base = f'database = "{database}"\nruns_dir = "{tmp_path / "runs"}"\n'
+    config.write_text(base)
+    collector = ConfiguredCollector(store, lambda: load_settings(config, environ={}))
+    registry = registry_for(collector)
+
+    def templates() -> set[str]:
+        families = text_string_to_metric_families(generate_latest(registry).decode())
+        return {s.labels["template"] for f in families for s in f.samples if "template" in s.labels}
+
+    assert templates() == {"erlang-demo"}
+    config.write_text(base + '[templates.new]\ncommand = ["/bin/true"]\n')
+    assert templates() == {"erlang-demo", "new"}
+    config.write_text(base + "[templates.broken\n")  # mid-edit: not TOML
+    assert templates() == {"erlang-demo", "new"}

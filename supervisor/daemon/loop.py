@@ -235,6 +235,7 @@ class Daemon:
         self.recover()
         self._guarded(lambda: self._sync_db_or_wait(force=True))
         self._guarded(self._flush)
+        self._heartbeat.beat(self.clock.monotonic())  # the file exists once the daemon is ready
         self.notifier.ready(self._status_text())
         log.info(
             "daemon_ready",

@@ -49,7 +49,8 @@ TIME_BUCKETS_SECONDS: tuple[float, ...] = (
 )  # fmt: skip
 # The label value for every template the configuration does not name.
 OTHER_TEMPLATE = "other"
-# `gpus = "auto"`: GPUs are counted by their device nodes (no NVML here: none is loaded).
+# `gpus = "auto"`: GPUs are counted by their device nodes (no NVML here: nothing else loads it
+# yet; where supervisor.gpus exists, Capacity.of should ask its resolve_gpus instead).
 NVIDIA_DEVICE_GLOB = "/dev/nvidia[0-9]*"
 # A textfile written for node_exporter: readable by its user, whoever that is.
 TEXTFILE_MODE = 0o644
@@ -219,6 +220,8 @@ class ConfiguredCollector(Collector):
         self.store = store
         self.load = load
         self.settings = load()
+        # Found again only when [resources] changes: finding GPUs may ask the driver.
+        self._capacity = (self.settings.resources, Capacity.of(self.settings.resources))
 
     def describe(self) -> Iterable[Metric]:
         """Nothing up front, as RunsCollector."""
@@ -228,7 +231,16 @@ class ConfiguredCollector(Collector):
         """Read the configuration, then the database."""
         with contextlib.suppress(ConfigError):
             self.settings = self.load()
-        return RunsCollector.from_settings(self.store, self.settings).collect()
+        resources = self.settings.resources
+        if resources != self._capacity[0]:
+            self._capacity = (resources, Capacity.of(resources))
+        collector = RunsCollector(
+            self.store,
+            self.settings.templates,
+            self._capacity[1],
+            heartbeat_path(self.settings.database_path, self.settings.runs_dir),
+        )
+        return collector.collect()
 
 
 class CachedCollector(Collector):

@@ -97,26 +97,41 @@ def progress_line(stamp: float, iteration: int) -> bytes:
 
 def progress_latency(root: Path, sizes: Sizes) -> list[Result]:
     """Lines appended to a running run's progress.jsonl -> the value seen by another process."""
-    rng = random.Random(8)
     with BenchDaemon(root / "latency", max_concurrent=4) as d:
         [run_id] = d.insert_pending("sleep")
         d.wait("the run RUNNING", lambda: d.count("RUNNING") == 1)
         time.sleep(SETTLE_SECONDS)
-        reader = Reader(d.db, "value", run_id)
-        path = d.runs_dir / run_id / "progress.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        written = []
-        try:
-            for k in range(sizes.latency_samples):
-                # Random gaps: every phase against the daemon's and the watcher's own rhythm.
-                time.sleep(rng.uniform(0.005, 0.045))
-                stamp = now()
-                os.write(fd, progress_line(stamp, k))
-                written.append(stamp)
-            time.sleep(1.0)
-        finally:
-            os.close(fd)
-            sightings = reader.stop()
+        latencies, missed = measure_progress_latency(d, run_id, sizes.latency_samples, seed=8)
+    note = f"{len(latencies)} lines" + (f", {missed} never seen" if missed else "")
+    med, p99 = statistics.median(latencies) * MS, percentile(latencies, 99) * MS
+    return [
+        Result("progress", "line -> reader: median", med, "ms", "<= 50 ms", _met(med, 50), note),
+        Result("progress", "line -> reader: p99", p99, "ms", "<= 250 ms", _met(p99, 250)),
+        Result("progress", "line -> reader: max", max(latencies) * MS, "ms"),
+    ]
+
+
+def measure_progress_latency(
+    d: BenchDaemon, run_id: str, samples: int, seed: int
+) -> tuple[list[float], int]:
+    """Append `samples` lines to a RUNNING run's progress.jsonl at random gaps; the seconds
+    each took to be seen in the database by another process, and how many never were."""
+    rng = random.Random(seed)
+    reader = Reader(d.db, "value", run_id)
+    path = d.runs_dir / run_id / "progress.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    written = []
+    try:
+        for k in range(samples):
+            # Random gaps: every phase against the daemon's and the watcher's own rhythm.
+            time.sleep(rng.uniform(0.005, 0.045))
+            stamp = now()
+            os.write(fd, progress_line(stamp, k))
+            written.append(stamp)
+        time.sleep(1.0)
+    finally:
+        os.close(fd)
+        sightings = reader.stop()
     seen = [(float(t), float(v)) for t, v in sightings if isinstance(v, float)]  # type: ignore[arg-type]
     latencies = []
     missed = 0
@@ -129,13 +144,7 @@ def progress_latency(root: Path, sizes: Sizes) -> list[Result]:
             missed += 1
         else:
             latencies.append(seen[j][0] - stamp)
-    note = f"{len(latencies)} lines" + (f", {missed} never seen" if missed else "")
-    med, p99 = statistics.median(latencies) * MS, percentile(latencies, 99) * MS
-    return [
-        Result("progress", "line -> reader: median", med, "ms", "<= 50 ms", _met(med, 50), note),
-        Result("progress", "line -> reader: p99", p99, "ms", "<= 250 ms", _met(p99, 250)),
-        Result("progress", "line -> reader: max", max(latencies) * MS, "ms"),
-    ]
+    return latencies, missed
 
 
 # -- pickup and cancel ---------------------------------------------------------------------------

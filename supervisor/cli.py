@@ -251,6 +251,9 @@ def cancel(ctx: click.Context, run_id: str, as_json: bool) -> None:
 def check(ctx: click.Context, template: str | None, sample_log: str | None, as_json: bool) -> None:
     """Validate the configuration; with a sample log, print the progress its patterns give."""
     from supervisor import check as checks
+    from supervisor.logs import configure_logging
+
+    configure_logging(quiet=True)  # stdout is the report (--json must parse)
 
     if (template is None) != (sample_log is None):
         raise click.UsageError("give --template and --sample-log together")
@@ -308,6 +311,29 @@ def demo(ctx: click.Context, state_dir: str | None) -> None:
     from supervisor.demo import run_demo
 
     raise SystemExit(run_demo(state_dir=state_dir, config_file=ctx.obj.get(CONFIG_OBJ_KEY)))
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--textfile",
+    default=None,
+    metavar="PATH",
+    help="Write to PATH atomically (for node_exporter's textfile collector) instead of stdout.",
+)
+@click.pass_context
+def metrics(ctx: click.Context, textfile: str | None) -> None:
+    """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
+    from supervisor.logs import configure_logging
+    from supervisor.metrics import render, write_textfile
+
+    configure_logging(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
+
+    data = render(_store(ctx), _settings(ctx))
+    if textfile is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        write_textfile(Path(textfile), data)
 
 
 @cli.group()

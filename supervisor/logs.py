@@ -38,10 +38,14 @@ class _PriorityPrefix:
         return f"<{SYSLOG_PRIORITY.get(level, 6)}>{line}"
 
 
-def configure_logging(*, verbose: bool = False, stream: TextIO | None = None) -> None:
-    """Configure structlog once, for the command line and the daemon (the library never does)."""
+def configure_logging(
+    *, verbose: bool = False, stream: TextIO | None = None, quiet: bool = False
+) -> None:
+    """Configure structlog once, for the command line and the daemon (the library never does).
+
+    `quiet`: warnings and errors only (a command whose stdout is its output, e.g. metrics)."""
     out = stream or sys.stderr
-    level = logging.DEBUG if verbose else logging.INFO
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -66,6 +66,8 @@ from supervisor.executors.base import (
 from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
 from supervisor.executors.registry import build_executors
+from supervisor.heartbeat import Heartbeat, heartbeat_path
+from supervisor.metrics_server import MetricsServer
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
 from supervisor.settings import LOCAL_EXECUTOR, Settings, Template, load_settings
@@ -162,6 +164,9 @@ class Daemon:
         self._db_watcher: DirectoryWatcher | None = None
         self._db_in_runs_watch = False  # one watcher sees both the runs and the database
         self._lock_fd: int | None = None
+        # SPEC section 14: when the daemon last served, and its /metrics endpoint if asked for.
+        self._heartbeat = Heartbeat(heartbeat_path(settings.database_path, settings.runs_dir))
+        self._metrics = MetricsServer.for_settings(settings)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -180,6 +185,8 @@ class Daemon:
     def run(self) -> int:
         """Serve until asked to stop; returns the exit code."""
         self._acquire_lock()
+        if self._metrics is not None:
+            self._metrics.start()  # a port in use: refuse to start, one clear line
         self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
@@ -188,6 +195,7 @@ class Daemon:
         self._guarded(lambda: self._sync_db_or_wait(force=True))
         self._guarded(self._flush)
         self._guarded(lambda: self._count_pending(self.clock.monotonic()))
+        self._heartbeat.beat(self.clock.monotonic())  # the file exists once the daemon is ready
         self.notifier.ready(self._status_text())
         log.info(
             "daemon_ready",
@@ -250,12 +258,13 @@ class Daemon:
     def _db_changed(self, changed: set[Path]) -> bool:
         """Whether the watchers saw the database's files change (another program's commit)."""
         if self._db_watcher is not None:
-            return bool(self._db_watcher.drain())
+            return bool(self._heartbeat.others(self._db_watcher.drain()))
         db_path = self.settings.database_path
         if not self._db_in_runs_watch or db_path is None:
             return False
         name, folder = db_path.name, db_path.parent
-        return any(p.parent == folder and p.name.startswith(name) for p in changed)
+        ours = {p for p in changed if p.parent == folder and p.name.startswith(name)}
+        return bool(self._heartbeat.others(ours))
 
     def _watcher(self, path: Path, *, recursive: bool) -> DirectoryWatcher:
         watcher = DirectoryWatcher(
@@ -290,6 +299,8 @@ class Daemon:
             # Detach: the keeper goes on and the next daemon re-adopts the run.
             self._forget(run)
         self._probe.close()
+        if self._metrics is not None:
+            self._metrics.stop()
         log.info("daemon_stopped", detached=self.settings.on_stop == "detach")
 
     # -- one pass -----------------------------------------------------------
@@ -333,7 +344,7 @@ class Daemon:
         now = self.clock.monotonic()
         if self._read_again:
             return 0.0
-        deadlines = [self._next_rescan, self._next_db_poll]
+        deadlines = [self._next_rescan, self._next_db_poll, self._heartbeat.due]
         if self.notifier.watchdog_interval:
             deadlines.append(self._next_watchdog)
         if self.outbox.blocked_since is not None:
@@ -1166,6 +1177,8 @@ class Daemon:
         if interval and time.monotonic() >= self._next_watchdog:
             self.notifier.watchdog()
             self._next_watchdog = time.monotonic() + interval
+        if self._heartbeat.beat(self.clock.monotonic()) and self._metrics is not None:
+            self._metrics.check(self.clock.monotonic())
 
     def _run_age(self, record: RunRecord) -> float:
         """Seconds the run has been going: by the kernel's boot clock from its process's start

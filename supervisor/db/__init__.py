@@ -1,6 +1,7 @@
 """The database layer: the only package that imports SQLAlchemy."""
 
 from supervisor.db.migrate import HEAD_REVISION, ensure_schema
+from supervisor.db.stats import Histogram, RunStats
 from supervisor.db.store import (
     ChangeProbe,
     Claim,
@@ -26,10 +27,12 @@ __all__ = [
     "HEAD_REVISION",
     "ChangeProbe",
     "Claim",
+    "Histogram",
     "ProgressUpdate",
     "RowChange",
     "RunEvent",
     "RunRecord",
+    "RunStats",
     "Store",
     "check_config_json",
     "claim_released_change",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.schema import CANCEL_INDEX_NAME, CANCEL_REQUESTED_SQL, run_events, runs
+from supervisor.db.stats import RunStats, read_run_stats
 from supervisor.errors import DatabaseBusy, DatabaseError, NotFoundError, ValidationError
 from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
 
@@ -592,6 +593,13 @@ class Store:
         query = select(runs.c.status, func.count()).group_by(runs.c.status)
         with self._read() as conn:
             return {str(status): int(n) for status, n in conn.execute(query)}
+
+    def run_stats(
+        self, templates: Iterable[str], other: str, bounds: Sequence[float], now: datetime
+    ) -> RunStats:
+        """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
+        with self._read() as conn:
+            return read_run_stats(conn, templates, other, bounds, now)
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""

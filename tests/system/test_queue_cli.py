@@ -84,10 +84,10 @@ def test_sweep_of_24_in_one_transaction(runsup: Runsup) -> None:
     ids += submit(runsup, "--sweep", "a=1,2,3,4,5,6", "--sweep", "b=x,y,z,w", "--set", "c=1")
     assert len(ids) == 36
     last = ids[12:]
+    marks = ",".join("?" * len(last))
     got = rows(
         runsup.db_path,
-        "SELECT id, name, sweep_id, config_json, created_at FROM runs WHERE id IN (%s)"
-        % ",".join("?" * len(last)),
+        f"SELECT id, name, sweep_id, config_json, created_at FROM runs WHERE id IN ({marks})",
         *last,
     )
     assert len(got) == 24

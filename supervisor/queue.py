@@ -66,11 +66,13 @@ def plan_retry(
     retry_on: Sequence[str],
     delay_seconds: float,
     now: datetime,
+    what: str | None = None,
 ) -> RetryPlan | None:
     """The retry of a run that ended with `out` on `attempt`, or None when it is final.
 
     Only a FAILED outcome with a kind (a run that was started) can be retried: a cancel never
-    is, nor a run that could not be started (its outcome has no kind).
+    is, nor a run that could not be started (its outcome has no kind). `what` says how the
+    attempt ended, for run_events (default: the outcome's reason).
     """
     if out.status != RunStatus.FAILED or not outcome_matches(out.kind, retry_on):
         return None
@@ -79,7 +81,7 @@ def plan_retry(
         return None
     delay = retry_delay_seconds(delay_seconds, current)
     reason = (
-        f"retry: attempt {current} of {max_attempts} ended {out.kind} ({out.reason}); "
+        f"retry: attempt {current} of {max_attempts} ended {out.kind} ({what or out.reason}); "
         f"attempt {current + 1} in {delay:g} s"
     )
     return RetryPlan(current + 1, delay, now + timedelta(seconds=delay), reason)

@@ -30,6 +30,7 @@ from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
 from supervisor.daemon import launchprep, recovery
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
+from supervisor.daemon.queueing import QueueKeeper
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
 from supervisor.db import (
     ProgressUpdate,
@@ -202,6 +203,7 @@ class Daemon:
         self._runs_watcher: DirectoryWatcher | None = None
         self._db_watcher: DirectoryWatcher | None = None
         self._lock_fd: int | None = None
+        self.queue = QueueKeeper(self)  # SPEC sections 11 and 13
 
     # -- life cycle ---------------------------------------------------------
 
@@ -341,9 +343,11 @@ class Daemon:
         if now >= self._next_rescan:
             self._rescan(now)
             self._next_rescan = now + self.settings.rescan_interval_seconds
-        if db_hint or now >= self._next_db_poll:
+        queue_due = self.queue.due(now)  # a run's not_before passed: look even if nothing changed
+        if db_hint or now >= self._next_db_poll or queue_due:
             self._next_db_poll = now + self.settings.db_poll_interval_seconds
-            self._sync_db_or_wait(force=False)
+            self._sync_db_or_wait(force=queue_due)
+        self.queue.poll_hooks()
         self._check_deadlines(now)
         self._flush()
         self._report_status()
@@ -365,6 +369,9 @@ class Daemon:
                 deadlines.append(run.group_check_at)
         if self._claims_waiting:
             deadlines.append(min(self._claims_waiting.values()))
+        queue_due = self.queue.next_due()
+        if queue_due is not None:
+            deadlines.append(queue_due)
         return max(0.0, min(deadlines) - now)
 
     def _drain_wake(self) -> None:
@@ -519,6 +526,7 @@ class Daemon:
         self._db_unsynced = True
         for record in self.store.cancel_requests():
             self._on_cancel_request(record)
+        self.queue.sync()
         if not self.stopping:
             self._launch_pending()
         counts = self.store.counts()
@@ -557,7 +565,7 @@ class Daemon:
         if free <= 0:
             return
         candidates = []
-        for record in self.store.pending_runs(free):
+        for record in self.queue.pickup(free):
             problem = launchprep.row_problem(record, self.settings.templates)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)
@@ -827,6 +835,25 @@ class Daemon:
         )
 
     def _settle(self, run_id: str, out: Outcome, *, reason: str) -> None:
+        retry = self.queue.retry_change(run_id, out, reason)  # its next attempt, if it has one
+        if retry is not None:
+            self.outbox.add(retry, lambda applied: self._retried(run_id, out, reason, applied))
+            return
+        self._settle_final(run_id, out, reason=reason)
+
+    def _retried(self, run_id: str, out: Outcome, reason: str, applied: bool) -> None:
+        if not applied:  # the row left RUNNING under us: settle it as any other run
+            self._settle_final(run_id, out, reason=reason)
+            return
+        log.info("run_retry_queued", run_id=run_id)
+        run = self.runs.get(run_id)
+        if run is not None:
+            run.state.settled()
+            self._forget(run)
+        self.wake()
+        self._next_db_poll = 0.0
+
+    def _settle_final(self, run_id: str, out: Outcome, *, reason: str) -> None:
         change = final_change(
             run_id,
             out.status,
@@ -935,6 +962,7 @@ class Daemon:
 
     def _status_text(self) -> str:
         parts = [f"{len(self.runs)} running, {self._pending_count} pending"]
+        parts.extend(self.queue.status_parts())
         waiting = self.outbox.status(self.clock.monotonic())
         if waiting:
             parts.append(waiting)

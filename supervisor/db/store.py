@@ -20,6 +20,7 @@ from supervisor.db.migrate import ensure_schema
 from supervisor.db.schema import (
     QUEUE_ORDER,
     TIMESTAMP_FORMAT,
+    parse_timestamp,
     queue_pauses,
     run_dependencies,
     run_events,
@@ -1029,6 +1030,22 @@ class Store:
             last = conn.execute(select(func.max(run_events.c.id))).scalar()
         ids = list(dict.fromkeys(str(r.run_id) for r in rows))
         return ids, max(int(last or 0), after_id)
+
+    def last_event_id(self) -> int:
+        """The newest run_events id (0 when there is none)."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(run_events.c.id))).scalar() or 0)
+
+    def next_not_before(self, now: datetime) -> datetime | None:
+        """The earliest not_before still to come of an unclaimed PENDING run, if any."""
+        when = now.strftime(TIMESTAMP_FORMAT)
+        query = select(func.min(func.replace(runs.c.not_before, "T", " "))).where(
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.launch_claimed_at.is_(None),
+            func.replace(runs.c.not_before, "T", " ") > when,
+        )
+        with self._read() as conn:
+            return parse_timestamp(conn.execute(query).scalar())
 
     def unhooked_runs(self, templates: Iterable[str] | None, since: datetime) -> list[RunRecord]:
         """Final runs whose on_finish hook has not run, ended after `since`, of these templates

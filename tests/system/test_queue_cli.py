@@ -180,3 +180,18 @@ def test_help_names_every_new_option(runsup: Runsup) -> None:
         assert option in ok(runsup(command, "--help"))
     for command in ("priority", "pause", "resume", "resubmit"):
         assert "Usage: runsup " + command in ok(runsup(command, "--help"))
+
+
+def test_watch_shows_pauses(runsup: Runsup) -> None:
+    (a,) = submit(runsup)
+    store = Store.open(f"sqlite:///{runsup.db_path}")
+    try:
+        from supervisor.states import RunStatus
+
+        assert store.transition(a, RunStatus.CANCELLED, reason="test")
+    finally:
+        store.close()
+    ok(runsup("pause", "erlang-demo", "--reason", "new input"))
+    result = runsup("watch", a)
+    assert result.returncode == 1  # the run was cancelled
+    assert "paused: template erlang-demo" in result.stdout and "new input" in result.stdout

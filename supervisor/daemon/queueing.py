@@ -82,18 +82,33 @@ class QueueKeeper:
         self._hooks = HookRunner(daemon.wake)
         self._hooking: set[str] = set()  # hook queued or running, or its end not yet recorded
         self._next_due: float | None = None  # monotonic time of the next not_before
+        # What the last pickup walk saw; the same again means no run can have become
+        # startable since, and the walk (10 ms with 10,000 waiting rows) is skipped.
+        self._walked: tuple[object, ...] | None = None
+        self._force_walk = False
+        # Dependencies: the run_events id up to which ends were looked at for dependents, and
+        # run_dependencies' size, to know when the doomed-dependents query must run again.
+        self._dep_cursor: int | None = None
+        self._dep_marker: tuple[int, int] | None = None
 
     # -- every database pass ----------------------------------------------------
 
     def sync(self) -> None:
         """Pauses, doomed dependents and cycles, hooks of runs that reached a final status."""
-        self._next_due = None  # the pickup of this pass (if there are free slots) sets it again
         self.paused = [p.scope for p in self._d.store.pauses()]
-        self._cancel_doomed()
         now = self._d.clock.monotonic()
+        # A not_before passed: this pass's pickup walks the queue whatever else changed; the
+        # deadline is spent either way (a full daemon would otherwise wake for it over and
+        # over; a slot that frees brings its own pass).
+        self._force_walk = self.due(now)
+        if self._force_walk:
+            self._next_due = None
         if now >= self._next_cycle_check:
             self._next_cycle_check = now + CYCLE_CHECK_INTERVAL_SECONDS
             self._cancel_cycles()
+            self._dep_cursor = None  # and a full look at every dependency
+        if self._dependencies_changed():
+            self._cancel_doomed()
         self._hook_finished_runs()
 
     def status_parts(self) -> list[str]:
@@ -108,13 +123,18 @@ class QueueKeeper:
     def pickup(self, free: int) -> list[RunRecord]:
         """Up to `free` PENDING runs to start now, their earlier attempts' files moved away."""
         if QUEUE_ALL in self.paused:
+            self._next_due = None  # resuming is a commit: it brings a pass of its own
             return []
         d = self._d
         skip = set(self.paused)
         room = self._template_room()
         skip.update(t for t, left in room.items() if left <= 0)
+        seen = (d.store.queue_marker(), free, sorted(room.items()), id(d.settings))
+        if seen == self._walked and not self._force_walk:
+            return []  # nothing that could make a run startable happened since the last walk
         now = d.clock.utcnow()
         records = d.store.pending_runs(free, now=now, skip_templates=skip, room=room)
+        self._walked = seen
         self._plan_next_due(now)
         for record in records:
             if (record.attempt or 1) > 1:
@@ -172,6 +192,18 @@ class QueueKeeper:
         return self._next_due is not None and now >= self._next_due
 
     # -- dependencies that can never be met ----------------------------------------
+
+    def _dependencies_changed(self) -> bool:
+        """True if a run with dependents ended, or dependencies were added, since the last look
+        (the first look, and one after each cycle check, look at everything)."""
+        store = self._d.store
+        marker = store.dependency_marker()
+        if self._dep_cursor is None or marker != self._dep_marker:
+            self._dep_cursor = store.last_event_id()
+            self._dep_marker = marker
+            return marker[0] > 0
+        ended, self._dep_cursor = store.final_events_since(self._dep_cursor)
+        return store.have_dependents(ended)
 
     def _cancel_doomed(self) -> None:
         """CANCEL runs whose afterok dependency ended without success, or that depend on a run

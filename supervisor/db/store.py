@@ -910,24 +910,17 @@ class Store:
     def doomed_dependents(self) -> list[Dependency]:
         """Dependencies that can never be met by unclaimed PENDING runs: an afterok on a run
         that ended FAILED or CANCELLED, or on a run that does not exist."""
-        dep = runs.alias("dep")
-        waiting = runs.alias("waiting")
         d = run_dependencies
+        dep_status = _status_of(d.c.depends_on)
         query = (
-            select(d.c.run_id, d.c.depends_on, d.c.kind, dep.c.status)
-            .select_from(
-                d.join(waiting, waiting.c.id == d.c.run_id).outerjoin(
-                    dep, dep.c.id == d.c.depends_on
-                )
-            )
+            select(d.c.run_id, d.c.depends_on, d.c.kind, dep_status.label("status"))
             .where(
-                waiting.c.status == RunStatus.PENDING.value,
-                waiting.c.launch_claimed_at.is_(None),
+                _is_unclaimed_pending(d.c.run_id),
                 or_(
-                    dep.c.id.is_(None),
+                    dep_status.is_(None),
                     and_(
                         _is_after_ok(d.c.kind),
-                        dep.c.status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]),
+                        dep_status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]),
                     ),
                 ),
             )
@@ -938,21 +931,29 @@ class Store:
 
     def pending_dependency_edges(self) -> list[tuple[str, str]]:
         """(run, depends_on) where both are PENDING: where a dependency cycle can hide."""
-        dep = runs.alias("dep")
-        waiting = runs.alias("waiting")
         d = run_dependencies
-        query = (
-            select(d.c.run_id, d.c.depends_on)
-            .select_from(
-                d.join(waiting, waiting.c.id == d.c.run_id).join(dep, dep.c.id == d.c.depends_on)
-            )
-            .where(
-                waiting.c.status == RunStatus.PENDING.value,
-                dep.c.status == RunStatus.PENDING.value,
-            )
+        pending = RunStatus.PENDING.value
+        query = select(d.c.run_id, d.c.depends_on).where(
+            _status_of(d.c.run_id) == pending, _status_of(d.c.depends_on) == pending
         )
         with self._read() as conn:
             return [(str(a), str(b)) for a, b in conn.execute(query)]
+
+    def dependency_marker(self) -> tuple[int, int]:
+        """(rows, highest rowid) of run_dependencies: changes when another program adds some."""
+        query = text("SELECT count(*), coalesce(max(rowid), 0) FROM run_dependencies")
+        with self._read() as conn:
+            row = conn.execute(query).one()
+        return int(row[0]), int(row[1])
+
+    def have_dependents(self, run_ids: Sequence[str]) -> bool:
+        """True if any run depends on one of these."""
+        if not run_ids:
+            return False
+        d = run_dependencies
+        query = select(d.c.run_id).where(d.c.depends_on.in_(list(run_ids))).limit(1)
+        with self._read() as conn:
+            return conn.execute(query).first() is not None
 
     def dependencies_of(self, run_id: str) -> list[Dependency]:
         """What a run waits for, with each dependency's status now."""
@@ -1030,6 +1031,21 @@ class Store:
             last = conn.execute(select(func.max(run_events.c.id))).scalar()
         ids = list(dict.fromkeys(str(r.run_id) for r in rows))
         return ids, max(int(last or 0), after_id)
+
+    def queue_marker(self) -> tuple[int, int]:
+        """Changes whenever a run may have become startable: (PRAGMA data_version, which moves
+        with every other program's commit; the newest run_events id that is not a start)."""
+        with self._read() as conn:
+            version = 0
+            if conn.dialect.name == "sqlite":
+                version = int(conn.exec_driver_sql("PRAGMA data_version").scalar() or 0)
+            newest = conn.execute(
+                select(run_events.c.id)
+                .where(run_events.c.to_status != RunStatus.RUNNING.value)
+                .order_by(run_events.c.id.desc())
+                .limit(1)
+            ).scalar()
+        return version, int(newest or 0)
 
     def last_event_id(self) -> int:
         """The newest run_events id (0 when there is none)."""
@@ -1138,6 +1154,30 @@ _PROGRESS_QMARK_SQL = (
     " progress_updated_at = ?"
     " WHERE id = ? AND status = 'RUNNING'"
 )
+
+
+def _status_of(run_id: Any) -> Any:
+    """SQL: the status of the run with this id (NULL if none), one primary-key lookup.
+
+    A scalar subquery, not a join: joined twice to `runs` by status, SQLite's planner walked
+    the status index of both (10,000 x 10,000 probes, 23 s with 10,000 PENDING rows).
+    """
+    other = runs.alias("other")
+    return select(other.c.status).where(other.c.id == run_id).scalar_subquery()
+
+
+def _is_unclaimed_pending(run_id: Any) -> Any:
+    """SQL: the run with this id is PENDING and not claimed for launch."""
+    other = runs.alias("waiting")
+    return (
+        select(literal(1))
+        .where(
+            other.c.id == run_id,
+            other.c.status == RunStatus.PENDING.value,
+            other.c.launch_claimed_at.is_(None),
+        )
+        .exists()
+    )
 
 
 def _is_after_ok(kind: Any) -> Any:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import BenchDaemon, cpu_seconds, new_id, now, percentile, sql_time  # noqa: E402
+from lib import BenchDaemon, cpu_seconds, new_id, now, percentile, sql_time
 
 PRIORITY_WAITING = 10
 POLL_SECONDS = 0.001
@@ -95,8 +95,11 @@ def cpu_per_pass(d: BenchDaemon) -> float:
     before = cpu_seconds(d.pid)
     for i in range(FOREIGN_COMMITS):
         # A commit that changes nothing the queue waits for (a pause's words).
-        d.sql("INSERT OR REPLACE INTO queue_pauses (scope, paused_at, reason) VALUES"
-              " ('bench-none', ?, ?)", (sql_time(), f"commit {i}"))
+        d.sql(
+            "INSERT OR REPLACE INTO queue_pauses (scope, paused_at, reason) VALUES"
+            " ('bench-none', ?, ?)",
+            (sql_time(), f"commit {i}"),
+        )
         time.sleep(FOREIGN_COMMIT_GAP_SECONDS)
     used = cpu_seconds(d.pid) - before
     d.sql("DELETE FROM queue_pauses WHERE scope = 'bench-none'")

@@ -122,6 +122,7 @@ def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
         ("name", run.name or "-"),
         ("template", run.template),
         ("status", run.status),
+        ("queue", queue_summary(run)),
         ("progress", progress),
         ("created", format_time(run.created_at)),
         ("started", format_time(run.started_at)),
@@ -148,6 +149,16 @@ def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
             f"  {e.reason or ''}"
         )
     return "\n".join(lines)
+
+
+def queue_summary(run: RunRecord) -> str:
+    """Priority, attempt, not_before and sweep of a run, for `runsup show`."""
+    parts = [f"priority {run.priority or 0}", f"attempt {run.attempt or 1}"]
+    if run.not_before is not None:
+        parts.append(f"not before {format_time(run.not_before)}")
+    if run.sweep_id:
+        parts.append(f"sweep {run.sweep_id}")
+    return ", ".join(parts)
 
 
 def pause_lines(pauses: Sequence[Pause]) -> list[str]:

@@ -254,7 +254,13 @@ class QueueKeeper:
             return None
         d = self._d
         record = d.store.find(run_id)
-        if record is None or record.status != RunStatus.RUNNING or record.cancel_requested_at:
+        # A claim found started after a restart is still PENDING here: its RUNNING change
+        # waits in the outbox and is committed before this one (same batch, in order).
+        started = record is not None and (
+            record.status == RunStatus.RUNNING
+            or (record.status == RunStatus.PENDING and record.launch_claimed_at is not None)
+        )
+        if record is None or not started or record.cancel_requested_at:
             return None
         template = d.settings.templates.get(record.template)
         if template is None or template.max_attempts <= 1:

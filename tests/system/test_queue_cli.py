@@ -128,6 +128,7 @@ def test_priority_only_on_pending(runsup: Runsup) -> None:
     (a,) = submit(runsup)
     assert "priority 5" in ok(runsup("priority", a, "5"))
     assert rows(runsup.db_path, "SELECT priority FROM runs WHERE id = ?", a) == [{"priority": 5}]
+    assert "priority 5, attempt 1" in ok(runsup("show", a))
     store = Store.open(f"sqlite:///{runsup.db_path}")
     try:
         store.request_cancel(a)

@@ -147,6 +147,31 @@ def test_retry_exact_when_the_daemon_dies_as_the_attempt_ends(harness: DaemonHar
     assert (rec.status, rec.attempt, launches(marks)) == ("COMPLETED", 2, 2)
 
 
+def test_retry_of_an_attempt_that_started_and_crashed_unrecorded(harness: DaemonHarness) -> None:
+    """The daemon dies between spawning attempt 1 and recording it RUNNING; attempt 1 crashes
+    meanwhile: the next daemon finds its end in the keeper's records and retries it."""
+    harness.write_config(sim_template("retry", max_attempts=2, retry_delay_seconds=0.1))
+    marks = harness.tmp / "launches"
+    config = {"launches_file": str(marks), "per_launch": [{"signal_self": SEGV}]}
+    run_id = submit(harness, "retry", config)
+    harness.start(env={CRASH_POINT_VARIABLE: "launch_spawned"}, wait_ready=False)
+    harness.wait_exit()
+    exit_file = harness.runs_dir / run_id / ".runsup" / "exit"
+    wait_for("attempt 1's end recorded by its keeper", exit_file.exists)
+    assert harness.run(run_id).status == "PENDING"  # claimed, never recorded RUNNING
+    harness.start()
+    rec = harness.wait_final(run_id)
+    assert (rec.status, rec.attempt, launches(marks)) == ("COMPLETED", 2, 2)
+    events = [(e.from_status, e.to_status) for e in harness.store.events(run_id)]
+    assert events[1:] == [
+        ("PENDING", "RUNNING"),
+        ("RUNNING", "PENDING"),
+        ("PENDING", "RUNNING"),
+        ("RUNNING", "COMPLETED"),
+    ]
+    assert (harness.runs_dir / run_id / "attempt-1" / ".runsup" / "exit").exists()
+
+
 # -- sweeps, dependencies, order, limits, pauses, not_before ---------------------
 
 

@@ -164,7 +164,11 @@ class QueueKeeper:
         return {name: limit - counts.get(name, 0) for name, limit in limits.items()}
 
     def _archive(self, record: RunRecord) -> None:
-        run_dir = rundir.run_dir_for(self._d.settings.runs_dir, record.id)
+        # Where the last attempt ran (a cluster executor has a runs_dir of its own).
+        if record.run_dir:
+            run_dir = Path(record.run_dir)
+        else:
+            run_dir = rundir.run_dir_for(self._d.settings.runs_dir, record.id)
         previous = (record.attempt or 1) - 1
         try:
             moved = archive_attempt(run_dir, previous)

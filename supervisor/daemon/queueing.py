@@ -82,8 +82,9 @@ class QueueKeeper:
         self._hooks = HookRunner(daemon.wake)
         self._hooking: set[str] = set()  # hook queued or running, or its end not yet recorded
         self._next_due: float | None = None  # monotonic time of the next not_before
-        # What the last pickup walk saw; the same again means no run can have become
-        # startable since, and the walk (10 ms with 10,000 waiting rows) is skipped.
+        # What the last pickup walk saw (other programs' commits, the daemon's own status
+        # commits, free slots); the same again means no run can have become startable since,
+        # and the walk (10 ms with 10,000 waiting rows) is skipped.
         self._walked: tuple[object, ...] | None = None
         self._force_walk = False
         # Dependencies: the run_events id up to which ends were looked at for dependents, and
@@ -129,7 +130,10 @@ class QueueKeeper:
         skip = set(self.paused)
         room = self._template_room()
         skip.update(t for t, left in room.items() if left <= 0)
-        seen = (d.store.queue_marker(), free, sorted(room.items()), id(d.settings))
+        # The daemon's own commits count too (status_writes): a released launch claim makes a
+        # run startable again and writes no run_events row.
+        marker = (d.store.queue_marker(), d.store.status_writes)
+        seen = (marker, free, sorted(room.items()), id(d.settings))
         if seen == self._walked and not self._force_walk:
             return []  # nothing that could make a run startable happened since the last walk
         now = d.clock.utcnow()

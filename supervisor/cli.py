@@ -452,7 +452,7 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
 
     store = _store(ctx)
     if sweep_id is not None:
-        ids = _one_or_sweep(store, None, sweep_id)
+        ids = _one_or_sweep(store, run_id, sweep_id)
         header = f"watching the {len(ids)} runs of sweep {sweep_id} until all end (Ctrl-C: stop)"
         raise SystemExit(watch_runs(store, None, run_ids=ids, header=header))
     raise SystemExit(watch_runs(store, run_id))

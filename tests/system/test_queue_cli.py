@@ -122,6 +122,7 @@ def test_sweep_refusals(runsup: Runsup) -> None:
     assert "no sweep" in failed(runsup("watch", "--sweep", "0123456789ab"))
     assert "no sweep" in failed(runsup("cancel", "--sweep", "0123456789ab"))
     assert "one of the two" in failed(runsup("cancel"))
+    assert "one of the two" in failed(runsup("watch", "0123456789ab", "--sweep", "0123456789ab"))
 
 
 def test_priority_only_on_pending(runsup: Runsup) -> None:

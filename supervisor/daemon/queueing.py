@@ -342,13 +342,17 @@ class QueueKeeper:
         argv = s.on_finish_for(template) if template is not None else s.hooks.on_finish
         if argv is None:
             return
-        call = hook_call(
-            record,
-            argv,
-            runs_dir=s.runs_dir,
-            config_format=template.config_format if template is not None else "json",
-            timeout=s.hooks.timeout_seconds,
-        )
+        try:
+            call = hook_call(
+                record,
+                argv,
+                runs_dir=s.runs_dir,
+                config_format=template.config_format if template is not None else "json",
+                timeout=s.hooks.timeout_seconds,
+            )
+        except (KeyError, IndexError, ValueError) as exc:  # the settings check placeholders
+            log.error("hook_not_started", run_id=record.id, error=f"bad argument list: {exc}")
+            return
         self._hooking.add(record.id)
         self._hooks.submit(call)
 

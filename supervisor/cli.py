@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from supervisor.errors import SupervisorError, ValidationError
+from supervisor.errors import NotFoundError, SupervisorError, ValidationError
 
 if TYPE_CHECKING:
     from supervisor.db import Store
@@ -143,6 +143,35 @@ def _read_config_file(path: str) -> str:
 @click.option("--config-json", default=None, metavar="JSON", help="The run's config object.")
 @click.option("--config-file", default=None, metavar="FILE", help="Read the config object here.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set one config key.")
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="Higher starts first (default 0); among equals, the oldest starts first.",
+)
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="ID",
+    help="Start only after run ID COMPLETED; if it FAILED or was CANCELLED, this run is "
+    "CANCELLED. Repeatable.",
+)
+@click.option(
+    "--after-any",
+    "after_any",
+    multiple=True,
+    metavar="ID",
+    help="Start only after run ID ended, whatever its status. Repeatable.",
+)
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    metavar="KEY=V1,V2,...",
+    help="Submit one run per value (values parsed as with --set); repeated, one run per "
+    "combination. The runs share a sweep id and are named after their values.",
+)
 @json_option
 @click.pass_context
 def submit(
@@ -152,15 +181,52 @@ def submit(
     config_json: str | None,
     config_file: str | None,
     sets: tuple[str, ...],
+    priority: int | None,
+    after: tuple[str, ...],
+    after_any: tuple[str, ...],
+    sweeps: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Queue a run; prints the new run id."""
-    from supervisor.db import check_config_json
+    """Queue a run; prints the new run id (one a line for a sweep)."""
+    from supervisor.db import NewRun, new_run_id
 
+    _check_template(ctx, template)
+    config = _deep_merge(_base_config(config_json, config_file), _parse_set(sets))
+    store = _store(ctx)
+    if sweeps:
+        from supervisor.queue import expand_sweep
+
+        points = expand_sweep(sweeps)
+        new = [
+            NewRun(
+                template,
+                json.dumps(_deep_merge(config, _parse_set(tuple(p.as_set_pairs())))),
+                f"{name} {p.name}" if name else p.name,
+                priority,
+            )
+            for p in points
+        ]
+        records = store.submit_many(new, after=after, after_any=after_any, sweep_id=new_run_id())
+    else:
+        new = [NewRun(template, json.dumps(config), name, priority)]
+        records = store.submit_many(new, after=after, after_any=after_any)
+    if as_json:
+        _print_json(records[0].to_json() if not sweeps else [r.to_json() for r in records])
+    else:
+        for record in records:
+            click.echo(record.id)
+
+
+def _check_template(ctx: click.Context, template: str) -> None:
     settings = _settings(ctx)
     if template not in settings.templates:
         known = ", ".join(sorted(settings.templates))
         raise ValidationError(f"unknown template {template!r} (known: {known})")
+
+
+def _base_config(config_json: str | None, config_file: str | None) -> dict[str, Any]:
+    from supervisor.db import check_config_json
+
     if config_json is not None and config_file is not None:
         raise ValidationError("give --config-json or --config-file, not both")
     text = config_json if config_json is not None else None
@@ -168,24 +234,105 @@ def submit(
         text = _read_config_file(config_file)
     source = f"--config-file {config_file}" if config_file is not None else "--config-json"
     try:
-        config = check_config_json(text) if text is not None else {}
+        return check_config_json(text) if text is not None else {}
     except ValidationError as exc:
         raise ValidationError(f"{source}: {exc}") from None
-    config = _deep_merge(config, _parse_set(sets))
-    record = _store(ctx).submit(template, json.dumps(config), name)
+
+
+@cli.command()
+@config_option
+@click.argument("run_id")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Change one config key.")
+@json_option
+@click.pass_context
+def resubmit(ctx: click.Context, run_id: str, sets: tuple[str, ...], as_json: bool) -> None:
+    """Queue a new PENDING run with the same template and config as RUN_ID (sets applied)."""
+    from supervisor.db import NewRun, check_config_json
+
+    store = _store(ctx)
+    old = store.get(run_id)
+    config = _deep_merge(check_config_json(old.config_json), _parse_set(sets))
+    new = NewRun(old.template, json.dumps(config), old.name, old.priority)
+    record = store.submit_many([new])[0]
     if as_json:
         _print_json(record.to_json())
     else:
         click.echo(record.id)
 
 
+@cli.command()
+@config_option
+@click.argument("run_id")
+@click.argument("priority", type=int)
+@json_option
+@click.pass_context
+def priority(ctx: click.Context, run_id: str, priority: int, as_json: bool) -> None:
+    """Set a PENDING run's PRIORITY (higher starts first; default 0)."""
+    record = _store(ctx).set_priority(run_id, priority)
+    if as_json:
+        _print_json(record.to_json())
+    else:
+        click.echo(f"run {record.id}: priority {priority}")
+
+
+def _pause_scope(ctx: click.Context, template: str | None) -> str:
+    from supervisor.db import QUEUE_ALL
+
+    if template is None:
+        return QUEUE_ALL
+    _check_template(ctx, template)
+    return template
+
+
+def _scope_words(scope: str) -> str:
+    from supervisor.db import QUEUE_ALL
+
+    return "the whole queue" if scope == QUEUE_ALL else f"template {scope}"
+
+
+@cli.command()
+@config_option
+@click.argument("template", required=False)
+@click.option("--reason", default=None, help="Why (kept with the pause, shown by list).")
+@json_option
+@click.pass_context
+def pause(ctx: click.Context, template: str | None, reason: str | None, as_json: bool) -> None:
+    """Stop starting new runs (of TEMPLATE, else any); running runs go on."""
+    scope = _pause_scope(ctx, template)
+    changed = _store(ctx).pause(scope, reason)
+    if as_json:
+        _print_json({"scope": scope, "paused": True, "changed": changed})
+    else:
+        click.echo(f"paused {_scope_words(scope)}" + ("" if changed else " (already paused)"))
+
+
+@cli.command()
+@config_option
+@click.argument("template", required=False)
+@json_option
+@click.pass_context
+def resume(ctx: click.Context, template: str | None, as_json: bool) -> None:
+    """Start new runs again (of TEMPLATE, else lift the pause of the whole queue)."""
+    scope = _pause_scope(ctx, template)
+    changed = _store(ctx).resume(scope)
+    if as_json:
+        _print_json({"scope": scope, "paused": False, "changed": changed})
+    else:
+        click.echo(f"resumed {_scope_words(scope)}" + ("" if changed else " (was not paused)"))
+
+
 @cli.command(name="list")
 @config_option
 @click.option("--status", "-s", default=None, help="Only runs with this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@click.option(
+    "--sweep", "sweep_id", default=None, metavar="ID", help="Only the runs of this sweep."
+)
 @json_option
 @click.pass_context
-def list_runs(ctx: click.Context, status: str | None, limit: int | None, as_json: bool) -> None:
+def list_runs(
+    ctx: click.Context, status: str | None, limit: int | None, sweep_id: str | None, as_json: bool
+) -> None:
     """List runs, newest first."""
     from supervisor.states import RunStatus
 
@@ -195,12 +342,15 @@ def list_runs(ctx: click.Context, status: str | None, limit: int | None, as_json
             raise ValidationError(
                 f"unknown status {status!r} (one of {', '.join(RunStatus.__members__)})"
             )
-    runs = _store(ctx).list_runs(status=status, limit=limit)
+    store = _store(ctx)
+    runs = store.list_runs(status=status, limit=limit, sweep_id=sweep_id)
     if as_json:
         _print_json([r.to_json() for r in runs])
         return
-    from supervisor.views import runs_table
+    from supervisor.views import pause_lines, runs_table
 
+    for line in pause_lines(store.pauses()):
+        click.echo(line)
     click.echo(runs_table(runs) if runs else "no runs")
 
 
@@ -214,32 +364,63 @@ def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     store = _store(ctx)
     run = store.get(run_id)
     events = store.events(run_id)
+    deps = store.dependencies_of(run_id)
     if as_json:
-        _print_json({**run.to_json(), "events": [e.to_json() for e in events]})
+        _print_json(
+            {
+                **run.to_json(),
+                "events": [e.to_json() for e in events],
+                "dependencies": [d.to_json() for d in deps],
+            }
+        )
         return
-    from supervisor.views import run_details
+    from supervisor.views import dependency_lines, run_details
 
     click.echo(run_details(run, events))
+    for line in dependency_lines(deps):
+        click.echo(line)
 
 
 @cli.command()
 @config_option
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option(
+    "--sweep", "sweep_id", default=None, metavar="ID", help="Cancel every run of a sweep."
+)
 @json_option
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str, as_json: bool) -> None:
-    """Ask for a run to be cancelled; prints the run's state."""
-    run, requested = _store(ctx).request_cancel(run_id)
+def cancel(ctx: click.Context, run_id: str | None, sweep_id: str | None, as_json: bool) -> None:
+    """Ask for a run (or a sweep's runs) to be cancelled; prints the state of each."""
+    store = _store(ctx)
+    ids = _one_or_sweep(store, run_id, sweep_id)
+    answers = [store.request_cancel(i) for i in ids]
     if as_json:
-        _print_json({**run.to_json(), "cancel_requested": requested})
+        rows = [{**run.to_json(), "cancel_requested": asked} for run, asked in answers]
+        _print_json(rows if sweep_id is not None else rows[0])
         return
+    for run, requested in answers:
+        click.echo(_cancel_words(run, requested))
+
+
+def _one_or_sweep(store: Store, run_id: str | None, sweep_id: str | None) -> list[str]:
+    """The run named, or every run of the sweep named (exactly one of the two)."""
+    if (run_id is None) == (sweep_id is None):
+        raise ValidationError("name a run ID or --sweep ID (one of the two)")
+    if run_id is not None:
+        return [run_id]
+    runs = store.list_runs(sweep_id=sweep_id)
+    if not runs:
+        raise NotFoundError(f"no sweep with id {sweep_id!r}")
+    return [r.id for r in reversed(runs)]
+
+
+def _cancel_words(run: Any, requested: bool) -> str:
     if run.is_final:
-        click.echo(f"run {run.id} is already {run.status}; nothing to cancel")
-    elif requested:
-        click.echo(f"run {run.id} ({run.status}): cancel requested")
-    else:
-        asked = run.cancel_requested_at.isoformat() if run.cancel_requested_at else "?"
-        click.echo(f"run {run.id} ({run.status}): cancel already requested at {asked}")
+        return f"run {run.id} is already {run.status}; nothing to cancel"
+    if requested:
+        return f"run {run.id} ({run.status}): cancel requested"
+    asked = run.cancel_requested_at.isoformat() if run.cancel_requested_at else "?"
+    return f"run {run.id} ({run.status}): cancel already requested at {asked}"
 
 
 @cli.command()
@@ -283,17 +464,24 @@ def logs(ctx: click.Context, run_id: str, follow: bool) -> None:
 @cli.command()
 @config_option
 @click.argument("run_id", required=False)
+@click.option("--sweep", "sweep_id", default=None, metavar="ID", help="Watch every run of a sweep.")
 @click.pass_context
-def watch(ctx: click.Context, run_id: str | None) -> None:
+def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
     """Live progress bars for running runs, until they end.
 
-    With RUN_ID, that run; without, every run pending or running now or starting meanwhile.
+    With RUN_ID, that run; with --sweep ID, that sweep's runs; without, every run pending or
+    running now or starting meanwhile. Paused scopes of the queue are shown above the runs.
     Plain lines when stdout is not a terminal. Exit status: 0 when every watched run
     COMPLETED, 1 when one FAILED or was CANCELLED, 130 on Ctrl-C (the runs go on).
     """
     from supervisor.watchview import watch_runs
 
-    raise SystemExit(watch_runs(_store(ctx), run_id))
+    store = _store(ctx)
+    if sweep_id is not None:
+        ids = _one_or_sweep(store, run_id, sweep_id)
+        header = f"watching the {len(ids)} runs of sweep {sweep_id} until all end (Ctrl-C: stop)"
+        raise SystemExit(watch_runs(store, None, run_ids=ids, header=header))
+    raise SystemExit(watch_runs(store, run_id))
 
 
 @cli.command()

@@ -15,6 +15,13 @@ LOG_TAIL_LINES = 12
 # Signals people and programs send to ask a run to stop: such an end is a cancellation.
 CANCEL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
+# Outcome kinds, as `retry_on` names them (SPEC section 11); an exit code N is "exit:N".
+KIND_SIGNAL = "signal"
+KIND_LOST = "lost"
+KIND_NODE_FAILURE = "node_failure"
+KIND_TIMEOUT = "timeout"
+KIND_OUT_OF_MEMORY = "out_of_memory"
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -25,6 +32,9 @@ class Outcome:
     exit_signal: int | None
     error_message: str | None
     reason: str
+    # The outcome's name in a template's `retry_on` (SPEC section 11): "signal", "lost",
+    # "timeout", "exit:N", ... (see supervisor.queue); None for what is never retried.
+    kind: str | None = None
 
 
 def bound(text: str, limit: int = ERROR_MESSAGE_MAX_CHARS) -> str:
@@ -62,7 +72,7 @@ def classify_exit(
     if timed_out:
         limit = f" of {timeout_seconds:g} s" if timeout_seconds else ""
         message = f"timeout: the run exceeded its time limit{limit} and was stopped ({how})"
-        return Outcome(RunStatus.FAILED, exit_code, exit_signal, message, "timeout")
+        return Outcome(RunStatus.FAILED, exit_code, exit_signal, message, "timeout", KIND_TIMEOUT)
     if cancel_requested:
         message = f"cancelled on request ({how})"
         return Outcome(RunStatus.CANCELLED, exit_code, exit_signal, message, "cancel requested")
@@ -71,7 +81,8 @@ def classify_exit(
     if exit_signal is not None:
         return _by_signal(exit_signal, last_error, log_tail)
     message = bound(f"exited with code {exit_code}{_detail(last_error, log_tail)}")
-    return Outcome(RunStatus.FAILED, exit_code, None, message, f"exit code {exit_code}")
+    reason = f"exit code {exit_code}"
+    return Outcome(RunStatus.FAILED, exit_code, None, message, reason, f"exit:{exit_code}")
 
 
 def _by_signal(number: int, last_error: str | None, log_tail: str | None) -> Outcome:
@@ -87,7 +98,7 @@ def _by_signal(number: int, last_error: str | None, log_tail: str | None) -> Out
     else:
         message = f"crashed: killed by {name}"
     message = bound(message + _detail(last_error, log_tail))
-    return Outcome(RunStatus.FAILED, None, number, message, f"killed by {name}")
+    return Outcome(RunStatus.FAILED, None, number, message, f"killed by {name}", KIND_SIGNAL)
 
 
 OUT_OF_MEMORY = "out of memory"
@@ -117,7 +128,9 @@ def out_of_memory_message(cap_bytes: int, peak_bytes: int | None) -> str:
 def out_of_memory(cap_bytes: int, peak_bytes: int | None) -> Outcome:
     """Killed by the kernel for passing its memory cap (SPEC section 6)."""
     message = out_of_memory_message(cap_bytes, peak_bytes)
-    return Outcome(RunStatus.FAILED, None, signal.SIGKILL, message, OUT_OF_MEMORY)
+    return Outcome(
+        RunStatus.FAILED, None, signal.SIGKILL, message, OUT_OF_MEMORY, KIND_OUT_OF_MEMORY
+    )
 
 
 CLUSTER_VERDICTS = {
@@ -131,7 +144,8 @@ def cluster_failure(verdict: str, detail: str | None = None) -> Outcome:
     message = CLUSTER_VERDICTS.get(verdict, f"the cluster ended the job: {verdict}")
     if detail:
         message += f" ({detail})"
-    return Outcome(RunStatus.FAILED, None, None, bound(message), verdict)
+    kind = KIND_NODE_FAILURE if verdict == "node_failure" else KIND_LOST
+    return Outcome(RunStatus.FAILED, None, None, bound(message), verdict, kind)
 
 
 FOREIGN_UNKNOWN = "exit status unknown: started by another program"
@@ -152,7 +166,7 @@ def foreign_end(
 
 def lost(reason: str) -> Outcome:
     """A run whose exit status cannot be known (say why)."""
-    return Outcome(RunStatus.FAILED, None, None, bound(reason), "exit status lost")
+    return Outcome(RunStatus.FAILED, None, None, bound(reason), "exit status lost", KIND_LOST)
 
 
 def not_started(reason: str) -> Outcome:

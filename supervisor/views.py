@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from supervisor.db import RunEvent, RunRecord, utcnow
+from supervisor.db import QUEUE_ALL, Dependency, Pause, RunEvent, RunRecord, utcnow
 from supervisor.signames import signal_name
 from supervisor.states import RunStatus
 
@@ -122,6 +122,7 @@ def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
         ("name", run.name or "-"),
         ("template", run.template),
         ("status", run.status),
+        ("queue", queue_summary(run)),
         ("progress", progress),
         ("created", format_time(run.created_at)),
         ("started", format_time(run.started_at)),
@@ -148,3 +149,33 @@ def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
             f"  {e.reason or ''}"
         )
     return "\n".join(lines)
+
+
+def queue_summary(run: RunRecord) -> str:
+    """Priority, attempt, not_before and sweep of a run, for `runsup show`."""
+    parts = [f"priority {run.priority or 0}", f"attempt {run.attempt or 1}"]
+    if run.not_before is not None:
+        parts.append(f"not before {format_time(run.not_before)}")
+    if run.sweep_id:
+        parts.append(f"sweep {run.sweep_id}")
+    return ", ".join(parts)
+
+
+def pause_lines(pauses: Sequence[Pause]) -> list[str]:
+    """One line per paused scope of the queue, for `runsup list` and `watch` (none if none)."""
+    lines = []
+    for p in pauses:
+        what = "the whole queue" if p.scope == QUEUE_ALL else f"template {p.scope}"
+        why = f": {p.reason}" if p.reason else ""
+        lines.append(f"paused: {what} since {format_time(p.paused_at)}{why} (runsup resume)")
+    return lines
+
+
+def dependency_lines(deps: Sequence[Dependency]) -> list[str]:
+    """The `runsup show` lines for what a run waits for."""
+    if not deps:
+        return []
+    lines = ["", "depends on:"]
+    for d in deps:
+        lines.append(f"  {d.depends_on}  {d.kind:<8}  {d.status or 'no such run'}")
+    return lines

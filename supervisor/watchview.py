@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from supervisor.db import RunRecord, Store, utcnow
 from supervisor.states import FINAL_STATUSES, RunStatus
-from supervisor.views import format_duration, outcome_summary, progress_fraction, run_duration
+from supervisor.views import (
+    format_duration,
+    outcome_summary,
+    pause_lines,
+    progress_fraction,
+    run_duration,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -194,6 +200,8 @@ def _live_runs(store: Store) -> list[RunRecord]:
 
 
 class _Display(Protocol):
+    notice: str
+
     def update(self, views: Sequence[RunView], now: datetime) -> None: ...
 
     def close(self) -> None: ...
@@ -206,6 +214,8 @@ class _PlainDisplay:
         self.out = out
         self.seen: dict[str, tuple[str, str, str, str, str]] = {}
         self.last: Sequence[RunView] = ()
+        self.notice = ""  # the queue's pauses, set before each update
+        self._notice_shown = ""
         self._write(header)
 
     def _write(self, line: str) -> None:
@@ -213,6 +223,9 @@ class _PlainDisplay:
         self.out.flush()
 
     def update(self, views: Sequence[RunView], now: datetime) -> None:
+        if self.notice != self._notice_shown:
+            self._notice_shown = self.notice
+            self._write(self.notice or "resumed: nothing in the queue is paused")
         for view in views:
             key = view.change_key()
             if self.seen.get(view.run_id) != key:
@@ -236,6 +249,7 @@ class _LiveDisplay:
         from rich.live import Live
 
         self.header = header
+        self.notice = ""  # the queue's pauses, set before each update
         self.interval = interval
         self.console: Console = Console(file=out)
         # Redrawn only when the data is read again: nothing to gain from more, and less
@@ -260,7 +274,10 @@ class _LiveDisplay:
             f"{now.strftime('%H:%M:%S')} UTC  {summary}  ·  refreshed every {self.interval:g} s",
             style="dim",
         )
-        return Group(Text(self.header, style="bold"), *body, footer)
+        top = [Text(self.header, style="bold")]
+        if self.notice:
+            top.append(Text(self.notice, style="yellow"))
+        return Group(*top, *body, footer)
 
     def close(self) -> None:
         self.live.stop()
@@ -438,6 +455,7 @@ def _loop(
 ) -> int:
     while True:
         records = selection.poll(store)
+        display.notice = "\n".join(pause_lines(store.pauses()))
         now = utcnow()
         display.update([run_view(r, now) for r in records], now)
         if all(r.is_final for r in records):

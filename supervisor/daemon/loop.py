@@ -17,7 +17,7 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -30,6 +30,7 @@ from supervisor import outcome as outcomes
 from supervisor.daemon import launchprep, recovery
 from supervisor.daemon.clock import Clock, SystemClock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
+from supervisor.daemon.queueing import QueueKeeper
 from supervisor.daemon.resources import Held, Plan, Resources, Start, running_per_template
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
 from supervisor.daemon.tracked import (
@@ -167,6 +168,7 @@ class Daemon:
         # SPEC section 14: when the daemon last served, and its /metrics endpoint if asked for.
         self._heartbeat = Heartbeat(heartbeat_path(settings.database_path, settings.runs_dir))
         self._metrics = MetricsServer.for_settings(settings)
+        self.queue = QueueKeeper(self)  # SPEC sections 11 and 13
 
     # -- life cycle ---------------------------------------------------------
 
@@ -332,9 +334,11 @@ class Daemon:
         if now >= self._next_rescan:
             self._rescan(now)
             self._next_rescan = now + self.settings.rescan_interval_seconds
-        if db_hint or now >= self._next_db_poll:
+        queue_due = self.queue.due(now)  # a run's not_before passed: look even if nothing changed
+        if db_hint or now >= self._next_db_poll or queue_due:
             self._next_db_poll = now + self.settings.db_poll_interval_seconds
-            self._sync_db_or_wait(force=False)
+            self._sync_db_or_wait(force=queue_due)
+        self.queue.poll_hooks()
         self._check_deadlines(now)
         self._flush()
         self._count_pending(now)
@@ -345,26 +349,23 @@ class Daemon:
         if self._read_again:
             return 0.0
         deadlines = [self._next_rescan, self._next_db_poll, self._heartbeat.due]
-        if self.notifier.watchdog_interval:
-            deadlines.append(self._next_watchdog)
-        if self.outbox.blocked_since is not None:
-            deadlines.append(self.outbox.retry_at)
-        if self._count_stale:
-            deadlines.append(self._next_count)
+        deadlines += [d for d in self._loop_deadlines(now) if d is not None]
         for flight in self.launching.values():
             deadlines.append(flight.launch.deadline)
+        for run in self.runs.values():
+            deadlines += [d for d in (run.state.next_deadline(), run.group_check_at) if d]
+        return max(0.0, min(deadlines) - now)
+
+    def _loop_deadlines(self, now: float) -> Iterator[float | None]:
+        """The loop's own timers that are set only sometimes."""
+        yield self._next_watchdog if self.notifier.watchdog_interval else None
+        yield self.outbox.retry_at if self.outbox.blocked_since is not None else None
+        yield self._next_count if self._count_stale else None
+        yield min(self._claims_waiting.values()) if self._claims_waiting else None
+        yield self.queue.next_due()
         for executor in self.executors.values():
             if executor.poll_interval is not None:
-                deadlines.append(now + executor.poll_interval)  # its thread also wakes us
-        for run in self.runs.values():
-            due = run.state.next_deadline()
-            if due is not None:
-                deadlines.append(due)
-            if run.group_check_at is not None:
-                deadlines.append(run.group_check_at)
-        if self._claims_waiting:
-            deadlines.append(min(self._claims_waiting.values()))
-        return max(0.0, min(deadlines) - now)
+                yield now + executor.poll_interval  # its thread also wakes us sooner
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -525,6 +526,7 @@ class Daemon:
         for record in self.store.cancel_requests():
             self._on_cancel_request(record)
         self._watch_foreign()
+        self.queue.sync()
         if not self.stopping:
             self._launch_pending()
         self._count_stale = True  # for STATUS= only: counted at most once a second
@@ -606,7 +608,7 @@ class Daemon:
         """A scheduling pass over the first `limit` PENDING runs in queue order."""
         templates = self.settings.templates
         candidates = []
-        for record in self.store.pending_runs(limit):
+        for record in self.queue.pickup(limit):
             problem = launchprep.row_problem(record, templates)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)
@@ -984,6 +986,32 @@ class Daemon:
     def _settle(
         self, run_id: str, out: Outcome, *, reason: str, peak: int | None = None
     ) -> None:
+        retry = self.queue.retry_change(run_id, out, reason)  # its next attempt, if it has one
+        if retry is not None:
+            self.outbox.add(
+                retry, lambda applied: self._retried(run_id, out, reason, applied, peak)
+            )
+            return
+        self._settle_final(run_id, out, reason=reason, peak=peak)
+
+    def _retried(
+        self, run_id: str, out: Outcome, reason: str, applied: bool, peak: int | None
+    ) -> None:
+        if not applied:  # the row left RUNNING under us: settle it as any other run
+            self._settle_final(run_id, out, reason=reason, peak=peak)
+            return
+        log.info("run_retry_queued", run_id=run_id)
+        run = self.runs.get(run_id)
+        if run is not None:
+            run.state.settled()
+            run.handle.release()
+            self._forget(run)
+        self.wake()
+        self._next_db_poll = 0.0
+
+    def _settle_final(
+        self, run_id: str, out: Outcome, *, reason: str, peak: int | None = None
+    ) -> None:
         change = final_change(
             run_id,
             out.status,
@@ -1159,6 +1187,7 @@ class Daemon:
 
     def _status_text(self) -> str:
         parts = [f"{len(self.runs)} running, {self._pending_count} pending"]
+        parts.extend(self.queue.status_parts())
         waiting = self.outbox.status(self.clock.monotonic())
         if waiting:
             parts.append(waiting)

@@ -28,7 +28,7 @@ COMPLETED, FAILED, CANCELLED = RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.
 # SPEC section 3, written out here rather than taken from the code under test.
 SPEC_TRANSITIONS: dict[RunStatus, set[RunStatus]] = {
     PENDING: {RUNNING, CANCELLED, FAILED},
-    RUNNING: {COMPLETED, FAILED, CANCELLED},
+    RUNNING: {COMPLETED, FAILED, CANCELLED, PENDING},  # PENDING: a retry (section 11)
     COMPLETED: set(),
     FAILED: set(),
     CANCELLED: set(),

@@ -5,7 +5,8 @@ in small slices), ignore_term (bool), term_exit_code (exit with it on SIGTERM),
 children (how many sleeping children to fork into its group), signal_self (a signal
 number to kill itself with), stdout (text), wait_for_file (a path to wait for),
 launches_file (append one line per launch, to count them), progress_after (lines written
-after the wait).
+after the wait), per_launch (a list: launch N, counted in launches_file, also takes the keys
+of item N-1; for retries).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def main() -> int:
     if config.get("launches_file"):
         with open(config["launches_file"], "a") as fh:
             fh.write(f"{os.getpid()}\n")
+        launch = len(Path(config["launches_file"]).read_text().splitlines())
+        per_launch = config.get("per_launch", [])
+        if launch <= len(per_launch):
+            config.update(per_launch[launch - 1])
     if config.get("ignore_term"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     elif "term_exit_code" in config:

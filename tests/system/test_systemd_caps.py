@@ -11,7 +11,8 @@ Two layouts of the machine's cgroups, each booted in private namespaces (systemd
 - unified (cgroup v2 only), the harness's default: Delegate=yes gives the unit's cgroup to
   run-supervisor, but this machine's v2 hierarchy offers no memory controller (the kernel
   has it bound to the v1 hierarchy), so a capped run fails to start, saying why and how to
-  enable caps, while an uncapped one runs.
+  enable caps, while an uncapped one runs; and a process in a sub-cgroup of the unit (where
+  a capped run's cgroup would go) outlives `systemctl restart`, still in that sub-cgroup.
 """
 
 from __future__ import annotations
@@ -226,3 +227,28 @@ def test_without_a_memory_controller_a_capped_run_fails_to_start_saying_how(
     plain = svc.submit({})
     assert svc.wait_row(plain, "COMPLETED", "FAILED", "CANCELLED")["status"] == "COMPLETED"
     assert svc.props()["ActiveState"] == "active"
+
+
+@pytest.mark.systemd
+@pytest.mark.skipif(_unified_skip_reason() is not None, reason=str(_unified_skip_reason()))
+def test_a_process_in_a_sub_cgroup_of_the_unit_outlives_a_restart(
+    boot: Callable[[bool], Service],
+) -> None:
+    # What caps on v2 rely on (Delegate=yes with KillMode=process): a process in a sub-cgroup
+    # of the unit, where a run's capped cgroup goes, outlives `systemctl restart`, still there.
+    svc = boot(False)
+    unit_cgroup = f"/sys/fs/cgroup/system.slice/{UNIT}"
+    sub = f"{unit_cgroup}/runsup-0123456789ab"
+    holder = svc.ns.popen(
+        "/bin/sh", "-c", f"mkdir {sub} && echo $$ > {sub}/cgroup.procs && echo in && exec sleep 300"
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "in"
+    pid = int(svc.ns.run("cat", f"{sub}/cgroup.procs").stdout.split()[0])
+    born = svc.identity(pid)
+    svc.systemctl("restart", UNIT)
+    svc.wait_status_text("0 running, 0 pending")
+    assert svc.identity(pid) == born, "the process in the sub-cgroup survived the restart"
+    lines = svc.ns.run("cat", f"/proc/{pid}/cgroup").stdout.splitlines()
+    assert f"0::/system.slice/{UNIT}/runsup-0123456789ab" in lines, lines
+    assert svc.ns.run("kill", str(pid)).returncode == 0
+    holder.wait(timeout=30)

@@ -244,6 +244,42 @@ def test_a_restarted_daemon_finds_leftovers_by_name_and_by_pid(
 
 
 @needs_v1
+def test_ensure_cap_sets_a_lost_cap_again_and_leaves_a_kept_one(
+    v1_cgroup: tuple[RunCgroup, int],
+) -> None:
+    cgroup, cap = v1_cgroup
+    assert cgroups.ensure_cap(cgroup, cap) is False
+    assert cgroups.memory_report(cgroup).limit_bytes == cap
+    # What a reset controller leaves: no limit (memsw first: it must stay >= the memory one).
+    memsw = cgroup.path / "memory.memsw.limit_in_bytes"
+    for path in (memsw, cgroup.path / "memory.limit_in_bytes"):
+        if path.exists():
+            path.write_text("-1")
+    assert cgroups.memory_report(cgroup).limit_bytes is None
+    assert cgroups.ensure_cap(cgroup, cap) is True
+    assert cgroups.memory_report(cgroup).limit_bytes == cap
+    if memsw.exists():
+        assert int(memsw.read_text()) == cap
+
+
+def test_ensure_cap_on_v2_writes_max_swap_and_group_kill(tmp_path: Path) -> None:
+    # The files a v2 cgroup has once its memory controller is back on, in a plain folder.
+    files = {"memory.max": "max\n", "memory.swap.max": "max\n", "memory.oom.group": "0\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    cgroup = RunCgroup(CgroupVersion.V2, tmp_path, new_run_id())
+    assert cgroups.ensure_cap(cgroup, 64 * MIB) is True
+    assert [(tmp_path / name).read_text() for name in files] == [str(64 * MIB), "0", "1"]
+    assert cgroups.ensure_cap(cgroup, 64 * MIB) is False
+
+
+def test_ensure_cap_without_the_controller_says_so(tmp_path: Path) -> None:
+    cgroup = RunCgroup(CgroupVersion.V2, tmp_path, new_run_id())  # no memory.max at all
+    with pytest.raises(CapError, match="cannot read the cap"):
+        cgroups.ensure_cap(cgroup, 64 * MIB)
+
+
+@needs_v1
 def test_cleanup_leaves_no_cgroup_behind() -> None:
     made = [cgroups.create(SUPPORT, new_run_id(), 32 * MIB) for _ in range(3)]
     for cgroup in made:

@@ -696,3 +696,35 @@ def test_a_cap_that_cannot_be_enforced_fails_the_launch_saying_why(runs: Runs) -
         runs.executor.begin_launch(spec)
     assert "Delegate=yes" in str(caught.value)
     assert not (spec.record_dir / KEEPER_FILE).exists(), "nothing was started"
+
+
+def test_an_adopted_run_gets_back_the_cap_its_cgroup_lost(runs: Runs) -> None:
+    """systemd < 254 turns the memory controller off under a restarted unit (cgroups.ensure_cap):
+    the adopting executor sets the cap recorded at launch again."""
+    support = runs.executor.caps
+    if support.version is not cgroups.CgroupVersion.V1:
+        pytest.skip(f"no writable cgroup v1 memory controller: {support.reason}")
+    cap = 64 * 1024 * 1024
+    spec = dataclasses.replace(
+        runs.spec(sh("echo ready; sleep 60")), run_id=os.urandom(6).hex(), memory_max=cap
+    )
+    first = runs.track(runs.executor.launch(spec))
+    cgroup = cgroups.find(support, spec.run_id)
+    assert cgroup is not None
+    try:
+        ready(spec)
+        memsw = cgroup.path / "memory.memsw.limit_in_bytes"
+        for path in (memsw, cgroup.path / "memory.limit_in_bytes"):
+            if path.exists():  # no limit, as a reset controller comes back
+                path.write_text("-1")
+        assert cgroups.memory_report(cgroup).limit_bytes is None
+        found = LocalExecutor().recover(spec.record_dir, first.record, run_id=spec.run_id)
+        assert isinstance(found, Adopted) and isinstance(found.handle, LocalRunHandle)
+        runs.track(found.handle)
+        assert found.handle.cgroup == cgroup
+        assert cgroups.memory_report(cgroup).limit_bytes == cap
+    finally:
+        runs.cleanup()
+        runs.handles.clear()
+        cgroups.kill(cgroup)
+        cgroups.remove(cgroup)

@@ -10,6 +10,11 @@ namespaces:
 - replaced /dev with a tmpfs holding only null, zero, full, random, urandom,
   tty, a private devpts and /dev/console (a pty copied to console.log);
 - mounted a cgroup2 hierarchy rooted at a cgroup of our own (cgroup namespace);
+  or, with v1_memory=True, the hybrid layout of a cgroup v1 host: a tmpfs on /sys/fs/cgroup
+  with that cgroup2 on unified/, and the v1 name=systemd and memory hierarchies rooted at
+  cgroups of our own (systemd then runs in hybrid mode and puts units in the v1 memory
+  hierarchy too); a copy of /proc/cgroups with every other controller disabled is bound
+  over it, so systemd mounts and populates no other v1 hierarchy of the machine;
 - optionally bound a host directory read-only over /opt (where an installed venv lives);
 - made /, /sys and /proc/sys read-only;
 - checked all of that, refusing to start systemd otherwise.
@@ -88,10 +93,15 @@ NSENTER_FLAGS = ("--mount", "--pid", "--uts", "--ipc", "--net", "--cgroup", "--w
 SETUP_SH = r"""
 set -eu
 W="$1"; HOST_MNT_NS="$2"; INNER="$3"; TARGET="$4"; CONSOLE_PTY="$6"; CGROUP="$7"; OPT="$8"
+V1_MEMORY="${9:-}"; V1_SYSTEMD="${10:-}"
 fail() { echo "harness setup: $*" >&2; exit 90; }
 [ "$$" = 1 ] || fail "not PID 1 of a new PID namespace"
 if [ -z "${HARNESS_IN_CGROUPNS:-}" ]; then
   echo 0 > "$CGROUP/cgroup.procs"
+  if [ -n "$V1_MEMORY" ]; then
+    echo 0 > "$V1_MEMORY/cgroup.procs"
+    echo 0 > "$V1_SYSTEMD/cgroup.procs"
+  fi
   HARNESS_IN_CGROUPNS=1 exec unshare --cgroup -- /bin/sh -c "$HARNESS_SETUP" harness-setup "$@"
 fi
 [ "$(readlink /proc/self/ns/mnt)" != "$HOST_MNT_NS" ] || fail "still in the host mount namespace"
@@ -134,20 +144,35 @@ for f in passwd group; do
 done
 mount -o remount,bind,ro /sys
 umount -R /sys/fs/cgroup 2>/dev/null || true
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+if [ -n "$V1_MEMORY" ]; then
+  mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tmpfs /sys/fs/cgroup
+  mkdir /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup/memory
+  mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup/unified
+  mount -t cgroup -o nosuid,nodev,noexec,none,name=systemd cgroup /sys/fs/cgroup/systemd
+  mount -t cgroup -o nosuid,nodev,noexec,memory cgroup /sys/fs/cgroup/memory
+  mount --bind "$INNER/proc-cgroups" /proc/cgroups
+else
+  mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+fi
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 mount -o remount,bind,ro /
 for d in /run /var/lib /var/log /var/cache /tmp /var/tmp /dev /sys/fs/cgroup; do
   t="$(stat -f -c %T "$d")"
   case "$d:$t" in
-    /sys/fs/cgroup:cgroup2fs|/sys/fs/cgroup:cgroup2) ;;
+    /sys/fs/cgroup:cgroup2fs|/sys/fs/cgroup:cgroup2) [ -z "$V1_MEMORY" ] || fail "$d is $t" ;;
+    /sys/fs/cgroup:tmpfs) [ -n "$V1_MEMORY" ] || fail "$d is $t, not a private cgroup2" ;;
     /sys/fs/cgroup:*) fail "$d is $t, not a private cgroup2" ;;
     *:tmpfs) ;;
     *) fail "$d is $t, not a private tmpfs" ;;
   esac
 done
 grep -qx '0::/' /proc/self/cgroup || fail "not at the root of a private cgroup namespace"
+if [ -n "$V1_MEMORY" ]; then
+  [ "$(stat -f -c %T /sys/fs/cgroup/unified)" = cgroup2fs ] || fail "unified/ is no cgroup2"
+  grep -qx '[0-9]*:memory:/' /proc/self/cgroup || fail "not at the root of the memory hierarchy"
+  grep -q '^memory' /proc/cgroups || fail "/proc/cgroups lists no memory controller"
+fi
 touch /harness-ro-probe 2>/dev/null && fail "the root filesystem is writable"
 [ -z "$(ls -A "$INNER/empty")" ] || fail "the generator directory is not empty"
 exec env -i container=runsup-harness PATH="$5" LANG=C.UTF-8 \
@@ -432,6 +457,48 @@ def _child_of(parent: int) -> int | None:
     return None
 
 
+def _v1_hierarchy(option: str) -> Path | None:
+    """The directory of this process's cgroup in the v1 hierarchy mounted with `option`."""
+    mount: tuple[str, Path] | None = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(" "), after.split(" ")
+        if tail[0] == "cgroup" and option in tail[2].split(","):
+            mount = (fields[3], Path(fields[4]))
+            break
+    if mount is None:
+        return None
+    root, point = mount
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if option in controllers.split(","):
+            return point / path[len(root.rstrip("/")) :].lstrip("/")
+    return None
+
+
+def v1_memory_skip_reason() -> str | None:
+    """Why booted_systemd(v1_memory=True) cannot run here, or None when it can."""
+    reason = skip_reason()
+    if reason is not None:
+        return reason
+    for option in ("memory", "name=systemd"):
+        found = _v1_hierarchy(option)
+        if found is None or not os.access(found, os.W_OK):
+            return f"no writable cgroup v1 hierarchy {option} is mounted"
+    return None
+
+
+def _proc_cgroups_memory_only() -> str:
+    """/proc/cgroups with every controller but memory marked disabled."""
+    lines = []
+    for line in Path("/proc/cgroups").read_text().splitlines():
+        fields = line.split("\t")
+        if not line.startswith("#") and len(fields) == 4 and fields[0] != "memory":
+            fields[3] = "0"
+        lines.append("\t".join(fields))
+    return "\n".join(lines) + "\n"
+
+
 def _cgroup_pids(cgroup: Path) -> list[int]:
     """Every pid in cgroup and below."""
     pids: list[int] = []
@@ -477,7 +544,9 @@ def _wait_booted(ns: SystemdNamespace, timeout: float) -> None:
     raise HarnessError(f"systemd did not boot in {timeout} s (state {state!r}):\n{ns.console()}")
 
 
-def _teardown(launcher: subprocess.Popen[bytes], pid: int | None, cgroup: Path) -> None:
+def _teardown(
+    launcher: subprocess.Popen[bytes], pid: int | None, cgroup: Path, v1: Sequence[Path] = ()
+) -> None:
     """Kill PID 1 by pid, reap the launcher, then empty and remove the cgroup."""
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -488,6 +557,8 @@ def _teardown(launcher: subprocess.Popen[bytes], pid: int | None, cgroup: Path) 
         launcher.kill()
         launcher.wait(timeout=TEARDOWN_TIMEOUT_SECONDS)
     _kill_cgroup(cgroup)
+    for path in v1:
+        _kill_cgroup(path)
 
 
 @contextlib.contextmanager
@@ -498,6 +569,7 @@ def booted_systemd(
     members: Mapping[str, Sequence[str]] | None = None,
     opt_dir: Path | None = None,
     journald: bool = False,
+    v1_memory: bool = False,
     boot_timeout: float = BOOT_TIMEOUT_SECONDS,
 ) -> Iterator[SystemdNamespace]:
     """Boot systemd on unit_files (name -> text) in isolated namespaces; tear it down after.
@@ -507,8 +579,10 @@ def booted_systemd(
     and /etc/group; members adds users to groups ({"group": ["user", ...]}). opt_dir is a
     host directory seen read-only as /opt inside. journald=True starts a journald of the
     namespace's own at boot, so services log to a journal that `journalctl` reads.
+    v1_memory=True boots systemd on the hybrid layout of a cgroup v1 host (module docstring)
+    where the machine offers a writable v1 memory hierarchy (v1_memory_skip_reason).
     """
-    reason = skip_reason()
+    reason = v1_memory_skip_reason() if v1_memory else skip_reason()
     if reason is not None:
         raise HarnessError(reason)
     if journald and not JOURNALD_BINARY.exists():
@@ -518,7 +592,9 @@ def booted_systemd(
     root = cgroup2_root()
     assert root is not None
     workdir = Path(tempfile.mkdtemp(prefix="runsup-harness-"))
-    cgroup = root / f"{CGROUP_PREFIX}{uuid.uuid4().hex[:12]}"
+    name = f"{CGROUP_PREFIX}{uuid.uuid4().hex[:12]}"
+    cgroup = root / name
+    v1: list[Path] = []
     launcher: subprocess.Popen[bytes] | None = None
     pump: _ConsolePump | None = None
     pid: int | None = None
@@ -526,6 +602,13 @@ def booted_systemd(
         _write_workdir(workdir, unit_files, users, members or {}, journald=journald)
         pump = _ConsolePump(workdir / CONSOLE_LOG)
         cgroup.mkdir()
+        if v1_memory:
+            (workdir / "proc-cgroups").write_text(_proc_cgroups_memory_only())
+            for option in ("memory", "name=systemd"):
+                parent = _v1_hierarchy(option)
+                assert parent is not None
+                v1.append(parent / name)
+                v1[-1].mkdir()
         host_mnt_ns = os.readlink("/proc/self/ns/mnt")
         with (workdir / CONSOLE_LOG).open("ab") as console:
             launcher = subprocess.Popen(
@@ -545,6 +628,7 @@ def booted_systemd(
                     pump.slave_path,
                     str(cgroup),
                     str(opt_dir) if opt_dir is not None else "",
+                    *(str(path) for path in v1),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
@@ -563,9 +647,11 @@ def booted_systemd(
     finally:
         try:
             if launcher is not None:
-                _teardown(launcher, pid, cgroup)
-            elif cgroup.exists():
-                cgroup.rmdir()
+                _teardown(launcher, pid, cgroup, v1)
+            else:
+                for path in (cgroup, *v1):
+                    if path.exists():
+                        path.rmdir()
         finally:
             if pump is not None:
                 pump.close()

@@ -74,8 +74,13 @@ def harness(tmp_path: Path) -> Iterator[DaemonHarness]:
 
 def seen_env(h: DaemonHarness, run_id: str) -> dict[str, str | None]:
     path = h.runs_dir / run_id / "env.json"
-    wait_for(f"{run_id}'s environment", path.exists)
-    env: dict[str, str | None] = json.loads(path.read_text())
+
+    def written() -> dict[str, str | None] | None:
+        # The simulation creates the file, then writes it: an empty file is not its answer yet.
+        text = path.read_text() if path.exists() else ""
+        return json.loads(text) if text.endswith("}") else None
+
+    env: dict[str, str | None] = wait_for(f"{run_id}'s environment", written)
     return env
 
 

@@ -12,6 +12,10 @@ import pytest
 UNIT_NAME = "run-supervisor.service"
 UNIT_PATH = Path(__file__).resolve().parents[2] / "systemd" / UNIT_NAME
 SHIPPED_EXEC_START = "/opt/run-supervisor/venv/bin/runsup daemon"
+SHIPPED_PYTHON = "/opt/run-supervisor/venv/bin/python"
+SHIPPED_EXEC_START_PRE = (
+    f"+{SHIPPED_PYTHON} -m supervisor.executors.local.cgroup_handover run-supervisor"
+)
 VERIFY_TIMEOUT_SECONDS = 60
 
 
@@ -62,6 +66,7 @@ def setting(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> st
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", SHIPPED_EXEC_START),
+        ("ExecStartPre", SHIPPED_EXEC_START_PRE),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("WatchdogSec", "30"),
         ("KillMode", "process"),
@@ -84,7 +89,8 @@ def setting(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> st
         ("ProtectKernelTunables", "yes"),
         ("ProtectKernelModules", "yes"),
         ("ProtectKernelLogs", "yes"),
-        ("ProtectControlGroups", "yes"),
+        ("ProtectControlGroups", "no"),
+        ("Delegate", "yes"),
         ("RestrictSUIDSGID", "yes"),
         ("LockPersonality", "yes"),
         ("RestrictRealtime", "yes"),
@@ -128,7 +134,9 @@ def test_systemd_analyze_verify_accepts_unit(tmp_path: Path) -> None:
     text = UNIT_PATH.read_text()
     assert f"ExecStart={SHIPPED_EXEC_START}\n" in text
     copy = tmp_path / UNIT_NAME
-    copy.write_text(text.replace(f"ExecStart={SHIPPED_EXEC_START}", f"ExecStart={runsup} daemon"))
+    text = text.replace(f"ExecStart={SHIPPED_EXEC_START}", f"ExecStart={runsup} daemon")
+    assert f"ExecStartPre={SHIPPED_EXEC_START_PRE}\n" in text
+    copy.write_text(text.replace(SHIPPED_PYTHON, str(runsup.parent / "python")))
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(copy)],
         capture_output=True,

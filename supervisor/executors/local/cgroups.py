@@ -65,9 +65,10 @@ SWEEP_INTERVAL_SECONDS = 0.005
 REMOVE_TIMEOUT_SECONDS = 1.0
 
 HOW_TO_ENABLE = (
-    "to enable memory caps, run the daemon under systemd with Delegate=yes in its unit "
-    "(cgroup v2 with the memory controller), or as root where the cgroup v1 memory "
-    "controller is mounted (/sys/fs/cgroup/memory)"
+    "to enable memory caps, run the daemon under systemd with the shipped unit (Delegate=yes; "
+    "on cgroup v1 its ExecStartPre= hands the unit's memory cgroup over), in a cgroup v2 "
+    "subtree delegated to its user with the memory controller, or as root where the cgroup "
+    "v1 memory controller is mounted (/sys/fs/cgroup/memory)"
 )
 
 
@@ -404,6 +405,28 @@ def populated(cgroup: RunCgroup) -> bool:
         except FileNotFoundError:
             return False
     return bool(members(cgroup))
+
+
+def ensure_cap(cgroup: RunCgroup, memory_max: int) -> bool:
+    """Set the run's cap again if its cgroup lost it (True then), for an adopting daemon.
+
+    systemd before 254 resets a delegated unit's cgroup.subtree_control when it restarts the
+    unit: on cgroup v2 that turns the memory controller off under the runs' cgroups, and
+    when the new daemon turns it on again (`prepare`) they come back with no limit.
+    """
+    limit_file = "memory.max" if cgroup.version is CgroupVersion.V2 else "memory.limit_in_bytes"
+    try:
+        limit = parse_limit(_read(cgroup.path / limit_file))
+    except (OSError, ValueError) as exc:
+        raise CapError(f"cannot read the cap of {cgroup.path}: {exc}") from None
+    if limit is not None:
+        return False  # the kernel rounds to pages: any limit is the one we set
+    try:
+        _set_cap(cgroup, memory_max)
+    except OSError as exc:
+        raise CapError(f"cannot set the cap of {cgroup.path} again: {exc.strerror}") from None
+    log.warning("cgroup_cap_restored", run_id=cgroup.run_id, memory_max=memory_max)
+    return True
 
 
 def memory_report(cgroup: RunCgroup) -> MemoryReport:

@@ -82,6 +82,8 @@ REPORT_READ_BYTES = 4096
 LOST_MACHINE_RESTARTED = "the machine restarted"
 LOST_KEEPER_KILLED = "the keeper process was killed; exit status unknown"
 LOST_NEVER_STARTED = "never started"
+# In the record dir of a capped run: its cap in bytes, for a daemon that adopts the run.
+CAP_FILE = "memory_max"
 # Everything the daemon may have set to "ignore" goes back to default in the keeper: an ignored
 # signal stays ignored across exec and a non-interactive sh cannot trap it (think `nohup`).
 # (glibc's posix_spawn leaves its two internal signals, 32 and 33, ignored and will not let them
@@ -136,7 +138,7 @@ class LocalExecutor:
                 ours.callback(cgroups.remove, cgroup, 0.0)  # until the launch owns it
             with contextlib.ExitStack() as theirs:  # the keeper's ends: closed once it has them
                 try:
-                    self._prepare_record_dir(record_dir, spec.run_id)
+                    self._prepare_record_dir(record_dir, spec.run_id, spec.memory_max)
                     log_fd, log_start = open_log(spec.log_path.absolute())
                     theirs.callback(os.close, log_fd)
                     report, report_child = make_pipe(ours, theirs, child_writes=True)
@@ -233,7 +235,7 @@ class LocalExecutor:
             log.warning("env_names_dropped", run_id=spec.run_id, names=dropped)
         return cwd, [program, *spec.argv[1:]]
 
-    def _prepare_record_dir(self, record_dir: Path, run_id: str) -> None:
+    def _prepare_record_dir(self, record_dir: Path, run_id: str, memory_max: int | None) -> None:
         record_dir.mkdir(parents=True, exist_ok=True)
         boot_id = read_boot_id_file(record_dir)
         keeper = identity_from_file(record_dir / KEEPER_FILE, boot_id) if boot_id else None
@@ -243,9 +245,11 @@ class LocalExecutor:
                 f"an earlier keeper for this run is still running (pid {keeper.pid}); "
                 "refusing to start the run twice"
             )
-        for name in RECORD_FILES:
+        for name in (*RECORD_FILES, CAP_FILE):
             (record_dir / name).unlink(missing_ok=True)
         (record_dir / BOOT_ID_FILE).write_text(current_boot_id() + "\n", encoding="ascii")
+        if memory_max is not None:  # for an adopting daemon whose cgroup lost it (ensure_cap)
+            (record_dir / CAP_FILE).write_text(f"{memory_max}\n", encoding="ascii")
         log.debug("record_dir_prepared", run_id=run_id, record_dir=str(record_dir))
 
     def _spawn(
@@ -410,6 +414,8 @@ class LocalExecutor:
                 sim_pidfd=sim_fd,
             )
             handle.cgroup = self._find_cgroup(run_id)
+            if handle.cgroup is not None:
+                _restore_cap(handle.cgroup, record_dir)
             return Adopted(handle)
         status = read_exit_file(record_dir)  # the keeper may have finished since the first look
         if status is not None:
@@ -502,6 +508,18 @@ class LocalExecutor:
             os.close(fd)
         if sent:
             log.warning("signal_sent", run_id=run_id, pgid=leader.pid, signal="SIGKILL", why=why)
+
+
+def _restore_cap(cgroup: cgroups.RunCgroup, record_dir: Path) -> None:
+    """Give an adopted run its cap again if its cgroup lost it (cgroups.ensure_cap)."""
+    try:
+        memory_max = int((record_dir / CAP_FILE).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return  # launched before caps were recorded, or uncapped
+    try:
+        cgroups.ensure_cap(cgroup, memory_max)
+    except CapError as exc:
+        log.warning("cgroup_cap_not_restored", run_id=cgroup.run_id, error=str(exc))
 
 
 def _failed_before_start(status: ExitStatus) -> FailedToStart:

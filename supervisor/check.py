@@ -139,11 +139,9 @@ def setup_text(report: SetupReport, *, terminal: bool | None = None) -> str:
         markup=False,
         highlight=False,
     )
-    console.print(config_text(report.config))
-    console.print()
     console.print(table)
-    console.print(_verdict(report.results))
-    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
+    rendered = "\n".join(line.rstrip() for line in out.getvalue().strip("\n").splitlines())
+    return f"{config_text(report.config)}\n\n{rendered}\n{_verdict(report.results)}"
 
 
 def _verdict(results: list[CheckResult]) -> str:

@@ -48,7 +48,7 @@ def _template_json(template: Template) -> dict[str, Any]:
 
 
 def _template_asks(t: dict[str, Any]) -> str:
-    """' on cluster, 4 cpus, 1 gpu, memory_max 8G': what differs from the defaults."""
+    """', on cluster, 4 cpus, 1 gpu, memory_max 8G': where and what, when not the defaults."""
     parts = []
     if t["cpus"] != 1:
         parts.append(f"{t['cpus']} cpus")
@@ -56,8 +56,9 @@ def _template_asks(t: dict[str, Any]) -> str:
         parts.append(f"{t['gpus']} gpu{'s' if t['gpus'] != 1 else ''}")
     if t["memory_max_bytes"] is not None:
         parts.append(f"memory_max {_size(t['memory_max_bytes'])}")
-    where = f" on {t['executor']}" if t["executor"] != LOCAL_EXECUTOR else ""
-    return where + (f"{',' if where else ''} {', '.join(parts)}" if parts else "")
+    if t["executor"] != LOCAL_EXECUTOR:
+        parts.insert(0, f"on {t['executor']}")
+    return "".join(f", {p}" for p in parts)
 
 
 def config_text(report: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from supervisor.checks.result import CheckResult, fail, ok
@@ -37,43 +37,33 @@ def program_problem(program: str, which: Which = shutil.which) -> str | None:
 
 def commands_check(settings: Settings, which: Which = shutil.which) -> CheckResult:
     """The command of each local template (a cluster's templates run on its nodes)."""
-    problems, checked = _problems(
-        ((t.name, t.command) for t in settings.templates.values() if t.executor == LOCAL_EXECUTOR),
-        which,
+    local = [
+        (t.name, t.command) for t in settings.templates.values() if t.executor == LOCAL_EXECUTOR
+    ]
+    return _programs_check(
+        "template commands", local, "install the program or fix the template's command", which
     )
-    if problems:
-        return fail(
-            "template commands",
-            "; ".join(f"{name}: {why}" for name, why in problems),
-            f"install the program or fix the template's command ({PATH_NOTE})",
-            problems=dict(problems),
-        )
-    return ok("template commands", f"{checked} local template command(s) found")
 
 
 def hooks_check(settings: Settings, which: Which = shutil.which) -> CheckResult:
     """The global on_finish hook and each template's own."""
     hooks = [("[hooks] on_finish", settings.hooks.on_finish)]
     hooks += [(f"{t.name} on_finish", t.on_finish) for t in settings.templates.values()]
-    problems, checked = _problems(((n, h) for n, h in hooks if h), which)
+    found = [(name, argv) for name, argv in hooks if argv]
+    if not found:
+        return ok("hooks", "none configured")
+    return _programs_check("hooks", found, "install the hook program or fix on_finish", which)
+
+
+def _programs_check(
+    name: str, argvs: Sequence[tuple[str, Sequence[str]]], fix: str, which: Which
+) -> CheckResult:
+    problems = [(what, why) for what, argv in argvs if (why := program_problem(argv[0], which))]
     if problems:
         return fail(
-            "hooks",
-            "; ".join(f"{name}: {why}" for name, why in problems),
-            f"install the hook program or fix on_finish ({PATH_NOTE})",
+            name,
+            "; ".join(f"{what}: {why}" for what, why in problems),
+            f"{fix} ({PATH_NOTE})",
             problems=dict(problems),
         )
-    return ok("hooks", f"{checked} hook(s) found" if checked else "none configured")
-
-
-def _problems(
-    argvs: Iterable[tuple[str, Sequence[str]]], which: Which
-) -> tuple[list[tuple[str, str]], int]:
-    problems = []
-    checked = 0
-    for name, argv in argvs:
-        checked += 1
-        why = program_problem(argv[0], which)
-        if why is not None:
-            problems.append((name, why))
-    return problems, checked
+    return ok(name, f"{len(argvs)} found")

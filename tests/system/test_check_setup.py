@@ -83,7 +83,7 @@ def test_a_good_setup_passes_and_creates_nothing(
     assert report["ok"] is True
     assert checks["cpus"]["facts"]["machine"] == len(os.sched_getaffinity(0))
     assert checks["database"]["detail"].endswith(f"will be created (WAL, schema {HEAD_REVISION})")
-    assert checks["hooks"]["detail"] == "1 hook(s) found"
+    assert checks["hooks"]["detail"] == "1 found"
     assert checks["metrics"]["detail"] == f"127.0.0.1:{free_port} is free"
     assert checks["runs_dir"]["facts"]["filesystem"]  # the real mount's type was found
     # check is read-only: neither the database nor the runs directory was made.

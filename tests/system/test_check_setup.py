@@ -10,7 +10,9 @@ import socket
 import sqlite3
 import stat
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +103,9 @@ def test_a_good_setup_passes_and_creates_nothing(
 def test_an_existing_database_at_head_in_wal_is_ok(runsup: Runsup, tmp_path: Path) -> None:
     conf = write_config(tmp_path)
     assert runsup("list", "--config", str(conf)).returncode == 0  # creates it, as any command
+    before = sorted(p.name for p in tmp_path.iterdir())
     status, report = check_json(runsup, conf)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -wal or -shm made
     database = by_name(report)["database"]
     assert (status, database["status"]) == (0, "ok")
     assert database["facts"]["journal_mode"] == "wal"
@@ -281,3 +285,34 @@ def test_a_metrics_port_another_program_holds_is_a_warning(runsup: Runsup, tmp_p
     metrics = by_name(report)["metrics"]
     assert (status, metrics["status"]) == (0, "warn")
     assert metrics["detail"].startswith(f"127.0.0.1:{port}: the port is taken by another program")
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    """Answers /metrics as a runsup daemon's endpoint does (SPEC 14's names)."""
+
+    def do_GET(self) -> None:
+        body = b'# TYPE runsup_runs gauge\nrunsup_runs{status="RUNNING"} 0\n'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_a_metrics_port_a_runsup_endpoint_serves_is_fine(runsup: Runsup, tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        conf = write_config(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{port}"')
+        status, report = check_json(runsup, conf)
+    finally:
+        server.shutdown()
+        server.server_close()
+    metrics = by_name(report)["metrics"]
+    assert (status, metrics["status"]) == (0, "ok")
+    assert metrics["detail"] == f"127.0.0.1:{port} is served by a running runsup daemon"

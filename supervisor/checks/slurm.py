@@ -61,7 +61,8 @@ def run_command(argv: Sequence[str], timeout: float) -> Answer:
         return Answer(False, f"no answer within {timeout:g} s")
     except OSError as exc:
         return Answer(False, f"cannot run {argv[0]}: {exc.strerror}")
-    text = (done.stderr if done.returncode != 0 else done.stdout).strip()
+    # A failing command says why on stderr, mostly; `scontrol ping` says DOWN on stdout.
+    text = (done.stderr if done.returncode != 0 and done.stderr.strip() else done.stdout).strip()
     last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
     return Answer(done.returncode == 0, last[:MAX_MESSAGE_CHARS])
 

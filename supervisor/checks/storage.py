@@ -94,17 +94,18 @@ def read_mounts() -> list[Mount]:
 
 def dir_state(path: Path, mounts: Sequence[Mount]) -> DirState:
     """Whether `path` exists, can be written (or created), and its filesystem."""
+    # os.path's tests answer False where a folder on the way cannot be searched (no raise).
     path = Path(os.path.abspath(path))
     existing = path
-    while not existing.exists() and existing != existing.parent:
+    while not os.path.exists(existing) and existing != existing.parent:
         existing = existing.parent
-    mount = mount_of(existing.resolve(), mounts)
+    mount = mount_of(Path(os.path.realpath(existing)), mounts)
     fstype = mount.fstype if mount else None
     point = mount.point if mount else None
-    exists = path.is_dir()
-    if path.exists() and not exists:
+    exists = os.path.isdir(path)
+    if os.path.exists(path) and not exists:
         return DirState(path, False, "is not a directory", fstype, point)
-    if not existing.is_dir():
+    if not os.path.isdir(existing):
         return DirState(path, False, f"cannot be created: {existing} is not a directory",
                         fstype, point)  # fmt: skip
     problem = _write_problem(existing)

@@ -316,3 +316,22 @@ def test_a_metrics_port_a_runsup_endpoint_serves_is_fine(runsup: Runsup, tmp_pat
     metrics = by_name(report)["metrics"]
     assert (status, metrics["status"]) == (0, "ok")
     assert metrics["detail"] == f"127.0.0.1:{port} is served by a running runsup daemon"
+
+
+def test_a_real_slurm_controller_answers(
+    runsup: Runsup, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # The cluster fixture comes with the Slurm executor's tests (tests/slurm_fixtures.py);
+    # on a branch without it, or a machine without Slurm's daemons, this skips.
+    try:
+        cluster = request.getfixturevalue("slurm_cluster")
+    except pytest.FixtureLookupError:
+        pytest.skip("no slurm_cluster fixture here")
+    conf = slurm_config(tmp_path, used=True)
+    status, report = check_json(runsup, conf, SLURM_CONF=cluster.env["SLURM_CONF"])
+    checks = by_name(report)
+    assert (status, checks["executor cluster: controller"]["status"]) == (0, "ok")
+    assert checks["executor cluster: controller"]["detail"].endswith(" is UP")
+    # The session's cluster keeps no accounting: sacct says so, a warning only.
+    assert checks["executor cluster: accounting"]["status"] == "warn"
+    assert "accounting storage is disabled" in checks["executor cluster: accounting"]["detail"]

@@ -30,6 +30,7 @@ class Answer:
 
     ok: bool
     message: str
+    output: str = ""  # all of stdout (a command that answers on several lines)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def run_command(argv: Sequence[str], timeout: float) -> Answer:
     # A failing command says why on stderr, mostly; `scontrol ping` says DOWN on stdout.
     text = (done.stderr if done.returncode != 0 and done.stderr.strip() else done.stdout).strip()
     last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
-    return Answer(done.returncode == 0, last[:MAX_MESSAGE_CHARS])
+    return Answer(done.returncode == 0, last[:MAX_MESSAGE_CHARS], done.stdout)
 
 
 def probe_slurm(
@@ -81,7 +82,8 @@ def probe_slurm(
     if commands["scontrol"]:
         controller = ping_answer(run([commands["scontrol"], "ping"], timeout))
     elif commands["squeue"]:
-        controller = run([commands["squeue"], "-h", "-o", "%i", "--me"], timeout)
+        queue = run([commands["squeue"], "-h", "-o", "%i", "--me"], timeout)
+        controller = Answer(True, "squeue answers") if queue.ok else queue
     accounting = None
     if commands["sacct"] and controller is not None and controller.ok:
         # A window that holds no job: only whether sacct answers matters.
@@ -90,10 +92,12 @@ def probe_slurm(
 
 
 def ping_answer(answer: Answer) -> Answer:
-    """`scontrol ping` says "Slurmctld(primary) at HOST is UP" (or DOWN) per controller."""
-    if " is UP" in answer.message:
-        return Answer(True, answer.message)
-    return Answer(False, answer.message)
+    """`scontrol ping` says "Slurmctld(primary) at HOST is UP" (or DOWN), a line for each
+    controller: the cluster answers when one of them is up."""
+    lines = [line.strip() for line in answer.output.splitlines() if line.strip()]
+    if any(line.endswith(" is UP") for line in lines):
+        return Answer(True, "; ".join(lines)[:MAX_MESSAGE_CHARS], answer.output)
+    return Answer(False, answer.message, answer.output)
 
 
 def executor_checks(

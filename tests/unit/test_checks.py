@@ -212,7 +212,9 @@ def test_probe_asks_scontrol_ping_then_sacct() -> None:
         asked.append(list(argv))
         assert timeout == 5.0
         if argv[1] == "ping":
-            return Answer(True, "Slurmctld(primary) at head is UP")
+            return Answer(
+                True, "Slurmctld(primary) at head is UP", "Slurmctld(primary) at head is UP\n"
+            )
         return Answer(False, "Slurm accounting storage is disabled")
 
     probe = probe_slurm(CLUSTER, LOCAL_EXT4, which=fake_which(ALL_COMMANDS), run=run)  # type: ignore[arg-type]
@@ -239,8 +241,15 @@ def test_missing_commands_fail_for_a_used_executor_and_warn_for_an_unused_one() 
 
 
 def test_ping_down_and_timeouts_are_not_answering() -> None:
-    assert not ping_answer(Answer(True, "Slurmctld(primary) at head is DOWN")).ok
-    assert ping_answer(Answer(True, "Slurmctld(primary) at head is UP")).ok
+    down = "Slurmctld(primary) at head is DOWN\n"
+    up = "Slurmctld(primary) at head is UP\n"
+    backup_down = "Slurmctld(backup) at spare is DOWN\n"
+    assert not ping_answer(Answer(False, down.strip(), down)).ok
+    assert ping_answer(Answer(True, up.strip(), up)).ok
+    # A backup controller down while the primary answers: the cluster answers.
+    both = ping_answer(Answer(False, backup_down.strip(), up + backup_down))
+    assert both.ok
+    assert both.message == f"{up.strip()}; {backup_down.strip()}"
 
     def run(argv: Sequence[str], timeout: float) -> Answer:
         return Answer(False, f"no answer within {timeout:g} s")

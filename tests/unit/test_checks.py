@@ -298,3 +298,19 @@ def test_metrics_address_taken_is_a_warning() -> None:
     taken = metrics_check(s, ListenProbe(False, problem="the port is taken by another program"))
     assert taken.status is Status.WARN
     assert taken.detail.startswith("127.0.0.1:9787: the port is taken")
+
+
+def test_without_scontrol_squeue_asks_the_controller() -> None:
+    asked: list[str] = []
+
+    def run(argv: Sequence[str], timeout: float) -> Answer:
+        asked.append(argv[0])
+        return Answer(True, "exit status 0")
+
+    present = ("sbatch", "squeue", "scancel")
+    probe = probe_slurm(CLUSTER, LOCAL_EXT4, which=fake_which(present), run=run)  # type: ignore[arg-type]
+    assert asked == ["/usr/bin/squeue"]
+    assert probe.controller == Answer(True, "squeue answers")
+    first = executor_checks(CLUSTER, probe, ["sim"])[0]
+    assert first.status is Status.FAIL
+    assert first.facts["missing"] == ["scontrol"]

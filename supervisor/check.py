@@ -15,7 +15,13 @@ from typing import Any, BinaryIO, Final
 from supervisor.checks import CheckResult, Status, exit_code, run_checks
 from supervisor.errors import ValidationError
 from supervisor.progress import ProgressRecord, ProgressState
-from supervisor.settings import LOCAL_EXECUTOR, SIZE_UNITS, Settings, Template
+from supervisor.settings import (
+    DEFAULT_TEMPLATE_CPUS,
+    LOCAL_EXECUTOR,
+    SIZE_UNITS,
+    Settings,
+    Template,
+)
 
 READ_CHUNK_BYTES: Final = 1024 * 1024
 """The sample log is read in pieces of this size: a huge log or line never sits in memory."""
@@ -50,7 +56,7 @@ def _template_json(template: Template) -> dict[str, Any]:
 def _template_asks(t: dict[str, Any]) -> str:
     """', on cluster, 4 cpus, 1 gpu, memory_max 8G': where and what, when not the defaults."""
     parts = []
-    if t["cpus"] != 1:
+    if t["cpus"] != DEFAULT_TEMPLATE_CPUS:
         parts.append(f"{t['cpus']} cpus")
     if t["gpus"] is not None:
         parts.append(f"{t['gpus']} gpu{'s' if t['gpus'] != 1 else ''}")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lib import print_median
 
 from supervisor.db import Store
 from supervisor.states import RunStatus
@@ -92,15 +93,8 @@ def main() -> int:
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 2
-
-    median = statistics.median(times)
-    verdict = "OK" if median < TARGET_SECONDS else "SLOW"
-    print(
-        f"runsup list, {args.rows} rows, {args.runs} runs: median {median:.3f} s "
-        f"(min {min(times):.3f} s, max {max(times):.3f} s); "
-        f"target < {TARGET_SECONDS} s: {verdict}"
-    )
-    return 1 if args.check and verdict == "SLOW" else 0
+    label = f"runsup list, {args.rows} rows, {args.runs} runs"
+    return print_median(label, times, TARGET_SECONDS, args.check)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +56,17 @@ def sql_time(when: datetime | None = None) -> str:
 def new_id() -> str:
     """A run id as the SPEC wants it: 12 lowercase hex characters."""
     return secrets.token_hex(6)
+
+
+def print_median(label: str, times: Sequence[float], target: float, check: bool) -> int:
+    """Print the median wall time against its target; 1 when `check` and it misses, else 0."""
+    median = statistics.median(times)
+    verdict = "OK" if median < target else "SLOW"
+    print(
+        f"{label}: median {median:.3f} s (min {min(times):.3f} s, max {max(times):.3f} s); "
+        f"target < {target} s: {verdict}"
+    )
+    return 1 if check and verdict == "SLOW" else 0
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -1,8 +1,8 @@
-"""`runsup check`: validate the configuration; try a template's progress patterns on a log.
+"""`runsup check`: validate the configuration and this machine; try patterns on a log.
 
-The command line only parses arguments and calls `check_config` or `check_sample_log`; both
-return the text (or JSON-ready object) to print, and raise SupervisorError for what the user
-can get wrong.
+The command line only parses arguments and calls `check_setup` or `check_sample_log`; both
+return a report to print as text or JSON, and raise SupervisorError for what the user can get
+wrong. The machine checks themselves live in `supervisor.checks`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
+from supervisor.checks import CheckResult, Status, exit_code, run_checks
 from supervisor.errors import ValidationError
 from supervisor.progress import ProgressRecord, ProgressState
-from supervisor.settings import Settings, Template
+from supervisor.settings import (
+    DEFAULT_TEMPLATE_CPUS,
+    LOCAL_EXECUTOR,
+    SIZE_UNITS,
+    Settings,
+    Template,
+)
 
 READ_CHUNK_BYTES: Final = 1024 * 1024
 """The sample log is read in pieces of this size: a huge log or line never sits in memory."""
 SHOWN_LINE_CHARS: Final = 60
 """A matching line is shown cut to this many characters in the table for people."""
+STATUS_STYLES: Final = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
+"""How each outcome looks in the table (colour only on a terminal)."""
 
 
 def check_config(settings: Settings) -> dict[str, Any]:
@@ -37,7 +46,25 @@ def _template_json(template: Template) -> dict[str, Any]:
         "command": list(template.command),
         "config_format": template.config_format,
         "progress_patterns": list(template.progress_patterns),
+        "executor": template.executor,
+        "cpus": template.cpus,
+        "gpus": template.gpus,
+        "memory_max_bytes": template.memory_max,
     }
+
+
+def _template_asks(t: dict[str, Any]) -> str:
+    """', on cluster, 4 cpus, 1 gpu, memory_max 8G': where and what, when not the defaults."""
+    parts = []
+    if t["cpus"] != DEFAULT_TEMPLATE_CPUS:
+        parts.append(f"{t['cpus']} cpus")
+    if t["gpus"] is not None:
+        parts.append(f"{t['gpus']} gpu{'s' if t['gpus'] != 1 else ''}")
+    if t["memory_max_bytes"] is not None:
+        parts.append(f"memory_max {_size(t['memory_max_bytes'])}")
+    if t["executor"] != LOCAL_EXECUTOR:
+        parts.insert(0, f"on {t['executor']}")
+    return "".join(f", {p}" for p in parts)
 
 
 def config_text(report: dict[str, Any]) -> str:
@@ -50,8 +77,87 @@ def config_text(report: dict[str, Any]) -> str:
     for name, t in report["templates"].items():
         patterns = len(t["progress_patterns"])
         extra = f", {patterns} progress pattern{'s' if patterns != 1 else ''}" if patterns else ""
-        lines.append(f"  {name}: {' '.join(t['command'])} ({t['config_format']}{extra})")
+        lines.append(
+            f"  {name}: {' '.join(t['command'])} ({t['config_format']}{extra}){_template_asks(t)}"
+        )
     return "\n".join(lines)
+
+
+def _size(size: int) -> str:
+    """Bytes as the configuration would write them: 8G, 512M, 1000."""
+    for unit in ("T", "G", "M", "K"):
+        if size % SIZE_UNITS[unit] == 0:
+            return f"{size // SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+@dataclass(frozen=True)
+class SetupReport:
+    """Plain `runsup check`: the configuration and every check of this machine."""
+
+    config: dict[str, Any]
+    results: list[CheckResult]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything a template needs is here (warnings allowed), else 1."""
+        return exit_code(self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-ready object: the configuration's keys, `checks` and `ok`."""
+        return {
+            **self.config,
+            "checks": [r.to_json() for r in self.results],
+            "ok": self.exit_code == 0,
+        }
+
+
+def check_setup(settings: Settings) -> SetupReport:
+    """The configuration and what this machine offers and lacks for it."""
+    return SetupReport(check_config(settings), run_checks(settings))
+
+
+def setup_text(report: SetupReport, *, terminal: bool | None = None) -> str:
+    """The report for people: the configuration, a table of the checks, a verdict. Colour
+    and width follow stdout unless `terminal` says."""
+    import io
+    import shutil
+    import sys
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
+    table.add_column("CHECK", no_wrap=True)
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("DETAIL", overflow="fold")  # long paths are folded, never cut
+    for r in report.results:
+        detail = Text(r.detail)
+        if r.fix and r.status is not Status.OK:
+            detail.append(f"\nfix: {r.fix}", style="dim")
+        table.add_row(r.name, Text(str(r.status), style=STATUS_STYLES[r.status]), detail)
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        force_terminal=sys.stdout.isatty() if terminal is None else terminal,
+        width=shutil.get_terminal_size().columns,
+        markup=False,
+        highlight=False,
+    )
+    console.print(table)
+    rendered = "\n".join(line.rstrip() for line in out.getvalue().strip("\n").splitlines())
+    return f"{config_text(report.config)}\n\n{rendered}\n{_verdict(report.results)}"
+
+
+def _verdict(results: list[CheckResult]) -> str:
+    failed = [r.name for r in results if r.status is Status.FAIL]
+    warned = sum(1 for r in results if r.status is Status.WARN)
+    also = f" ({warned} warning{'s' if warned != 1 else ''})" if warned else ""
+    if failed:
+        return f"NOT READY: {len(failed)} failed check(s): {', '.join(failed)}{also}"
+    return f"ready{also}"
 
 
 @dataclass

@@ -430,7 +430,9 @@ def _cancel_words(run: Any, requested: bool) -> str:
 @json_option
 @click.pass_context
 def check(ctx: click.Context, template: str | None, sample_log: str | None, as_json: bool) -> None:
-    """Validate the configuration; with a sample log, print the progress its patterns give."""
+    """Validate the configuration and say what this machine offers and lacks for it (exit 1
+    when something a template needs is missing); with a sample log, print the progress its
+    patterns give."""
     from supervisor import check as checks
     from supervisor.logs import configure_logging
 
@@ -445,8 +447,12 @@ def check(ctx: click.Context, template: str | None, sample_log: str | None, as_j
             json.dumps(report.to_json(), indent=2) if as_json else checks.sample_text(report)
         )
         return
-    config = checks.check_config(settings)
-    click.echo(json.dumps(config, indent=2) if as_json else checks.config_text(config))
+    from supervisor.logs import configure_logging
+
+    configure_logging()  # the checks' own debug events (no GPU driver...) are not shown
+    setup = checks.check_setup(settings)
+    click.echo(json.dumps(setup.to_json(), indent=2) if as_json else checks.setup_text(setup))
+    raise SystemExit(setup.exit_code)
 
 
 @cli.command()

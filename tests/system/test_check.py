@@ -26,8 +26,9 @@ def config(tmp_path: Path, *patterns: str) -> Path:
     path = tmp_path / "runsup.toml"
     path.write_text(
         f'runs_dir = "{tmp_path / "runs"}"\n'
+        f'database = "{tmp_path / "runs.db"}"\n'
         "[templates.fusion]\n"
-        'command = ["/opt/fusion/run_sim", "{config_path}"]\n'
+        f'command = ["{sys.executable}", "{{config_path}}"]\n'
         'config_format = "ini"\n'
         f"progress_patterns = [{listed}]\n"
     )
@@ -53,7 +54,7 @@ def test_plain_check_says_ok_and_lists_templates(runsup: Runsup, tmp_path: Path)
     result = runsup("check", "--config", str(conf))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("configuration OK\n")
-    assert "fusion: /opt/fusion/run_sim {config_path} (ini, 2 progress patterns)" in result.stdout
+    assert f"fusion: {sys.executable} {{config_path}} (ini, 2 progress patterns)" in result.stdout
     assert "erlang-demo:" in result.stdout
     as_json = json.loads(runsup("check", "--json", "--config", str(conf)).stdout)
     assert as_json["templates"]["fusion"]["progress_patterns"] == [START, ITERATION]

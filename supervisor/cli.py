@@ -436,8 +436,7 @@ def check(ctx: click.Context, template: str | None, sample_log: str | None, as_j
     from supervisor import check as checks
     from supervisor.logs import configure_logging
 
-    configure_logging(quiet=True)  # stdout is the report (--json must parse)
-
+    configure_logging(quiet=True)  # stdout is the report (--json must parse); GPUs log debug
     if (template is None) != (sample_log is None):
         raise click.UsageError("give --template and --sample-log together")
     settings = _settings(ctx)
@@ -447,9 +446,6 @@ def check(ctx: click.Context, template: str | None, sample_log: str | None, as_j
             json.dumps(report.to_json(), indent=2) if as_json else checks.sample_text(report)
         )
         return
-    from supervisor.logs import configure_logging
-
-    configure_logging()  # the checks' own debug events (no GPU driver...) are not shown
     setup = checks.check_setup(settings)
     click.echo(json.dumps(setup.to_json(), indent=2) if as_json else checks.setup_text(setup))
     raise SystemExit(setup.exit_code)

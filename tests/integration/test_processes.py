@@ -718,7 +718,7 @@ def test_an_adopted_run_gets_back_the_cap_its_cgroup_lost(runs: Runs) -> None:
             if path.exists():  # no limit, as a reset controller comes back
                 path.write_text("-1")
         assert cgroups.memory_report(cgroup).limit_bytes is None
-        found = LocalExecutor().recover(spec.record_dir, first.record, run_id=spec.run_id)
+        found = LocalExecutor().recover(RunRef(spec.run_id, spec.record_dir, first.record))
         assert isinstance(found, Adopted) and isinstance(found.handle, LocalRunHandle)
         runs.track(found.handle)
         assert found.handle.cgroup == cgroup

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import contextlib
 import errno
 import io
 import json
@@ -121,7 +120,7 @@ def create_run_dir(run_dir: Path, config: dict[str, Any], config_format: str) ->
     top = _make_dir(run_dir)
     try:
         for sub in (LOGS_DIRNAME, RECORD_DIRNAME):
-            os.close(_make_dir(run_dir / sub, parent_fd=top))
+            _make_subdir(run_dir / sub, top)
         _write_file(top, target.name, content)
     finally:
         os.close(top)
@@ -131,22 +130,41 @@ def create_run_dir(run_dir: Path, config: dict[str, Any], config_format: str) ->
 def _make_dir(path: Path, parent_fd: int | None = None) -> int:
     """mkdir (or reuse) a plain directory of ours at `path`; returns an open descriptor of it."""
     name: str | Path = path.name if parent_fd is not None else path
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, RUN_DIR_MODE, dir_fd=parent_fd)
+    created = _mkdir(name, parent_fd)
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise ValidationError(f"{path} {_what_is_there(name, parent_fd)}") from None
         raise
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid():
-        os.close(fd)
-        raise ValidationError(
-            f"{path} belongs to uid {st.st_uid}, not to the supervisor (uid {os.geteuid()})"
-        )
+    if not created:  # there before: check that it is ours
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            os.close(fd)
+            raise ValidationError(
+                f"{path} belongs to uid {st.st_uid}, not to the supervisor (uid {os.geteuid()})"
+            )
     os.fchmod(fd, RUN_DIR_MODE)
     return fd
+
+
+def _make_subdir(path: Path, parent_fd: int) -> None:
+    """As _make_dir, for a folder inside one we hold open; a new one needs no descriptor."""
+    if _mkdir(path.name, parent_fd):
+        # Just made by us in our own folder: nobody else can have swapped it (mode fixed up
+        # whatever the umask).
+        os.chmod(path.name, RUN_DIR_MODE, dir_fd=parent_fd)
+    else:
+        os.close(_make_dir(path, parent_fd))
+
+
+def _mkdir(name: str | Path, parent_fd: int | None) -> bool:
+    """mkdir; True if it made the directory, False if something was there already."""
+    try:
+        os.mkdir(name, RUN_DIR_MODE, dir_fd=parent_fd)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _what_is_there(name: str | Path, parent_fd: int | None) -> str:

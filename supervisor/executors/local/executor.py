@@ -237,7 +237,9 @@ class LocalExecutor:
 
     def _prepare_record_dir(self, record_dir: Path, run_id: str, memory_max: int | None) -> None:
         record_dir.mkdir(parents=True, exist_ok=True)
-        boot_id = read_boot_id_file(record_dir)
+        # One listing instead of a read and five unlinks: a fresh record dir holds nothing.
+        present = set(os.listdir(record_dir))
+        boot_id = read_boot_id_file(record_dir) if BOOT_ID_FILE in present else None
         keeper = identity_from_file(record_dir / KEEPER_FILE, boot_id) if boot_id else None
         if keeper is not None and is_same_process(keeper):
             # Never start a run twice: an earlier launch from here is still going.
@@ -245,7 +247,7 @@ class LocalExecutor:
                 f"an earlier keeper for this run is still running (pid {keeper.pid}); "
                 "refusing to start the run twice"
             )
-        for name in (*RECORD_FILES, CAP_FILE):
+        for name in present.intersection((*RECORD_FILES, CAP_FILE)):
             (record_dir / name).unlink(missing_ok=True)
         (record_dir / BOOT_ID_FILE).write_text(current_boot_id() + "\n", encoding="ascii")
         if memory_max is not None:  # for an adopting daemon whose cgroup lost it (ensure_cap)

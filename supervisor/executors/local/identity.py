@@ -10,6 +10,7 @@ leader has exited is signalled only if its members are ours.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import select
@@ -29,8 +30,11 @@ EXITED_STATES = frozenset("ZXx")  # zombie or dead: the process has exited
 _STAT_HEAD = re.compile(r"\A([0-9]+) \(")
 
 
+@functools.cache
 def current_boot_id() -> str:
-    """This boot's id (changes at every boot): a pid from another boot means nothing."""
+    """This boot's id (changes at every boot): a pid from another boot means nothing.
+
+    Read once: a process never outlives its boot (it was read on every identity check)."""
     return BOOT_ID_PATH.read_text(encoding="ascii").strip()
 
 

@@ -227,3 +227,9 @@ def step(daemon: Daemon) -> None:
     """One pass of the loop, without waiting for anything."""
     daemon.wake()
     daemon.step()
+
+
+def from_outside(daemon: Daemon) -> Store:
+    """A store of another program's on the daemon's database: its writes are news to the loop
+    (the daemon's own commits never bring cancels, pauses or foreign rows). Close it after."""
+    return Store.open(daemon.settings.database_url)

@@ -542,13 +542,16 @@ class Daemon:
     def _sync_db(self, *, force: bool) -> None:
         # The probe forgets a change once asked: a pass that failed half-way (database busy
         # or full, a bad row) must look again next time even if nobody commits meanwhile.
-        if not self._probe.changed() and not force and not self._db_unsynced:
+        others, ours = self._probe.look()
+        full = others or force or self._db_unsynced
+        if not full and not ours:
             return
         self._db_unsynced = True
-        for record in self.store.cancel_requests():
-            self._on_cancel_request(record)
-        self._watch_foreign()
-        self.queue.sync()
+        if full:  # cancel requests, foreign rows and pauses come from other programs only
+            for record in self.store.cancel_requests():
+                self._on_cancel_request(record)
+            self._watch_foreign()
+        self.queue.sync(others=full)
         if not self.stopping:
             self._launch_pending()
         self._count_stale = True  # for STATUS= only: counted at most once a second

@@ -94,9 +94,13 @@ class QueueKeeper:
 
     # -- every database pass ----------------------------------------------------
 
-    def sync(self) -> None:
-        """Pauses, doomed dependents and cycles, hooks of runs that reached a final status."""
-        self.paused = [p.scope for p in self._d.store.pauses()]
+    def sync(self, *, others: bool = True) -> None:
+        """Pauses, doomed dependents and cycles, hooks of runs that reached a final status.
+
+        `others` False: only the daemon's own writes changed the database since the last look,
+        and those never change pauses."""
+        if others:
+            self.paused = [p.scope for p in self._d.store.pauses()]
         now = self._d.clock.monotonic()
         # A not_before passed: this pass's pickup walks the queue whatever else changed; the
         # deadline is spent either way (a full daemon would otherwise wake for it over and

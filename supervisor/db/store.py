@@ -1228,8 +1228,13 @@ class ChangeProbe:
 
     def changed(self) -> bool:
         """True if something may have changed since the last call (always True off SQLite)."""
+        others, ours = self.look()
+        return others or ours
+
+    def look(self) -> tuple[bool, bool]:
+        """(another program committed, this store changed statuses) since the last call."""
         if not self._sqlite:
-            return True
+            return True, True
         conn = self._store.engine.raw_connection()
         try:
             cursor = conn.cursor()
@@ -1244,9 +1249,9 @@ class ChangeProbe:
         finally:
             conn.close()  # back to the pool
         writes = self._store.status_writes
-        changed = version != last or writes != self._last_writes
+        ours = writes != self._last_writes
         self._last_writes = writes
-        return changed
+        return version != last, ours
 
     def close(self) -> None:
         """Nothing is held between calls (kept for callers that close their probe)."""

@@ -4,13 +4,14 @@ timeout, and what a lingering group costs. Real SQLite file, no processes."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_fakes import FakeClock, FakeExecutor, make_daemon, step
+from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
 
 from supervisor.daemon import Daemon
 from supervisor.daemon.loop import GROUP_CHECK_MAX_SECONDS, _shared_parent
@@ -54,7 +55,8 @@ def test_launches_are_in_flight_together_and_start_in_one_commit(rig: Rig) -> No
     assert sorted(executor.launches) == sorted(ids), "all three begun in one pass"
     assert all(daemon.store.get(i).status == "PENDING" for i in ids)
     # A cancel is served while the launches are still in flight ...
-    daemon.store.request_cancel(ids[0])
+    with contextlib.closing(from_outside(daemon)) as outside:
+        outside.request_cancel(ids[0])
     sync(daemon)
     assert ids[0] in daemon.launching
     writes = daemon.store.status_writes
@@ -127,7 +129,8 @@ def test_cancel_shortly_before_the_timeout_is_a_cancel(rig: Rig) -> None:
     step(daemon)
     handle = executor.launches[run_id].handle
     clock.advance(TIMEOUT - 1)
-    daemon.store.request_cancel(run_id)
+    with contextlib.closing(from_outside(daemon)) as outside:
+        outside.request_cancel(run_id)
     sync(daemon)
     assert handle.signals == [signal.SIGTERM]
     clock.advance(2)  # past the timeout, inside the grace

@@ -3,6 +3,7 @@ waits, pauses, limits, dependencies, cycles and retries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from daemon_fakes import FakeClock, FakeExecutor, make_daemon, step
+from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
 
 from supervisor.daemon import Daemon
 from supervisor.executors.base import ExitStatus
@@ -100,14 +101,16 @@ def test_not_before_waits_and_the_loop_wakes_for_it(rig: Rig) -> None:
 def test_pause_everything_then_a_template(rig: Rig) -> None:
     daemon, executor, _ = rig
     configure(daemon)
-    daemon.store.pause("*", "maintenance")
+    with contextlib.closing(from_outside(daemon)) as outside:
+        outside.pause("*", "maintenance")
     a = daemon.store.submit("sim", "{}").id
     b = daemon.store.submit("other", "{}").id
     look(daemon)
     assert launched(executor) == []
     assert "paused: everything" in daemon._status_text()
     daemon.store.resume("*")
-    daemon.store.pause("sim")
+    with contextlib.closing(from_outside(daemon)) as outside:
+        outside.pause("sim")
     look(daemon)
     assert launched(executor) == [b]
     assert "paused: sim" in daemon._status_text()
@@ -224,7 +227,8 @@ def test_no_retry_of_a_cancel_an_unlisted_exit_or_a_failed_start(rig: Rig) -> No
     for run_id in (cancel, other_code, code3):
         run_to_running(rig, run_id)
     executor.launches[unstartable].fail("no such program")
-    daemon.store.request_cancel(cancel)
+    with contextlib.closing(from_outside(daemon)) as outside:
+        outside.request_cancel(cancel)
     look(daemon)
     end(rig, cancel, ExitStatus(None, 9))  # a signal, but it was asked to stop
     end(rig, other_code, ExitStatus(4, None))

@@ -179,6 +179,11 @@ command = ["/bin/true"]
 [templates.sleep]
 command = ["/bin/sleep", "100000"]
 
+# The same quiet run under a memory cap: its own cgroup (SPEC section 10).
+[templates.sleep_capped]
+command = ["/bin/sleep", "100000"]
+memory_max = "64M"
+
 # The same quiet run, its progress read from its output lines (SPEC section 12): bench/writer.py
 # appends its lines to logs/sim.log, as a simulation printing its progress would.
 [templates.sleep_patterns]

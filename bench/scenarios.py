@@ -33,6 +33,8 @@ from lib import (
     thread_cpu_seconds,
 )
 
+from supervisor.executors.local import cgroups
+
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 MS = 1000.0
 KIB = 1024.0
@@ -643,9 +645,23 @@ def _data_version(conn: object) -> int:
 
 def idle(root: Path, sizes: Sizes) -> list[Result]:
     """100 quiet runs: the daemon's CPU share and database writes a second."""
+    return _idle(root / "idle", sizes, "idle", "sleep")
+
+
+def capped(root: Path, sizes: Sizes) -> list[Result]:
+    """With memory caps on (each run in a cgroup of its own): idle, and the progress load."""
+    support = cgroups.detect()
+    if not support.enforced:
+        return [Result("capped", "skipped", 0, "", "", None, f"no memory caps: {support.reason}")]
+    return _idle(root / "idle_capped", sizes, "capped", "sleep_capped") + _load(
+        root / "load_capped", sizes, "capped", "sleep_capped", "progress.jsonl", "progress_offset"
+    )
+
+
+def _idle(root: Path, sizes: Sizes, name: str, template: str) -> list[Result]:
     n = sizes.idle_runs
-    with BenchDaemon(root / "idle", max_concurrent=max(n, 8)) as d:
-        d.insert_pending("sleep", n)
+    with BenchDaemon(root, max_concurrent=max(n, 8)) as d:
+        d.insert_pending(template, n)
         d.wait_count("RUNNING", n)
         time.sleep(2.5)  # past the first rescan after the launches
         probe = connect(d.db)
@@ -672,7 +688,7 @@ def idle(root: Path, sizes: Sizes) -> list[Result]:
     window = sizes.idle_seconds
     return [
         Result(
-            "idle",
+            name,
             f"daemon CPU, {n} quiet runs",
             share * 100,
             "% core",
@@ -681,7 +697,7 @@ def idle(root: Path, sizes: Sizes) -> list[Result]:
             f"over {window:g} s; {split}",
         ),
         Result(
-            "idle",
+            name,
             "database commits",
             changes / window,
             "/s",
@@ -768,6 +784,7 @@ SCENARIOS: dict[str, Callable[[Path, Sizes], list[Result]]] = {
     "load": progress_load,
     "output": output_load,
     "idle": idle,
+    "capped": capped,
     "memory": memory_at_scale,
     "cli": cli_startup,
 }

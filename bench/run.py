@@ -10,7 +10,8 @@ figures from a separate process or from /proc, and stops it with everything it s
 Scenarios: latency, pickup (pickup and cancel), throughput (with task-spooler and xargs
 side by side), limits (what bounds throughput here), load, output (the load read
 with progress_patterns), idle, capped (idle and the load with memory caps on), memory, cli.
---profile records each daemon with py-spy. See BENCHMARKS.md for the targets, the method and results.
+--profile records each daemon with py-spy. See BENCHMARKS.md for the targets, the method and
+results.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ ISOLATED_VARIABLES = (
 )
 
 
+# The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
+pytest_plugins = ("slurm_fixtures",)
+
+
 def sqlite_url(path: Path) -> str:
     """The SQLAlchemy URL of an SQLite file."""
     return f"sqlite:///{path}"

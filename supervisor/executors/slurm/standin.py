@@ -53,8 +53,8 @@ from pathlib import Path
 import structlog
 
 from supervisor.errors import LaunchError
-from supervisor.processes import (
-    ProcessIdentity,
+from supervisor.executors.base import ProcessIdentity
+from supervisor.executors.local.identity import (
     current_boot_id,
     is_same_process,
     parse_stat_line,

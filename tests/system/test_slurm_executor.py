@@ -1,0 +1,249 @@
+"""The Slurm executor through the installed daemon, on the real single-node test cluster.
+
+A template with `executor = "cluster"` sends its runs to Slurm; the tests look at what users
+and other programs see: the row's statuses, pid/pgid (the stand-in), host, external_id, the
+outcome, and the cluster's own view of the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import READY, TEST_SIM, DaemonHarness, group_alive, wait_for
+from slurm_cluster import KILL_WAIT_SECONDS, WHOLE_PARTITION, SlurmCluster
+
+from supervisor.db import RunRecord
+
+POLL_INTERVAL = 0.5
+JOB_DEADLINE = 60.0  # a job submitted, run and ended on the idle test cluster
+# Longer than the cluster's KillWait: the daemon's own escalation is what ends the job.
+GRACE_SECONDS = KILL_WAIT_SECONDS + 3
+
+
+class ClusterDaemon(DaemonHarness):
+    """A daemon with `[executors.cluster]` on the test cluster and a `cl` template."""
+
+    def __init__(self, tmp: Path, cluster: SlurmCluster, **settings: Any) -> None:
+        self.cluster = cluster
+        self.cluster_runs = tmp / "cluster-runs"
+        self.executor_extra = settings.pop("executor_extra", "")
+        super().__init__(tmp, cancel_grace_seconds=GRACE_SECONDS, **settings)
+
+    def write_config(self, extra_templates: str = "") -> None:
+        """The harness's config plus the cluster executor and its templates."""
+        py, sim = json.dumps(sys.executable), json.dumps(str(TEST_SIM))
+        command = f'command = [{py}, {sim}, "{{config_path}}"]'
+        runs = json.dumps(str(self.cluster_runs))
+        cpus = self.cluster.cpus
+        extra = "\n".join(
+            [
+                "[templates.cl]",
+                command,
+                'executor = "cluster"',
+                # Every CPU of the node, in the OverSubscribe=NO partition: a second one waits.
+                "[templates.whole]",
+                command,
+                'executor = "whole"',
+                f"cpus = {cpus}",
+                extra_templates,
+                "[executors.cluster]",
+                'kind = "slurm"',
+                f"runs_dir = {runs}",
+                f"poll_interval_seconds = {POLL_INTERVAL}",
+                getattr(self, "executor_extra", ""),
+                "[executors.whole]",
+                'kind = "slurm"',
+                f"runs_dir = {runs}",
+                f'partition = "{WHOLE_PARTITION}"',
+                f"poll_interval_seconds = {POLL_INTERVAL}",
+            ]
+        )
+        super().write_config(extra)
+
+    def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+        """Start the daemon with the cluster's client environment (SLURM_CONF, PATH)."""
+        super().start({**self.cluster.env, **(env or {})}, wait_ready)
+
+    def wait_running(self, run_id: str, deadline: float = JOB_DEADLINE) -> RunRecord:
+        """Wait until the run is RUNNING with its job's id."""
+        return wait_for(
+            f"run {run_id} RUNNING on the cluster",
+            lambda: self._running_or_fail(run_id),
+            deadline,
+        )
+
+    def _running_or_fail(self, run_id: str) -> RunRecord | None:
+        record = self.run(run_id)
+        if record.status in ("COMPLETED", "FAILED", "CANCELLED"):
+            raise AssertionError(f"run {run_id} ended: {record.status} {record.error_message}")
+        return record if record.status == "RUNNING" and record.external_id else None
+
+    def jobs_named(self, run_id: str) -> list[str]:
+        """Every job of the run that slurmctld lists (any state): never more than one."""
+        out = self.cluster.run("squeue", "-h", "-t", "all", "-n", f"runsup-{run_id}", "-o", "%i")
+        return out.stdout.split()
+
+    def ask_cancel(self, run_id: str) -> None:
+        """Ask for a cancel as any program may (the row's cancel_requested_at)."""
+        assert self.store.request_cancel(run_id)
+
+
+def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:
+    d = ClusterDaemon(tmp_path, cluster, **settings)
+    d.start()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
+    """A started daemon sending `cl` runs to the test cluster (no accounting)."""
+    yield from _daemon(tmp_path, slurm_cluster)
+
+
+@pytest.fixture
+def any_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
+    """The same, once on the cluster without accounting and once with slurmdbd + MariaDB."""
+    yield from _daemon(tmp_path, any_slurm_cluster)
+
+
+def test_run_completes_on_the_cluster(any_daemon: ClusterDaemon) -> None:
+    daemon = any_daemon
+    progress = [{"type": "start", "config": {"total_iterations": 2}}, {"type": "iteration"}]
+    run_id = daemon.submit({"progress": progress, "sleep": 1}, template="cl")
+    pending = wait_for("the job id in the PENDING row", lambda: daemon.run(run_id).external_id)
+    assert daemon.jobs_named(run_id) == [pending]
+    running = daemon.wait_running(run_id)
+    assert running.executor == "cluster"
+    assert running.host == daemon.cluster.node
+    assert running.pid and running.pgid == running.pid  # the stand-in leads its group
+    assert running.keeper_pid
+    assert group_alive(running.pgid)
+    assert daemon.cluster.job_state(pending) in ("RUNNING", "COMPLETING", "COMPLETED")
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert final.status == "COMPLETED", final.error_message
+    assert final.exit_code == 0
+    assert final.external_id == pending
+    assert final.total_iterations == 2
+    wait_for("the stand-in to end", lambda: not group_alive(running.pgid))
+    assert (daemon.cluster_runs / run_id / "logs" / "sim.log").exists()
+
+
+def test_exit_code_is_the_simulations(any_daemon: ClusterDaemon) -> None:
+    run_id = any_daemon.submit({"exit_code": 7, "stdout": "bad input"}, template="cl")
+    final = any_daemon.wait_final(run_id, JOB_DEADLINE)
+    assert (final.status, final.exit_code, final.exit_signal) == ("FAILED", 7, None)
+    assert "bad input" in (final.error_message or "")
+
+
+def test_crash_signal_fails_the_run(daemon: ClusterDaemon) -> None:
+    run_id = daemon.submit({"signal_self": signal.SIGSEGV}, template="cl")
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert (final.status, final.exit_signal) == ("FAILED", signal.SIGSEGV)
+    assert "SIGSEGV" in (final.error_message or "")
+
+
+def test_cancel_escalates_for_a_job_that_ignores_sigterm(daemon: ClusterDaemon) -> None:
+    run_id = daemon.submit({"ignore_term": True, "sleep": 300, "progress": [READY]}, template="cl")
+    daemon.wait_running(run_id)
+    daemon.wait_set_up(run_id)
+    daemon.ask_cancel(run_id)
+    daemon.wait_logged("run_terminating", run_id=run_id)
+    # The job outlives SIGTERM and Slurm's KillWait; the daemon's grace ends it.
+    killed = daemon.wait_logged("run_killed", run_id=run_id, deadline=GRACE_SECONDS + 10)
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert final.status == "CANCELLED"
+    assert final.exit_signal == signal.SIGKILL
+    assert killed["event"] == "run_killed"
+
+
+def test_cancel_of_a_queued_job_removes_it(daemon: ClusterDaemon) -> None:
+    blocker = daemon.submit({"sleep": 300}, template="whole")
+    daemon.wait_running(blocker)
+    waiter = daemon.submit({"sleep": 1}, template="whole")
+    job_id = wait_for("the waiter's job id", lambda: daemon.run(waiter).external_id)
+    daemon.cluster.wait_job_state(job_id, ["PENDING"], JOB_DEADLINE)
+    assert daemon.run(waiter).status == "PENDING"
+    daemon.ask_cancel(waiter)
+    final = daemon.wait_final(waiter)
+    assert final.status == "CANCELLED"
+    assert final.started_at is None
+    assert daemon.cluster.wait_job_state(job_id, ["CANCELLED"], JOB_DEADLINE) == "CANCELLED"
+    daemon.ask_cancel(blocker)
+    assert daemon.wait_final(blocker, JOB_DEADLINE).status == "CANCELLED"
+
+
+def test_sigterm_to_the_stand_in_reaches_the_job(daemon: ClusterDaemon) -> None:
+    run_id = daemon.submit({"sleep": 300, "progress": [READY]}, template="cl")
+    running = daemon.wait_running(run_id)
+    daemon.wait_set_up(run_id)
+    assert running.pgid is not None
+    os.killpg(running.pgid, signal.SIGTERM)  # as a GUI written for local runs does
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert (final.status, final.exit_signal) == ("CANCELLED", signal.SIGTERM)
+    assert "another process" in (final.error_message or "")
+
+
+def test_sigkill_of_the_stand_in_cancels_the_job(daemon: ClusterDaemon) -> None:
+    run_id = daemon.submit({"sleep": 300}, template="cl")
+    running = daemon.wait_running(run_id)
+    assert running.pgid is not None and running.external_id is not None
+    os.killpg(running.pgid, signal.SIGKILL)
+    assert daemon.cluster.wait_job_state(running.external_id, ["CANCELLED"], JOB_DEADLINE)
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert final.status == "CANCELLED"
+
+
+@pytest.mark.parametrize("point", ["launch_claimed", "launch_spawned"])
+def test_daemon_killed_while_submitting_submits_once(daemon: ClusterDaemon, point: str) -> None:
+    daemon.stop()
+    daemon.start(env={"RUNSUP_TEST_CRASH_POINT": point})
+    run_id = daemon.submit({"sleep": 1}, template="cl")
+    daemon.wait_exit()
+    daemon.start()
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert final.status == "COMPLETED", final.error_message
+    assert daemon.jobs_named(run_id) == [final.external_id]
+
+
+def test_daemon_killed_while_jobs_run_loses_nothing(any_daemon: ClusterDaemon) -> None:
+    daemon = any_daemon
+    gate = daemon.tmp / "gate"
+    ends_away = daemon.submit({"sleep": 1, "exit_code": 4}, template="cl")
+    goes_on = daemon.submit({"wait_for_file": str(gate)}, template="cl")
+    first = {r: daemon.wait_running(r) for r in (ends_away, goes_on)}
+    daemon.kill()
+    wait_for(
+        "the first job to end while the daemon is down",
+        lambda: daemon.cluster.job_state(first[ends_away].external_id or "") == "FAILED",
+        JOB_DEADLINE,
+    )
+    daemon.start()
+    assert daemon.wait_final(ends_away, JOB_DEADLINE).exit_code == 4
+    again = daemon.run(goes_on)
+    assert (again.status, again.pid) == ("RUNNING", first[goes_on].pid)  # the same stand-in
+    gate.write_text("go")
+    final = daemon.wait_final(goes_on, JOB_DEADLINE)
+    assert final.status == "COMPLETED", final.error_message
+    for run_id in (ends_away, goes_on):
+        assert daemon.jobs_named(run_id) == [first[run_id].external_id]
+
+
+@pytest.mark.slow
+def test_time_limit_of_the_cluster_fails_as_timeout(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    # Slurm's own limit (one minute, checked every ~30 s), no limit of the daemon's.
+    for daemon in _daemon(tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]'):
+        run_id = daemon.submit({"sleep": 300}, template="cl")
+        daemon.wait_running(run_id)
+        final = daemon.wait_final(run_id, 150.0)
+        assert final.status == "FAILED"
+        assert (final.error_message or "").startswith("timeout"), final.error_message

@@ -7,92 +7,16 @@ outcome, and the cluster's own view of the job.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import READY, TEST_SIM, DaemonHarness, group_alive, wait_for
-from slurm_cluster import KILL_WAIT_SECONDS, WHOLE_PARTITION, SlurmCluster
-
-from supervisor.db import RunRecord
-
-POLL_INTERVAL = 0.5
-JOB_DEADLINE = 60.0  # a job submitted, run and ended on the idle test cluster
-# Longer than the cluster's KillWait: the daemon's own escalation is what ends the job.
-GRACE_SECONDS = KILL_WAIT_SECONDS + 3
-
-
-class ClusterDaemon(DaemonHarness):
-    """A daemon with `[executors.cluster]` on the test cluster and a `cl` template."""
-
-    def __init__(self, tmp: Path, cluster: SlurmCluster, **settings: Any) -> None:
-        self.cluster = cluster
-        self.cluster_runs = tmp / "cluster-runs"
-        self.executor_extra = settings.pop("executor_extra", "")
-        super().__init__(tmp, cancel_grace_seconds=GRACE_SECONDS, **settings)
-
-    def write_config(self, extra_templates: str = "") -> None:
-        """The harness's config plus the cluster executor and its templates."""
-        py, sim = json.dumps(sys.executable), json.dumps(str(TEST_SIM))
-        command = f'command = [{py}, {sim}, "{{config_path}}"]'
-        runs = json.dumps(str(self.cluster_runs))
-        cpus = self.cluster.cpus
-        extra = "\n".join(
-            [
-                "[templates.cl]",
-                command,
-                'executor = "cluster"',
-                # Every CPU of the node, in the OverSubscribe=NO partition: a second one waits.
-                "[templates.whole]",
-                command,
-                'executor = "whole"',
-                f"cpus = {cpus}",
-                extra_templates,
-                "[executors.cluster]",
-                'kind = "slurm"',
-                f"runs_dir = {runs}",
-                f"poll_interval_seconds = {POLL_INTERVAL}",
-                getattr(self, "executor_extra", ""),
-                "[executors.whole]",
-                'kind = "slurm"',
-                f"runs_dir = {runs}",
-                f'partition = "{WHOLE_PARTITION}"',
-                f"poll_interval_seconds = {POLL_INTERVAL}",
-            ]
-        )
-        super().write_config(extra)
-
-    def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
-        """Start the daemon with the cluster's client environment (SLURM_CONF, PATH)."""
-        super().start({**self.cluster.env, **(env or {})}, wait_ready)
-
-    def wait_running(self, run_id: str, deadline: float = JOB_DEADLINE) -> RunRecord:
-        """Wait until the run is RUNNING with its job's id."""
-        return wait_for(
-            f"run {run_id} RUNNING on the cluster",
-            lambda: self._running_or_fail(run_id),
-            deadline,
-        )
-
-    def _running_or_fail(self, run_id: str) -> RunRecord | None:
-        record = self.run(run_id)
-        if record.status in ("COMPLETED", "FAILED", "CANCELLED"):
-            raise AssertionError(f"run {run_id} ended: {record.status} {record.error_message}")
-        return record if record.status == "RUNNING" and record.external_id else None
-
-    def jobs_named(self, run_id: str) -> list[str]:
-        """Every job of the run that slurmctld lists (any state): never more than one."""
-        out = self.cluster.run("squeue", "-h", "-t", "all", "-n", f"runsup-{run_id}", "-o", "%i")
-        return out.stdout.split()
-
-    def ask_cancel(self, run_id: str) -> None:
-        """Ask for a cancel as any program may (the row's cancel_requested_at)."""
-        assert self.store.request_cancel(run_id)
+from daemon_harness import READY, group_alive, wait_for
+from slurm_cluster import SlurmCluster
+from slurm_daemon import GRACE_SECONDS, JOB_DEADLINE, ClusterDaemon
 
 
 def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:

@@ -42,22 +42,23 @@ _JOB_CODE = (
     "    open('term', 'w').write(repr(time.time()))\n"
     "    sys.exit(0)\n"
     "signal.signal(signal.SIGTERM, term)\n"
-    "open('started', 'w').write(repr(time.time()))\n"
     "time.sleep(600)\n"
 )
 # Counts the daemon's calls to the controller, then runs the real program.
 _COUNTER = '#!/bin/sh\necho "$(basename "$0")" >>"{log}"\nexec /usr/bin/"$(basename "$0")" "$@"\n'
 
 
-def templates(held_partition: str) -> str:
+def templates(held_partition: str, poll: float) -> str:
     """The bench's templates: a python job that reports its start and SIGTERM, `true`, and a
     held job (queued without using a CPU)."""
     py = json.dumps(sys.executable)
     code = json.dumps(_JOB_CODE)
+    start = json.dumps('date +%s.%N >started; exec "$1" -c "$2"')
     return "\n".join(
         [
             "[templates.timed]",
-            f'command = [{py}, "-c", {code}]',
+            # The job's first instruction notes its start; then the python that waits.
+            f'command = ["/bin/sh", "-c", {start}, "sh", {py}, {code}]',
             'executor = "cluster"',
             "[templates.trivial]",
             'command = ["true"]',
@@ -70,6 +71,7 @@ def templates(held_partition: str) -> str:
             f'partition = "{held_partition}"',
             'sbatch_args = ["--hold"]',
             "max_submitted = 10000",
+            f"poll_interval_seconds = {poll}",
         ]
     )
 
@@ -189,7 +191,7 @@ def main() -> int:
                 base / "d", cluster, poll_interval=args.poll, max_concurrent_runs=1
             )
             daemon.executor_extra = "max_submitted = 1000"
-            daemon.write_config(templates("debug"))
+            daemon.write_config(templates("debug", args.poll))
             daemon.start(env={"PATH": f"{wrappers}{os.pathsep}{cluster.env['PATH']}"})
             try:
                 print(f"poll_interval_seconds = {args.poll}")

@@ -42,6 +42,7 @@ _JOB_CODE = (
     "    open('term', 'w').write(repr(time.time()))\n"
     "    sys.exit(0)\n"
     "signal.signal(signal.SIGTERM, term)\n"
+    "open('ready', 'w').write('1')\n"
     "time.sleep(600)\n"
 )
 # Counts the daemon's calls to the controller, then runs the real program.
@@ -109,6 +110,7 @@ def one_run(daemon: ClusterDaemon) -> dict[str, float]:
     started = file_time(run_dir / "started") or 0.0
     wait_until("RUNNING", lambda: daemon.run(run_id).status == "RUNNING")
     running = time.time() - started
+    wait_until("its SIGTERM handler", lambda: (run_dir / "ready").exists())
     asked = time.time()
     daemon.ask_cancel(run_id)
     wait_until("SIGTERM in the job", lambda: file_time(run_dir / "term"))

@@ -5,7 +5,9 @@
 Starts the test cluster of tests/slurm_cluster.py (no accounting) and a daemon whose runs go to
 it (tests/slurm_daemon.py), and prints:
 - PENDING -> job submitted: the row written, until its external_id is set (median of 5);
-- job start -> RUNNING in the database: the job's first instruction, until the row says RUNNING;
+- job start -> RUNNING in the database: from the job's first instruction ("running"), and from
+  the moment squeue first shows the job started ("controller"; polled by the bench), until the
+  row says RUNNING (Slurm says RUNNING before the batch script runs: the first is near 0);
 - cancel asked -> SIGTERM in the job: cancel_requested_at written, until the job's handler runs;
 - queries per minute to the controller (squeue / sacct calls the daemon makes, counted by a
   wrapper on its PATH) with 10 and with N jobs of ours in the queue (held: they use no CPU);
@@ -92,7 +94,12 @@ def file_time(path: Path) -> float | None:
 
 def latencies(daemon: ClusterDaemon) -> dict[str, list[float]]:
     """Submitted, started -> RUNNING and cancel -> SIGTERM, once per repeat."""
-    found: dict[str, list[float]] = {"submitted": [], "running": [], "sigterm": []}
+    found: dict[str, list[float]] = {
+        "submitted": [],
+        "running": [],
+        "controller": [],
+        "sigterm": [],
+    }
     for _ in range(REPEATS):
         for name, seconds in one_run(daemon).items():
             found[name].append(seconds)
@@ -106,17 +113,26 @@ def one_run(daemon: ClusterDaemon) -> dict[str, float]:
     wait_until("the job id", lambda: daemon.run(run_id).external_id)
     submitted = time.time() - begun
     run_dir = daemon.cluster_runs / run_id
+    job_id = daemon.run(run_id).external_id or ""
+    wait_until("the controller", lambda: daemon.cluster.job_state(job_id) != "PENDING")
+    seen = time.time()
     wait_until("the job to start", lambda: file_time(run_dir / "started"))
     started = file_time(run_dir / "started") or 0.0
     wait_until("RUNNING", lambda: daemon.run(run_id).status == "RUNNING")
     running = time.time() - started
+    controller = time.time() - seen
     wait_until("its SIGTERM handler", lambda: (run_dir / "ready").exists())
     asked = time.time()
     daemon.ask_cancel(run_id)
     wait_until("SIGTERM in the job", lambda: file_time(run_dir / "term"))
     sigterm = (file_time(run_dir / "term") or 0.0) - asked
     daemon.wait_final(run_id, WAIT_SECONDS)
-    return {"submitted": submitted, "running": running, "sigterm": sigterm}
+    return {
+        "submitted": submitted,
+        "running": running,
+        "controller": controller,
+        "sigterm": sigterm,
+    }
 
 
 def queries_per_minute(daemon: ClusterDaemon, calls: Path, jobs: int, window: float) -> float:
@@ -207,6 +223,7 @@ def main() -> int:
                     rate = queries_per_minute(daemon, calls, jobs, args.window)
                     print(f"queries per minute with {jobs:>4} jobs queued: {rate:.1f}")
                 ours = end_to_end(daemon, args.jobs)
+                daemon.stop()  # lets it end the last stand-ins
             finally:
                 daemon.close()
             theirs = plain_sbatch(cluster, base, args.jobs)

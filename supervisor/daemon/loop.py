@@ -43,6 +43,7 @@ from supervisor.db import (
     final_change,
     foreign_identity_change,
     running_change,
+    standin_change,
     timed_out_change,
     utcnow,
 )
@@ -1248,6 +1249,20 @@ class _Host:
         run = self._d._track(record, handle, self._run_dir, template)
         if handle.exit_status() is not None:
             self._d._on_exit(run.run_id)
+
+    def record_process(self, record: RunRecord, process: ProcessRecord) -> None:
+        """The row names the run's new process group (a cluster job's new stand-in)."""
+        change = standin_change(
+            record.id,
+            pid=process.pid,
+            pgid=process.pgid,
+            pid_start_ticks=process.start_ticks,
+            boot_id=process.boot_id,
+            keeper_pid=process.keeper_pid,
+            keeper_start_ticks=process.keeper_start_ticks,
+        )
+        self._d.outbox.add(change)
+        log.info("run_process_changed", run_id=record.id, pid=process.pid)
 
     def settle_offline(self, record: RunRecord, status: ExitStatus) -> None:
         """Settle with the status the keeper kept."""

@@ -19,6 +19,7 @@ from supervisor.db.store import (
     kept_foreign_final_change,
     new_run_id,
     running_change,
+    standin_change,
     timed_out_change,
     utcnow,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "kept_foreign_final_change",
     "new_run_id",
     "running_change",
+    "standin_change",
     "timed_out_change",
     "utcnow",
 ]

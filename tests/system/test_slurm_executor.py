@@ -160,6 +160,32 @@ def test_daemon_killed_while_jobs_run_loses_nothing(any_daemon: ClusterDaemon) -
         assert daemon.jobs_named(run_id) == [first[run_id].external_id]
 
 
+def test_after_a_reboot_the_job_gets_a_new_stand_in(daemon: ClusterDaemon) -> None:
+    gate = daemon.tmp / "gate"
+    run_id = daemon.submit({"wait_for_file": str(gate)}, template="cl")
+    before = daemon.wait_running(run_id)
+    assert before.pid is not None
+    daemon.kill()
+    # A reboot of the daemon's machine: every local process gone (the watcher first, or it
+    # would cancel the job), the boot id new; the job on its node goes on.
+    watcher = int(Path(f"/proc/{before.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(watcher, signal.SIGKILL)
+    os.kill(before.pid, signal.SIGKILL)
+    wait_for("the old stand-in gone", lambda: not group_alive(before.pid or 0))
+    (daemon.cluster_runs / run_id / ".runsup" / "boot_id").write_text("an-earlier-boot\n")
+    daemon.start()
+    after = wait_for(
+        "the row to name the new stand-in",
+        lambda: r if (r := daemon.run(run_id)).pid != before.pid else None,
+    )
+    assert after.status == "RUNNING"
+    assert after.pgid is not None and group_alive(after.pgid)
+    gate.write_text("go")
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert final.status == "COMPLETED", final.error_message
+    assert daemon.jobs_named(run_id) == [before.external_id]
+
+
 @pytest.mark.slow
 def test_time_limit_of_the_cluster_fails_as_timeout(
     tmp_path: Path, slurm_cluster: SlurmCluster

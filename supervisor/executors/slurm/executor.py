@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -62,6 +63,7 @@ from supervisor.executors.slurm.standin import (
     StandInState,
     end_standin,
     find_standin,
+    reap,
     standin_state,
     start_standin,
     was_killed,
@@ -76,6 +78,9 @@ SUBMIT_ATTEMPTS = 3
 # How long close() waits for the worker to finish the operation it is in (a Slurm command
 # has its own timeout; the thread is a daemon thread, so the process never waits for it).
 CLOSE_JOIN_SECONDS = 2.0
+
+# Stand-ins started at once when a query finds many jobs newly running.
+STANDIN_STARTERS = 8
 
 _Op = Callable[[], None]
 
@@ -111,6 +116,8 @@ class SlurmExecutor:
         self._query_queued = False
         self._finding: dict[str, str | None] = {}  # run id -> job id found by name (None: none)
         self._find_queued: set[str] = set()
+        self._watchers: list[int] = []  # watchers of ended stand-ins, to reap (worker only)
+        self._starter = ThreadPoolExecutor(STANDIN_STARTERS, thread_name_prefix=f"slurm-{name}")
         self._ops: queue.Queue[_Op | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=f"slurm-{name}", daemon=True)
         self._thread.start()
@@ -263,8 +270,9 @@ class SlurmExecutor:
                 elif slot.handle is not None and slot.over and not was_over:
                     news.append(slot.run_id)
             self._tell(news)
-        for slot in to_start:
-            self._start_run(slot)
+        # A stand-in start mostly waits for two shells to come up: several at once.
+        list(self._starter.map(self._start_run, to_start))
+        self._reap_watchers()
 
     def _start_run(self, slot: JobSlot) -> None:
         """The job was seen running (or ended): give it a stand-in and make its handle."""
@@ -327,7 +335,18 @@ class SlurmExecutor:
             self.forget(slot)
             standin = slot.standin
         if standin is not None:
-            self._do(lambda: _end(standin))
+            self._do(lambda: self._end(standin))
+
+    def _end(self, standin: StandIn) -> None:
+        # Told to go, the stand-in exits by itself; its watcher (our child) is reaped later,
+        # so ending one costs no wait on the worker.
+        end_standin(standin, timeout=0.0)
+        self._reap_watchers()
+        if standin.watcher_pid is not None:
+            self._watchers.append(standin.watcher_pid)
+
+    def _reap_watchers(self) -> None:
+        self._watchers = [pid for pid in self._watchers if not reap(pid)]
 
     def forget(self, slot: JobSlot) -> None:
         """Called with the lock held: stop tracking the slot's job."""
@@ -366,7 +385,9 @@ class SlurmExecutor:
         standin: StandIn | None = None
         if found is None or state is StandInState.LOST:
             # After a reboot (or with no trace of one): the job goes on, a new stand-in too.
-            found = standin = start_standin(job_id, ref.record_dir, self.commands.env)
+            found = standin = start_standin(
+                job_id, ref.record_dir, self.commands.env, scancel=self._scancel
+            )
             log.info("slurm_standin_restarted", run_id=ref.run_id, job_id=job_id)
         elif state is StandInState.ALIVE:
             standin = found
@@ -440,10 +461,7 @@ class SlurmExecutor:
         """Stop the worker thread (jobs and stand-ins go on)."""
         self._ops.put(None)
         self._thread.join(CLOSE_JOIN_SECONDS)
-
-
-def _end(standin: StandIn) -> None:
-    end_standin(standin)
+        self._starter.shutdown(wait=False)
 
 
 def _record(standin: StandIn, job_id: str, node: str | None) -> ProcessRecord:

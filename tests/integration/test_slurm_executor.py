@@ -70,8 +70,9 @@ def test_one_query_watches_every_job(executor: SlurmExecutor, tmp_path: Path) ->
     wait_for("every job to run and end", all_ended, WAIT)
     assert {h.exit_status().exit_code for h in handles.values()} == {0}  # type: ignore[union-attr]
     assert all(h.record.host and h.record.external_id for h in handles.values())
-    # One squeue call per query, whatever the number of jobs: fewer calls than jobs.
-    assert 0 < executor.commands.calls["squeue"] < JOBS
+    # One squeue call per query, whatever the number of jobs; one query asked about them all.
+    assert executor.commands.calls["squeue"] == executor.queries
+    assert executor.largest_query == JOBS
     assert executor.commands.calls["sbatch"] == JOBS
     for handle in handles.values():
         handle.release()

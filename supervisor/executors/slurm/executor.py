@@ -79,6 +79,8 @@ SUBMIT_ATTEMPTS = 3
 # has its own timeout; the thread is a daemon thread, so the process never waits for it).
 CLOSE_JOIN_SECONDS = 2.0
 
+# The worker wakes the loop when a query is due; never more often than this.
+MIN_WAKE_SECONDS = 0.05
 # Stand-ins started at once when a query finds many jobs newly running.
 STANDIN_STARTERS = 8
 
@@ -114,6 +116,9 @@ class SlurmExecutor:
         self._news: set[str] = set()
         self._next_query = 0.0
         self._query_queued = False
+        # Batched queries made, and the most jobs one asked about (for tests and bench/).
+        self.queries = 0
+        self.largest_query = 0
         self._finding: dict[str, str | None] = {}  # run id -> job id found by name (None: none)
         self._find_queued: set[str] = set()
         self._watchers: list[int] = []  # watchers of ended stand-ins, to reap (worker only)
@@ -126,13 +131,29 @@ class SlurmExecutor:
 
     def _work(self) -> None:
         while True:
-            op = self._ops.get()
+            try:
+                op = self._ops.get(timeout=self._until_due())
+            except queue.Empty:
+                # A query is due: the loop, which may be idle until its own timer, looks now.
+                self._wake()
+                continue
             if op is None:
                 return
             try:
                 op()
             except Exception as exc:  # one failed operation never stops the worker
                 log.error("slurm_worker_error", executor=self.name, error=str(exc), exc_info=True)
+
+    def _until_due(self) -> float | None:
+        """Seconds until the next query is due (None: no job to ask about, or one queued)."""
+        with self.lock:
+            if self._query_queued or not self._watching():
+                return None
+            return max(MIN_WAKE_SECONDS, self._next_query - time.monotonic())
+
+    def _watching(self) -> bool:
+        """Called with the lock held: True while a job of ours may still change."""
+        return any(s.job_id is not None and not s.over for s in self._slots.values())
 
     def _do(self, op: _Op) -> None:
         self._ops.put(op)
@@ -229,11 +250,7 @@ class SlurmExecutor:
         now = time.monotonic()
         with self.lock:
             news, self._news = self._news, set()
-            due = (
-                not self._query_queued
-                and now >= self._next_query
-                and any(s.job_id is not None and not s.over for s in self._slots.values())
-            )
+            due = not self._query_queued and now >= self._next_query and self._watching()
             if due:
                 self._query_queued = True
                 self._next_query = now + (self.poll_interval or 0.0)
@@ -249,6 +266,8 @@ class SlurmExecutor:
             }
         if not asked:
             return
+        self.queries += 1
+        self.largest_query = max(self.largest_query, len(asked))
         try:
             answers = self.commands.query(list(asked))
         except SlurmError as exc:

@@ -17,6 +17,7 @@ from supervisor.executors.slurm.parsing import (
     export_option,
     job_name,
     memory_mib,
+    merge_accounting,
     parse_exit_code,
     parse_job_names,
     parse_sacct,
@@ -274,3 +275,17 @@ def test_sacct_time_is_local_time_to_the_second() -> None:
     local = moment.astimezone()
     assert sacct_time(moment) == local.strftime("%Y-%m-%dT%H:%M:%S")
     assert sacct_time(datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05"
+
+
+def test_merge_accounting_keeps_squeue_authoritative() -> None:
+    # Captured while job 2 was RUNNING in squeue: slurmdbd's placeholder already COMPLETED.
+    listed = parse_squeue("2|RUNNING|0|None|vm|runsup-x\n21|COMPLETED|0|None|vm|runsup-ccc333\n")
+    accounted = parse_sacct(
+        "2|COMPLETED|0:0|vm||None|allocation\n2.batch|COMPLETED|0:0|vm|||batch\n"
+        "21|COMPLETED|0:0|vm||None|runsup-ccc333\n21.batch|COMPLETED|0:0|vm|2480K||batch\n"
+        "19|FAILED|3:0|vm||None|runsup-aaa111\n"
+    )
+    merged = merge_accounting(listed, accounted)
+    assert merged["2"] == listed["2"]  # not the placeholder
+    assert merged["21"].source == "squeue" and merged["21"].max_rss_bytes == 2480 * 1024
+    assert (merged["19"].source, merged["19"].exit_code) == ("sacct", 3)

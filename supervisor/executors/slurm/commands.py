@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
@@ -33,6 +33,7 @@ from supervisor.executors.slurm.parsing import (
     SQUEUE_FORMAT,
     JobInfo,
     SubmitRequest,
+    merge_accounting,
     parse_job_names,
     parse_sacct,
     parse_squeue,
@@ -197,7 +198,7 @@ class SlurmCommands:
     def query(self, job_ids: Iterable[str]) -> dict[str, JobInfo]:
         """The state of every job in `job_ids` in one squeue call, plus, when accounting
         works, one sacct call for the ids squeue no longer lists and those it lists as ended
-        (sacct adds MaxRSS). Ids no source knows come back `purged`. SlurmError: the answer
+        (for their MaxRSS). Ids no source knows come back `purged`. SlurmError: the answer
         is unknown for all of them."""
         wanted = list(dict.fromkeys(job_ids))
         if not wanted:
@@ -208,13 +209,7 @@ class SlurmCommands:
         missing = unknown_ids(wanted, found)
         ended = [job_id for job_id, info in found.items() if info.final]
         if (missing or ended) and self.accounting():
-            for job_id, info in self._sacct(missing + ended).items():
-                listed = found.get(job_id)
-                if listed is None:
-                    found[job_id] = info
-                elif info.final:  # sacct may lack a just-ended job's final record yet
-                    # sacct's Reason for an ended job reads None; squeue's is still there.
-                    found[job_id] = replace(info, reason=info.reason or listed.reason)
+            found = merge_accounting(found, self._sacct(missing + ended))
             missing = unknown_ids(missing, found)
         for job_id in missing:
             found[job_id] = purged_job(job_id)

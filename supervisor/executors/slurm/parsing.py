@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -244,6 +244,22 @@ def _sacct_info(job_id: str, job: _SacctJob) -> JobInfo:
         max_rss_bytes=max(job.max_rss) if job.max_rss else None,
         source="sacct",
     )
+
+
+def merge_accounting(
+    listed: Mapping[str, JobInfo], accounted: Mapping[str, JobInfo]
+) -> dict[str, JobInfo]:
+    """squeue's records completed with sacct's: sacct's for the jobs squeue no longer lists;
+    for the others squeue's stays the authority and gains sacct's MaxRSS. (sacct can lag: for
+    a moment slurmdbd holds a placeholder named "allocation", already COMPLETED.)"""
+    merged = dict(listed)
+    for job_id, info in accounted.items():
+        known = listed.get(job_id)
+        if known is None:
+            merged[job_id] = info
+        elif info.name == known.name:
+            merged[job_id] = replace(known, max_rss_bytes=info.max_rss_bytes)
+    return merged
 
 
 def parse_job_names(output: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from supervisor.executors.slurm.jobs import (
     exit_status_of,
     job_env,
     job_started,
+    job_variables,
 )
 from supervisor.executors.slurm.parsing import JobInfo, JobState, purged_job
 
@@ -93,3 +94,34 @@ def test_batch_script_runs_the_argv_and_keeps_its_status(tmp_path: Path) -> None
     assert result.returncode == 5
     assert result.stdout == "it's\n"
     assert (record / "exit").read_text() == "5\n"
+
+
+def test_the_script_sets_the_runs_environment(tmp_path: Path) -> None:
+    env, unset = job_variables(
+        {"PATH": "/bin:/usr/bin", "A": "x y 'z'", "SLURM_JOB_ID": "1"},
+        {"PATH": "/other", "NOTIFY_SOCKET": "/run/n", "SLURM_CONF": "/c"},
+        gpus=None,
+    )
+    assert env == {"PATH": "/bin:/usr/bin", "A": "x y 'z'"}
+    assert unset == ["NOTIFY_SOCKET"]  # the daemon's, not the run's; Slurm's own stay
+    script = batch_script(
+        "abc", tmp_path, ["/bin/sh", "-c", 'echo "$A|${NOTIFY_SOCKET-unset}"'], env, unset
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", script],
+        env={"NOTIFY_SOCKET": "/run/n", "PATH": "/other"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.stdout == "x y 'z'|unset\n"
+
+
+def test_a_job_given_gpus_keeps_slurms_gpu_variables() -> None:
+    env, unset = job_variables({"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "0"}, 2)
+    assert (env, unset) == ({}, [])
+
+
+def test_a_bad_variable_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a variable name"):
+        batch_script("abc", tmp_path, ["true"], {"A-B": "1"})

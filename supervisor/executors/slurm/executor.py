@@ -52,12 +52,8 @@ from supervisor.executors.slurm.handles import (
     SlurmRunHandle,
     kill_or_signal,
 )
-from supervisor.executors.slurm.jobs import batch_script, job_env, job_started
-from supervisor.executors.slurm.parsing import (
-    SubmitRequest,
-    export_option,
-    job_name,
-)
+from supervisor.executors.slurm.jobs import batch_script, job_started, job_variables
+from supervisor.executors.slurm.parsing import SubmitRequest, job_name
 from supervisor.executors.slurm.standin import (
     StandIn,
     StandInState,
@@ -172,15 +168,15 @@ class SlurmExecutor:
 
     def begin_launch(self, spec: LaunchSpec) -> SlurmLaunch:
         """Queue the job's submission; the launch gets its id when sbatch answers."""
-        env = job_env(spec.env)
+        env, unset = job_variables(spec.env, self.commands.env, spec.gpus)
         try:
-            export_option(env)
+            script = batch_script(spec.run_id, spec.record_dir, spec.argv, env, unset)
         except ValueError as exc:
             raise LaunchError(f"the run's environment cannot be passed to Slurm: {exc}") from None
         request = SubmitRequest(
             run_id=spec.run_id,
             run_dir=spec.cwd,
-            script=batch_script(spec.run_id, spec.record_dir, spec.argv),
+            script=script,
             log_path=spec.log_path,
             cpus=spec.cpus,
             gpus=spec.gpus,
@@ -189,7 +185,6 @@ class SlurmExecutor:
             partition=self.config.partition,
             account=self.config.account,
             sbatch_args=self.config.sbatch_args,
-            env=env,
         )
         slot = JobSlot(run_id=spec.run_id, record_dir=spec.record_dir)
         with self.lock:

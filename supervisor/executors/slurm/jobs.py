@@ -9,9 +9,10 @@ on a node that failed), and a job nobody knows any more is "vanished".
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from supervisor.executors.local.keeper import EXIT_FILE, decode_shell_status, re
 from supervisor.executors.slurm.commands import client_env
 from supervisor.executors.slurm.parsing import JobInfo, JobState
 
+_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+SLURM_PREFIX = "SLURM_"
+# Set by Slurm in a job given GPUs: the run's own values would point at other GPUs.
+GPU_VARIABLES = frozenset({"CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES"})
 # Job states in which the job has started (a launch becomes a running run).
 STARTED_STATES = frozenset({JobState.RUNNING, JobState.SUSPENDED, JobState.COMPLETING})
 NODE_FAILURE_STATES = frozenset({JobState.NODE_FAIL, JobState.BOOT_FAIL})
@@ -32,7 +37,7 @@ NODE_FAILURE_STATES = frozenset({JobState.NODE_FAIL, JobState.BOOT_FAIL})
 # too: then the cluster's record has the status.
 BATCH_SCRIPT = """#!/bin/sh
 # run-supervisor: run {run_id}
-trap : TERM INT HUP
+{environment}trap : TERM INT HUP
 _runsup_d={record_dir}
 {command}
 _runsup_rc=$?
@@ -41,14 +46,51 @@ exit "$_runsup_rc"
 """
 
 
-def batch_script(run_id: str, record_dir: Path, argv: Sequence[str]) -> str:
-    """The job's script: the simulation's argv (shell-quoted) under the keeper."""
+def batch_script(
+    run_id: str,
+    record_dir: Path,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    unset: Collection[str] = (),
+) -> str:
+    """The job's script: the run's environment, then the simulation's argv under the keeper.
+
+    The environment is set in the script rather than with `sbatch --export=NAMES`: an export
+    without ALL makes Slurm load the user's login environment on the node first (the implied
+    --get-user-env), which costs about 2 s a job. The job starts from sbatch's environment
+    (the daemon's); `unset` names what of it the run must not see.
+    """
+    lines = [f"unset -v {' '.join(sorted(unset))}\n"] if unset else []
+    for name, value in sorted((env or {}).items()):
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"not a variable name: {name!r}")
+        lines.append(f"export {name}={shlex.quote(value)}\n")
     return BATCH_SCRIPT.format(
         run_id=run_id,
+        environment="".join(lines),
         record_dir=shlex.quote(str(record_dir)),
         command=" ".join(shlex.quote(arg) for arg in argv),
         exit_file=EXIT_FILE,
     )
+
+
+def job_variables(
+    run_env: Mapping[str, str], submit_env: Mapping[str, str], gpus: int | None
+) -> tuple[dict[str, str], list[str]]:
+    """What the script sets and what it unsets so that the job sees the run's environment:
+    Slurm's own variables are left alone, and so are the GPU ones when the job asks for GPUs
+    (Slurm sets them to the GPUs it gave the job)."""
+    exported = {k: v for k, v in job_env(run_env).items() if not _slurm_sets(k, gpus)}
+    unset = [
+        k
+        for k in submit_env
+        if k not in exported and not _slurm_sets(k, gpus) and _ENV_NAME.match(k)
+    ]
+    return exported, unset
+
+
+def _slurm_sets(name: str, gpus: int | None) -> bool:
+    return name.startswith(SLURM_PREFIX) or (bool(gpus) and name in GPU_VARIABLES)
 
 
 def job_env(env: Mapping[str, str]) -> dict[str, str]:

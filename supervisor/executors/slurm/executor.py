@@ -293,9 +293,9 @@ class SlurmExecutor:
         job_id = slot.job_id or ""
         try:
             standin = self._standin_for(job_id, slot.record_dir)
-        except LaunchError as exc:
+        except (LaunchError, OSError) as exc:
             self._cancel_job(job_id)  # a run the loop cannot watch must not go on unseen
-            self._launch_failed(slot, str(exc))
+            self._launch_failed(slot, f"job {job_id} was cancelled: {exc}")
             return
         with self.lock:
             node = slot.info.node if slot.info is not None else None

@@ -13,6 +13,7 @@ from slurm_cluster import KILL_WAIT_SECONDS, WHOLE_PARTITION, SlurmCluster
 from supervisor.db import RunRecord
 
 POLL_INTERVAL = 0.5
+COMMAND_TIMEOUT = 5.0
 JOB_DEADLINE = 60.0  # a job submitted, run and ended on the idle test cluster
 # Longer than the cluster's KillWait: the daemon's own escalation is what ends the job.
 GRACE_SECONDS = KILL_WAIT_SECONDS + 3
@@ -58,6 +59,9 @@ class ClusterDaemon(DaemonHarness):
                 'kind = "slurm"',
                 f"runs_dir = {runs}",
                 f"poll_interval_seconds = {self.poll_interval}",
+                # How long a restarted daemon waits out an sbatch its predecessor may have
+                # left running before it looks for a job by name.
+                f"command_timeout_seconds = {COMMAND_TIMEOUT}",
                 self.executor_extra,
                 "[executors.whole]",
                 'kind = "slurm"',

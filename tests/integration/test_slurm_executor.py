@@ -18,13 +18,18 @@ from supervisor.settings import ExecutorSettings
 
 JOBS = 12
 WAIT = 60.0
+COMMAND_TIMEOUT = 3.0  # also how long a new executor waits before it looks for jobs by name
 
 
 def _executor(cluster: SlurmCluster, runs: Path, interval: float) -> SlurmExecutor:
     config = ExecutorSettings(
-        name="cluster", kind="slurm", runs_dir=runs, poll_interval_seconds=interval
+        name="cluster",
+        kind="slurm",
+        runs_dir=runs,
+        poll_interval_seconds=interval,
+        command_timeout_seconds=COMMAND_TIMEOUT,
     )
-    commands = SlurmCommands(env=dict(cluster.env))
+    commands = SlurmCommands(env=dict(cluster.env), timeout=COMMAND_TIMEOUT)
     return SlurmExecutor("cluster", config, wake=threading.Event().set, commands=commands)
 
 

@@ -120,6 +120,7 @@ class SlurmExecutor:
         self._watchers: list[int] = []  # watchers of ended stand-ins, to reap (worker only)
         self._starter = ThreadPoolExecutor(STANDIN_STARTERS, thread_name_prefix=f"slurm-{name}")
         self._ops: queue.Queue[_Op | None] = queue.Queue()
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._work, name=f"slurm-{name}", daemon=True)
         self._thread.start()
 
@@ -418,6 +419,10 @@ class SlurmExecutor:
     def _find_claimed(self, ref: RunRef) -> Recovery:
         """A claim without a job id: a daemon may have died between sbatch and recording the
         id. Look for the job by its name before anything is submitted again."""
+        if time.monotonic() - self._started < self.config.command_timeout_seconds:
+            # An sbatch the dead daemon started may still be talking to the controller (a
+            # child outlives its parent): look only once it would have given up.
+            return StillStarting("waiting out a submit an earlier daemon may have begun")
         with self.lock:
             if ref.run_id in self._finding:
                 job_id = self._finding.pop(ref.run_id)

@@ -186,6 +186,26 @@ def test_after_a_reboot_the_job_gets_a_new_stand_in(daemon: ClusterDaemon) -> No
     assert daemon.jobs_named(run_id) == [before.external_id]
 
 
+def test_a_controller_that_does_not_answer_is_unknown_not_finished(
+    daemon: ClusterDaemon,
+) -> None:
+    gate = daemon.tmp / "gate"
+    run_id = daemon.submit({"wait_for_file": str(gate)}, template="cl")
+    daemon.wait_running(run_id)
+    controller = daemon.cluster.processes["slurmctld"].pid
+    os.kill(controller, signal.SIGSTOP)
+    try:
+        gate.write_text("go")  # the simulation ends; its keeper writes the exit file
+        exit_file = daemon.cluster_runs / run_id / ".runsup" / "exit"
+        wait_for("the keeper's exit file", exit_file.exists, JOB_DEADLINE)
+        daemon.wait_logged("slurm_query_failed", deadline=JOB_DEADLINE)
+        assert daemon.run(run_id).status == "RUNNING"  # a timeout is no answer
+    finally:
+        os.kill(controller, signal.SIGCONT)
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert final.status == "COMPLETED", final.error_message
+
+
 @pytest.mark.slow
 def test_time_limit_of_the_cluster_fails_as_timeout(
     tmp_path: Path, slurm_cluster: SlurmCluster

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import wait_for
+from daemon_harness import pid_alive, wait_for
 from slurm_cluster import SlurmCluster
 
 from supervisor.executors.base import LaunchSpec, NeverStarted, Queued, RunRef, StillStarting
@@ -72,15 +72,21 @@ def test_one_query_watches_every_job(executor: SlurmExecutor, tmp_path: Path) ->
                     handles[run_id] = handle
         return len(handles) == JOBS and all(h.exit_status() for h in handles.values())
 
-    wait_for("every job to run and end", all_ended, WAIT)
+    try:
+        wait_for("every job to run and end", all_ended, WAIT)
+    finally:
+        for handle in handles.values():
+            handle.release()
     assert {h.exit_status().exit_code for h in handles.values()} == {0}  # type: ignore[union-attr]
     assert all(h.record.host and h.record.external_id for h in handles.values())
     # One squeue call per query, whatever the number of jobs; one query asked about them all.
     assert executor.commands.calls["squeue"] == executor.queries
     assert executor.largest_query == JOBS
     assert executor.commands.calls["sbatch"] == JOBS
-    for handle in handles.values():
-        handle.release()
+    # A job over: its stand-in is gone (the executor ends it as soon as the cluster says so).
+    wait_for(
+        "every stand-in gone", lambda: not any(pid_alive(h.record.pid) for h in handles.values())
+    )
 
 
 def test_a_claim_without_a_job_id_is_found_by_name(

@@ -53,7 +53,7 @@ from supervisor.executors.slurm.handles import (
     kill_or_signal,
 )
 from supervisor.executors.slurm.jobs import batch_script, job_started, job_variables
-from supervisor.executors.slurm.parsing import SubmitRequest, job_name
+from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest, job_name
 from supervisor.executors.slurm.standin import (
     StandIn,
     StandInState,
@@ -269,7 +269,21 @@ class SlurmExecutor:
         except SlurmError as exc:
             log.warning("slurm_query_failed", executor=self.name, jobs=len(asked), error=str(exc))
             return  # unknown: nothing changes
-        to_start = []
+        to_start, to_end = self._take_answers(asked, answers)
+        for standin in to_end:
+            self._end(standin)
+        # A stand-in start mostly waits for two shells to come up: several at once.
+        list(self._starter.map(self._start_run, to_start))
+        self._reap_watchers()
+
+    def _take_answers(
+        self, asked: dict[str, JobSlot], answers: dict[str, JobInfo]
+    ) -> tuple[list[JobSlot], list[StandIn]]:
+        """Store a query's answers; the launches whose job started, and the stand-ins of jobs
+        now over (ended at once: `killpg(pgid, 0)` must fail once the job is gone, and a
+        daemon killed before it settles the run leaves nothing behind)."""
+        to_start: list[JobSlot] = []
+        to_end: list[StandIn] = []
         with self.lock:
             news = []
             for job_id, slot in asked.items():
@@ -284,10 +298,11 @@ class SlurmExecutor:
                         to_start.append(slot)
                 elif slot.handle is not None and slot.over and not was_over:
                     news.append(slot.run_id)
+                    if slot.standin is not None:
+                        to_end.append(slot.standin)
+                        slot.standin = None
             self._tell(news)
-        # A stand-in start mostly waits for two shells to come up: several at once.
-        list(self._starter.map(self._start_run, to_start))
-        self._reap_watchers()
+        return to_start, to_end
 
     def _start_run(self, slot: JobSlot) -> None:
         """The job was seen running (or ended): give it a stand-in and make its handle."""
@@ -345,10 +360,11 @@ class SlurmExecutor:
         self._do(cancel)
 
     def end_standin(self, slot: JobSlot) -> None:
-        """End the stand-in of a settled run (on the worker thread), and forget the job."""
+        """End the stand-in of a settled run if it stands yet (a job over before it was seen
+        running keeps one until then), on the worker thread; forget the job."""
         with self.lock:
             self.forget(slot)
-            standin = slot.standin
+            standin, slot.standin = slot.standin, None
         if standin is not None:
             self._do(lambda: self._end(standin))
 

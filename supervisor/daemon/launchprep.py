@@ -85,4 +85,5 @@ def launch_spec(
         memory_max=held.memory_max_bytes,
         cpu_ids=held.cpu_ids,
         timeout_seconds=template.timeout_seconds,
+        gpus=template.gpus,
     )

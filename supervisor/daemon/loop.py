@@ -53,6 +53,7 @@ from supervisor.db import (
     external_id_change,
     final_change,
     foreign_identity_change,
+    standin_change,
     timed_out_change,
 )
 from supervisor.errors import ConfigError, DatabaseBusy, LaunchError, SupervisorError
@@ -396,7 +397,13 @@ class Daemon:
             for run in self.runs.values():
                 self.store.request_cancel(run.run_id)
                 self._request_cancel(run)
-            self._cancel_seen.update(self.launching)
+            for flight in list(self.launching.values()):
+                self.store.request_cancel(flight.record.id)
+                if flight.launch.cancel():  # a queued job removed: never wait for it to start
+                    self._end_launch(flight)
+                    self._cancel_unstarted(flight.record.id, "cancelled: the daemon stopped")
+                else:
+                    self._cancel_seen.add(flight.record.id)
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -595,7 +602,8 @@ class Daemon:
         """Local runs that may start now (runs on other executors do not count)."""
         busy = sum(r.executor == LOCAL_EXECUTOR for r in self.runs.values())
         busy += sum(f.executor == LOCAL_EXECUTOR for f in self.launching.values())
-        return self.settings.max_concurrent_runs - busy - len(self._claims_waiting)
+        # Claims found still starting after a restart hold a slot, local ones only (_claims_held).
+        return self.settings.max_concurrent_runs - busy - len(self._claims_held)
 
     def _cluster_slots(self) -> dict[str, int]:
         """For each other executor: how many more of its runs may be launched now."""
@@ -1273,6 +1281,20 @@ class _Host:
         if handle.exit_status() is not None:
             self._d._on_exit(run.run_id)
 
+    def record_process(self, record: RunRecord, process: ProcessRecord) -> None:
+        """The row names the run's new process group (a cluster job's new stand-in)."""
+        change = standin_change(
+            record.id,
+            pid=process.pid,
+            pgid=process.pgid,
+            pid_start_ticks=process.start_ticks,
+            boot_id=process.boot_id,
+            keeper_pid=process.keeper_pid,
+            keeper_start_ticks=process.keeper_start_ticks,
+        )
+        self._d.outbox.add(change)
+        log.info("run_process_changed", run_id=record.id, pid=process.pid)
+
     def settle_offline(self, record: RunRecord, status: ExitStatus) -> None:
         """Settle with the status the keeper kept."""
         self._d.settle_offline(record, self._run_dir, status)
@@ -1320,7 +1342,8 @@ class _Host:
     def look_again_later(self, record: RunRecord, why: str) -> None:
         """Its keeper is still starting."""
         self._d._claims_waiting[record.id] = self._d.clock.monotonic() + CLAIM_RECHECK_SECONDS
-        self._d._claims_held[record.id] = Held.of_row(record)
+        if (record.executor or LOCAL_EXECUTOR) == LOCAL_EXECUTOR:  # a cluster holds its own
+            self._d._claims_held[record.id] = Held.of_row(record)
         log.info("launch_still_starting", run_id=record.id, why=why)
 
 

@@ -45,6 +45,10 @@ class RecoveryHost(Protocol):
         """Watch the run from now on (also a leftover group of a lost run)."""
         ...
 
+    def record_process(self, record: RunRecord, process: ProcessRecord) -> None:
+        """A RUNNING row's process changed (a cluster job's stand-in made again)."""
+        ...
+
     def settle_offline(self, record: RunRecord, status: ExitStatus) -> None:
         """Settle a run that ended while no daemon watched, with its final progress."""
         ...
@@ -82,6 +86,8 @@ def _apply_to_running(host: RecoveryHost, record: RunRecord, found: Recovery) ->
     """The row says RUNNING: watch the run, or settle it with what is known of its end."""
     match found:
         case Adopted(handle=handle):
+            if record.pid is not None and handle.record.pid != record.pid:
+                host.record_process(record, handle.record)
             host.track(record, handle)
             log.info("run_adopted", run_id=record.id, pid=handle.record.pid)
         case EndedWhileAway(exit=status):

@@ -27,6 +27,7 @@ from supervisor.db.store import (
     new_run_id,
     retry_change,
     running_change,
+    standin_change,
     timed_out_change,
     utcnow,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "new_run_id",
     "retry_change",
     "running_change",
+    "standin_change",
     "timed_out_change",
     "utcnow",
 ]

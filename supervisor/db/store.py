@@ -317,6 +317,29 @@ def foreign_identity_change(run_id: str, *, pid_start_ticks: int, boot_id: str) 
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), values)
 
 
+def standin_change(
+    run_id: str,
+    *,
+    pid: int,
+    pgid: int,
+    pid_start_ticks: int,
+    boot_id: str,
+    keeper_pid: int,
+    keeper_start_ticks: int,
+) -> RowChange:
+    """A RUNNING cluster run's stand-in made again (the daemon's machine rebooted): the row
+    names the new local group, so `killpg(pgid, 0)` keeps telling the truth (SPEC 9)."""
+    values = {
+        "pid": pid,
+        "pgid": pgid,
+        "pid_start_ticks": pid_start_ticks,
+        "boot_id": boot_id,
+        "keeper_pid": keeper_pid,
+        "keeper_start_ticks": keeper_start_ticks,
+    }
+    return RowChange(run_id, frozenset({RunStatus.RUNNING}), values)
+
+
 def external_id_change(run_id: str, external_id: str) -> RowChange:
     """A claimed run's cluster job id, recorded before anything relies on it (SPEC 9)."""
     return RowChange(run_id, frozenset({RunStatus.PENDING}), {"external_id": external_id})

@@ -91,6 +91,7 @@ class LaunchSpec:
     memory_max: int | None = None  # bytes: a hard cap on the run's processes
     cpu_ids: tuple[int, ...] | None = None  # pin the run to these CPUs
     timeout_seconds: float | None = None
+    gpus: int | None = None  # how many GPUs the template asks for (a cluster requests them)
 
 
 class RunHandle(Protocol):

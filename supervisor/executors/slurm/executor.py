@@ -1,0 +1,522 @@
+"""The Slurm executor (SPEC section 9): runs as batch jobs, watched with one batched query.
+
+Nothing here blocks the daemon's loop. sbatch (50-500 ms), the batched query and scancel run
+on the executor's one worker thread, fed by a queue of operations; it stores what it learns in
+the runs' `JobSlot`s under one lock and calls `wake()` when something changed. The loop's
+`poll()` starts a query only when `poll_interval_seconds` has passed since the last one (one
+query for every job of ours, whatever their number) and returns the run ids with news. A query
+that fails or times out changes nothing: unknown is never "finished".
+
+A job's life as the loop sees it: `begin_launch` -> a `SlurmLaunch` (PENDING row, with the
+job id once sbatch answers) -> the job runs: the worker starts its local stand-in
+(standin.py) and the launch returns a `SlurmRunHandle` (RUNNING row: the stand-in's pid and
+pgid, the job id, the node) -> the job is over: the handle's exit status (jobs.py) -> release()
+ends the stand-in.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from supervisor.errors import LaunchError
+from supervisor.executors.base import (
+    Adopted,
+    LaunchSpec,
+    NeverStarted,
+    ProcessRecord,
+    Queued,
+    Recovery,
+    RunHandle,
+    RunRef,
+    StillStarting,
+)
+from supervisor.executors.local.keeper import EXIT_FILE
+from supervisor.executors.slurm.commands import (
+    SlurmCommands,
+    SlurmError,
+    SubmitRejected,
+    client_env,
+)
+from supervisor.executors.slurm.handles import (
+    JobSlot,
+    SlurmLaunch,
+    SlurmRunHandle,
+    kill_or_signal,
+)
+from supervisor.executors.slurm.jobs import batch_script, job_started, job_variables
+from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest, job_name
+from supervisor.executors.slurm.standin import (
+    StandIn,
+    StandInState,
+    end_standin,
+    find_standin,
+    reap,
+    standin_state,
+    start_standin,
+    was_killed,
+)
+from supervisor.settings import ExecutorSettings
+
+log = structlog.get_logger(__name__)
+
+# A submit whose outcome is unknown (the controller did not answer) is looked for by name,
+# then tried again, at most this many times in all before the launch fails.
+SUBMIT_ATTEMPTS = 3
+# How long close() waits for the worker to finish the operation it is in (a Slurm command
+# has its own timeout; the thread is a daemon thread, so the process never waits for it).
+CLOSE_JOIN_SECONDS = 2.0
+
+# The worker wakes the loop when a query is due; never more often than this.
+MIN_WAKE_SECONDS = 0.05
+# Stand-ins started at once when a query finds many jobs newly running.
+STANDIN_STARTERS = 8
+
+_Op = Callable[[], None]
+
+
+class SlurmExecutor:
+    """Runs on one Slurm cluster (an `[executors.NAME]` table with kind = "slurm")."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ExecutorSettings,
+        *,
+        wake: Callable[[], None],
+        commands: SlurmCommands | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.poll_interval: float | None = config.poll_interval_seconds
+        self.runs_dir: Path | None = config.runs_dir
+        self.max_in_flight: int | None = config.max_submitted
+        self.commands = commands or SlurmCommands(
+            env=client_env(), timeout=config.command_timeout_seconds
+        )
+        try:
+            config.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # each launch then fails saying why
+            log.error("executor_runs_dir_unusable", executor=name, error=str(exc))
+        self.lock = threading.Lock()
+        self._wake = wake
+        self._slots: dict[str, JobSlot] = {}  # run id -> its job, while the loop holds it
+        self._news: set[str] = set()
+        self._next_query = 0.0
+        self._query_queued = False
+        # Batched queries made, and the most jobs one asked about (for tests and bench/).
+        self.queries = 0
+        self.largest_query = 0
+        self._finding: dict[str, str | None] = {}  # run id -> job id found by name (None: none)
+        self._find_queued: set[str] = set()
+        self._watchers: list[int] = []  # watchers of ended stand-ins, to reap (worker only)
+        self._starter = ThreadPoolExecutor(STANDIN_STARTERS, thread_name_prefix=f"slurm-{name}")
+        self._ops: queue.Queue[_Op | None] = queue.Queue()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._work, name=f"slurm-{name}", daemon=True)
+        self._thread.start()
+
+    # -- the worker thread ---------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            try:
+                op = self._ops.get(timeout=self._until_due())
+            except queue.Empty:
+                # A query is due: the loop, which may be idle until its own timer, looks now.
+                self._wake()
+                continue
+            if op is None:
+                return
+            try:
+                op()
+            except Exception as exc:  # one failed operation never stops the worker
+                log.error("slurm_worker_error", executor=self.name, error=str(exc), exc_info=True)
+
+    def _until_due(self) -> float | None:
+        """Seconds until the next query is due (None: no job to ask about, or one queued)."""
+        with self.lock:
+            if self._query_queued or not self._watching():
+                return None
+            return max(MIN_WAKE_SECONDS, self._next_query - time.monotonic())
+
+    def _watching(self) -> bool:
+        """Called with the lock held: True while a job of ours may still change."""
+        return any(s.job_id is not None and not s.over for s in self._slots.values())
+
+    def _do(self, op: _Op) -> None:
+        self._ops.put(op)
+
+    def _tell(self, run_ids: Collection[str]) -> None:
+        """Called with the lock held: these runs have news for the loop."""
+        if run_ids:
+            self._news.update(run_ids)
+            self._wake()
+
+    def tell(self, run_id: str) -> None:
+        """Called with the lock held: this run has news for the loop."""
+        self._tell([run_id])
+
+    # -- launching -----------------------------------------------------------------------
+
+    def begin_launch(self, spec: LaunchSpec) -> SlurmLaunch:
+        """Queue the job's submission; the launch gets its id when sbatch answers."""
+        env, unset = job_variables(spec.env, self.commands.env, spec.gpus)
+        try:
+            script = batch_script(spec.run_id, spec.record_dir, spec.argv, env, unset)
+        except ValueError as exc:
+            raise LaunchError(f"the run's environment cannot be passed to Slurm: {exc}") from None
+        request = SubmitRequest(
+            run_id=spec.run_id,
+            run_dir=spec.cwd,
+            script=script,
+            log_path=spec.log_path,
+            cpus=spec.cpus,
+            gpus=spec.gpus,
+            memory_bytes=spec.memory_max,
+            timeout_seconds=spec.timeout_seconds,
+            partition=self.config.partition,
+            account=self.config.account,
+            sbatch_args=self.config.sbatch_args,
+        )
+        slot = JobSlot(run_id=spec.run_id, record_dir=spec.record_dir)
+        with self.lock:
+            self._slots[spec.run_id] = slot
+        self._do(lambda: self._submit(slot, request))
+        return SlurmLaunch(self, slot)
+
+    def _submit(self, slot: JobSlot, request: SubmitRequest) -> None:
+        with self.lock:
+            if slot.cancelled or self._slots.get(slot.run_id) is not slot:
+                return  # cancelled or abandoned before sbatch ran
+            slot.submit_attempts += 1
+        # A status left by an earlier attempt of this run must not be read as this job's.
+        (slot.record_dir / EXIT_FILE).unlink(missing_ok=True)
+        try:
+            job_id: str | None = self.commands.submit(request)
+        except SubmitRejected as exc:
+            self._launch_failed(slot, f"sbatch refused the job: {exc}")
+            return
+        except SlurmError as exc:
+            job_id = self._after_uncertain_submit(slot, request, exc)
+            if job_id is None:
+                return
+        with self.lock:
+            slot.job_id = job_id
+            self._next_query = 0.0  # look at it with the next poll
+            self._tell([slot.run_id])
+
+    def _after_uncertain_submit(
+        self, slot: JobSlot, request: SubmitRequest, exc: SlurmError
+    ) -> str | None:
+        """sbatch failed in a way that leaves open whether the job exists: look for it by
+        name; submit again only if it is surely not there."""
+        log.warning("slurm_submit_uncertain", run_id=slot.run_id, error=str(exc))
+        try:
+            found = self.commands.find_by_name([job_name(slot.run_id)])
+        except SlurmError as find_exc:
+            self._launch_failed(slot, f"could not submit the job: {exc}; {find_exc}")
+            return None
+        job_id = found.get(job_name(slot.run_id))
+        if job_id is not None:
+            return job_id
+        if slot.submit_attempts >= SUBMIT_ATTEMPTS:
+            self._launch_failed(slot, f"could not submit the job: {exc}")
+        else:
+            self._do(lambda: self._submit(slot, request))
+        return None
+
+    def _launch_failed(self, slot: JobSlot, why: str) -> None:
+        with self.lock:
+            slot.error = why
+            self._tell([slot.run_id])
+
+    # -- polling -------------------------------------------------------------------------
+
+    def poll(self) -> Collection[str]:
+        """Start the batched query when one is due; the run ids with news since last time."""
+        now = time.monotonic()
+        with self.lock:
+            news, self._news = self._news, set()
+            due = not self._query_queued and now >= self._next_query and self._watching()
+            if due:
+                self._query_queued = True
+                self._next_query = now + (self.poll_interval or 0.0)
+        if due:
+            self._do(self._query)
+        return news
+
+    def _query(self) -> None:
+        with self.lock:
+            self._query_queued = False
+            asked = {
+                s.job_id: s for s in self._slots.values() if s.job_id is not None and not s.over
+            }
+        if not asked:
+            return
+        self.queries += 1
+        self.largest_query = max(self.largest_query, len(asked))
+        try:
+            answers = self.commands.query(list(asked))
+        except SlurmError as exc:
+            log.warning("slurm_query_failed", executor=self.name, jobs=len(asked), error=str(exc))
+            return  # unknown: nothing changes
+        to_start, to_end = self._take_answers(asked, answers)
+        for standin in to_end:
+            self._end(standin)
+        # A stand-in start mostly waits for two shells to come up: several at once.
+        list(self._starter.map(self._start_run, to_start))
+        self._reap_watchers()
+
+    def _take_answers(
+        self, asked: dict[str, JobSlot], answers: dict[str, JobInfo]
+    ) -> tuple[list[JobSlot], list[StandIn]]:
+        """Store a query's answers; the launches whose job started, and the stand-ins of jobs
+        now over (ended at once: `killpg(pgid, 0)` must fail once the job is gone, and a
+        daemon killed before it settles the run leaves nothing behind)."""
+        to_start: list[JobSlot] = []
+        to_end: list[StandIn] = []
+        with self.lock:
+            news = []
+            for job_id, slot in asked.items():
+                info = answers.get(job_id)
+                if info is None or self._slots.get(slot.run_id) is not slot:
+                    continue
+                was_over = slot.over
+                slot.info = info
+                if slot.handle is None and not slot.cancelled and job_started(info):
+                    if not slot.starting:
+                        slot.starting = True
+                        to_start.append(slot)
+                elif slot.handle is not None and slot.over and not was_over:
+                    news.append(slot.run_id)
+                    if slot.standin is not None:
+                        to_end.append(slot.standin)
+                        slot.standin = None
+            self._tell(news)
+        return to_start, to_end
+
+    def _start_run(self, slot: JobSlot) -> None:
+        """The job was seen running (or ended): give it a stand-in and make its handle."""
+        job_id = slot.job_id or ""
+        try:
+            standin = self._standin_for(job_id, slot.record_dir)
+        except (LaunchError, OSError) as exc:
+            self._cancel_job(job_id)  # a run the loop cannot watch must not go on unseen
+            self._launch_failed(slot, f"job {job_id} was cancelled: {exc}")
+            return
+        with self.lock:
+            node = slot.info.node if slot.info is not None else None
+            slot.standin = standin
+            slot.handle = SlurmRunHandle(self, slot, _record(standin, job_id, node))
+            slot.starting = False
+            self._tell([slot.run_id])
+
+    def _standin_for(self, job_id: str, record_dir: Path) -> StandIn:
+        """The job's stand-in: the one an earlier daemon started if it still stands, else a
+        new one."""
+        found = find_standin(job_id, record_dir)
+        if found is not None and standin_state(found) is StandInState.ALIVE:
+            return found
+        return start_standin(job_id, record_dir, self.commands.env, scancel=self._scancel)
+
+    @property
+    def _scancel(self) -> str:
+        return self.commands.programs.scancel
+
+    # -- what the handles and launches ask (Worker) -------------------------------------
+
+    def send_signal(self, job_id: str, sig: int) -> None:
+        """Signal the job's processes; SIGKILL cancels the job (on the worker thread)."""
+        self._do(lambda: self._cancel_job(job_id, sig))
+
+    def _cancel_job(self, job_id: str, sig: int | None = None) -> None:
+        try:
+            self.commands.cancel(job_id, kill_or_signal(sig) if sig is not None else None)
+        except SlurmError as exc:
+            log.warning("slurm_cancel_failed", job_id=job_id, error=str(exc))
+        with self.lock:
+            self._next_query = 0.0  # see the effect with the next poll
+
+    def cancel_queued(self, slot: JobSlot) -> None:
+        """Remove the job from the queue once sbatch has answered, and forget it."""
+        with self.lock:
+            self.forget(slot)
+
+        def cancel() -> None:
+            # Queued after the submit: by now sbatch has answered (or failed).
+            if slot.job_id is not None:
+                self._cancel_job(slot.job_id)
+                log.info("slurm_job_removed", run_id=slot.run_id, job_id=slot.job_id)
+
+        self._do(cancel)
+
+    def end_standin(self, slot: JobSlot) -> None:
+        """End the stand-in of a settled run if it stands yet (a job over before it was seen
+        running keeps one until then), on the worker thread; forget the job."""
+        with self.lock:
+            self.forget(slot)
+            standin, slot.standin = slot.standin, None
+        if standin is not None:
+            self._do(lambda: self._end(standin))
+
+    def _end(self, standin: StandIn) -> None:
+        # Told to go, the stand-in exits by itself; its watcher (our child) is reaped later,
+        # so ending one costs no wait on the worker.
+        end_standin(standin, timeout=0.0)
+        self._reap_watchers()
+        if standin.watcher_pid is not None:
+            self._watchers.append(standin.watcher_pid)
+
+    def _reap_watchers(self) -> None:
+        self._watchers = [pid for pid in self._watchers if not reap(pid)]
+
+    def forget(self, slot: JobSlot) -> None:
+        """Called with the lock held: stop tracking the slot's job."""
+        if self._slots.get(slot.run_id) is slot:
+            del self._slots[slot.run_id]
+        self._news.discard(slot.run_id)
+
+    # -- after a restart -----------------------------------------------------------------
+
+    def recover(self, ref: RunRef) -> Recovery:
+        """Find a run again: its job by id (or, for a claim without one, by name)."""
+        if ref.external_id is None:
+            if not ref.claimed:
+                return NeverStarted("no job id was recorded")
+            return self._find_claimed(ref)
+        slot = JobSlot(run_id=ref.run_id, record_dir=ref.record_dir, job_id=ref.external_id)
+        if ref.claimed:
+            # Queued, running or ended: the launch's first query tells, and a job seen
+            # running or ended becomes its handle (with a stand-in) then.
+            with self.lock:
+                self._slots[ref.run_id] = slot
+                self._next_query = 0.0
+            return Queued(SlurmLaunch(self, slot))
+        return Adopted(self._adopt(slot, ref))
+
+    def _adopt(self, slot: JobSlot, ref: RunRef) -> RunHandle:
+        """A RUNNING row: its stand-in again (or a new one after a reboot); the job's state
+        comes with the next query."""
+        job_id = ref.external_id or ""
+        found = find_standin(job_id, ref.record_dir)
+        state = standin_state(found) if found is not None else None
+        if found is not None and state is StandInState.KILLED and not was_killed(found):
+            # Its leader died untold and its watcher with it: the SIGKILL meant cancel.
+            log.warning("slurm_standin_killed_while_away", run_id=ref.run_id, job_id=job_id)
+            self.send_signal(job_id, signal.SIGKILL)
+        standin: StandIn | None = None
+        if found is None or state is StandInState.LOST:
+            # After a reboot (or with no trace of one): the job goes on, a new stand-in too.
+            found = standin = start_standin(
+                job_id, ref.record_dir, self.commands.env, scancel=self._scancel
+            )
+            log.info("slurm_standin_restarted", run_id=ref.run_id, job_id=job_id)
+        elif state is StandInState.ALIVE:
+            standin = found
+        # else ended or killed: the job is over or being cancelled; the row keeps its pid
+        record = _record(found, job_id, ref.host)
+        slot.standin = standin
+        handle = SlurmRunHandle(self, slot, record)
+        slot.handle = handle
+        with self.lock:
+            self._slots[ref.run_id] = slot
+            self._next_query = 0.0
+        return handle
+
+    def _find_claimed(self, ref: RunRef) -> Recovery:
+        """A claim without a job id: a daemon may have died between sbatch and recording the
+        id. Look for the job by its name before anything is submitted again."""
+        if time.monotonic() - self._started < self.config.command_timeout_seconds:
+            # An sbatch the dead daemon started may still be talking to the controller (a
+            # child outlives its parent): look only once it would have given up.
+            return StillStarting("waiting out a submit an earlier daemon may have begun")
+        with self.lock:
+            if ref.run_id in self._finding:
+                job_id = self._finding.pop(ref.run_id)
+                self._find_queued.discard(ref.run_id)
+            else:
+                if ref.run_id not in self._find_queued:
+                    self._find_queued.add(ref.run_id)
+                    self._do(self._find_names)
+                return StillStarting("looking for its job by name")
+        if job_id is None:
+            return NeverStarted(f"no job named {job_name(ref.run_id)} in the cluster")
+        log.info("slurm_job_found_by_name", run_id=ref.run_id, job_id=job_id)
+        return self.recover(
+            RunRef(
+                run_id=ref.run_id,
+                record_dir=ref.record_dir,
+                process=ref.process,
+                claimed=True,
+                external_id=job_id,
+            )
+        )
+
+    def _find_names(self) -> None:
+        with self.lock:
+            run_ids = [r for r in self._find_queued if r not in self._finding]
+        if not run_ids:
+            return
+        try:
+            found = self.commands.find_by_name(job_name(r) for r in run_ids)
+        except SlurmError as exc:
+            log.warning("slurm_find_failed", runs=len(run_ids), error=str(exc))
+            with self.lock:
+                self._find_queued.difference_update(run_ids)  # asked again at the next look
+            return
+        with self.lock:
+            for run_id in run_ids:
+                self._finding[run_id] = found.get(job_name(run_id))
+
+    # -- the rest of the interface -------------------------------------------------------
+
+    def adopt_foreign(
+        self,
+        run_id: str,
+        *,
+        pid: int | None,
+        pgid: int | None,
+        started_at: datetime | None,
+        start_ticks: int | None,
+        record_dir: Path,
+    ) -> RunHandle | None:
+        """Runs another program started are local processes: none here."""
+        return None
+
+    def close(self) -> None:
+        """Stop the worker thread (jobs and stand-ins go on)."""
+        self._ops.put(None)
+        self._thread.join(CLOSE_JOIN_SECONDS)
+        self._starter.shutdown(wait=False)
+
+
+def _record(standin: StandIn, job_id: str, node: str | None) -> ProcessRecord:
+    """The row's process columns for a job: its stand-in's leader (also as the keeper: a
+    RUNNING row without keeper_pid would read as started by another program)."""
+    leader = standin.leader
+    return ProcessRecord(
+        pid=leader.pid,
+        pgid=leader.pid,
+        start_ticks=leader.start_ticks,
+        boot_id=leader.boot_id,
+        keeper_pid=leader.pid,
+        keeper_start_ticks=leader.start_ticks,
+        external_id=job_id,
+        host=node,
+    )
+
+
+def make_executor(
+    name: str, config: ExecutorSettings, *, wake: Callable[[], None]
+) -> SlurmExecutor:
+    """The registry's entry point: a Slurm executor for `[executors.NAME]`."""
+    return SlurmExecutor(name, config, wake=wake)

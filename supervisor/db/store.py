@@ -117,10 +117,7 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; timestamps as ISO-8601 UTC."""
-        out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            out[key] = value.isoformat() if isinstance(value, datetime) else value
-        return out
+        return _json_ready(self)
 
 
 @dataclass(frozen=True)
@@ -135,8 +132,16 @@ class RunEvent:
     reason: str | None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {**asdict(self), "at": self.at.isoformat() if self.at else None}
+        """A JSON-ready dict; timestamps as ISO-8601 UTC."""
+        return _json_ready(self)
+
+
+def _json_ready(record: Any) -> dict[str, Any]:
+    """A record's fields as a dict for json.dumps: datetimes as ISO-8601 text."""
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in asdict(record).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -211,8 +216,8 @@ class Pause:
     reason: str | None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {**asdict(self), "paused_at": self.paused_at.isoformat() if self.paused_at else None}
+        """A JSON-ready dict; timestamps as ISO-8601 UTC."""
+        return _json_ready(self)
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,19 @@ def main() -> int:
     gate = config.get("fail_unless_exists")
     if gate and not os.path.exists(gate):
         return 3
-    if "results" in config or "echo" in config:
-        results = dict(config.get("results", {}))
-        if "echo" in config:
-            results["echo"] = {key: config.get(key) for key in config["echo"]}
-        Path("results.json").write_text(json.dumps(results))
+    write_results(config)
     return int(config.get("exit_code", 0))
+
+
+def write_results(config: dict[str, object]) -> None:
+    """results.json from the keys `results` and `echo`, when the config has either."""
+    if "results" not in config and "echo" not in config:
+        return
+    results = dict(config.get("results", {}))  # type: ignore[call-overload]
+    echo = config.get("echo", [])
+    if isinstance(echo, list):
+        results["echo"] = {key: config.get(key) for key in echo}
+    Path("results.json").write_text(json.dumps(results))
 
 
 if __name__ == "__main__":

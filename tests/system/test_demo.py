@@ -114,7 +114,7 @@ def test_demo_prints_results_that_agree_with_erlang_b(tmp_path: Path) -> None:
     results = []
     for r in records:
         assert r.run_dir is not None
-        results += json.loads((Path(r.run_dir) / "results.json").read_text())
+        results += json.loads((Path(r.run_dir) / "results.json").read_text())["loads"]
     # 95% intervals: with 8 loads, 6 or more contain the exact value with probability > 99%.
     covered = sum(
         1 for x in results if x["ci_low"] <= erlang_b(x["erlang"], x["channels"]) <= x["ci_high"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from supervisor.client.errors import ResultsError, RunFailed
@@ -218,6 +220,18 @@ class Runs:
         A run whose results file cannot be used gets empty cells and a ResultsWarning."""
         records = [r for r in self.records() if status is None or r.status == status.upper()]
         return self.client.table(records).rows
+
+    def plot(
+        self, x: str, y: str, out: str | os.PathLike[str] = "results.png", status: str | None = None
+    ) -> Path:
+        """Draw column `y` of results() against column `x` into the PNG `out`, one line for each
+        value of the other differing config keys (as `runsup results --plot X:Y`); needs the
+        `plot` extra (matplotlib). Returns the file's path."""
+        from supervisor.plot import plot_results
+
+        records = [r for r in self.records() if status is None or r.status == status.upper()]
+        table = self.client.table(records)
+        return plot_results(table, f"{x}:{y}", Path(out))[0]
 
     def failed(self) -> Runs:
         """The runs that FAILED, leaving out any whose config was submitted again since (in

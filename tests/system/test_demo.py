@@ -17,6 +17,7 @@ import psutil
 import pytest
 from conftest import RUNSUP, isolated_env
 from daemon_harness import wait_for
+from png_checks import assert_png_drawn
 
 from supervisor.db import Store
 from supervisor.demo import DEMO_CHANNELS, DEMO_RUNS
@@ -93,6 +94,9 @@ def test_demo_prints_results_that_agree_with_erlang_b(tmp_path: Path) -> None:
 
     rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line.strip()))]
     assert sorted(float(m["load"]) for m in rows) == expected_loads()
+    # The same comparison as a picture (matplotlib comes with the test extra).
+    assert f"picture: {state / 'erlang-b.png'}" in out.stdout
+    assert_png_drawn(state / "erlang-b.png")
     for m in rows:
         # The printed exact value is Erlang B, and the verdict matches the interval.
         exact = erlang_b(float(m["load"]), DEMO_CHANNELS)

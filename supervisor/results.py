@@ -25,7 +25,8 @@ from supervisor.states import RunStatus
 
 DEFAULT_RESULTS_FILE = "results.json"
 # A results file past this is not read: one huge file must not stall or exhaust the reader.
-MAX_RESULTS_BYTES = 16 * 1024 * 1024
+MIB = 1024 * 1024
+MAX_RESULTS_BYTES = 16 * MIB
 BASE_COLUMNS = ("id", "name", "status", "attempt", "duration_seconds")
 CONFIG_PREFIX = "config."
 RESULTS_PREFIX = "results."
@@ -69,7 +70,7 @@ def read_results_file(path: Path, limit: int = MAX_RESULTS_BYTES) -> dict[str, A
             raise ResultsProblem(f"{name} is not a regular file")
         if info.st_size > limit:
             raise ResultsProblem(
-                f"{name} is {info.st_size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB "
+                f"{name} is {info.st_size / MIB:.1f} MiB, over the {limit / MIB:g} MiB "
                 "limit of what is read"
             )
         try:
@@ -77,7 +78,7 @@ def read_results_file(path: Path, limit: int = MAX_RESULTS_BYTES) -> dict[str, A
         except OSError as exc:
             raise ResultsProblem(f"cannot read {name}: {exc.strerror}") from None
     if len(data) > limit:
-        raise ResultsProblem(f"{name} grew past the {limit / 1e6:.0f} MB limit while read")
+        raise ResultsProblem(f"{name} grew past the {limit / MIB:g} MiB limit while read")
     try:
         value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

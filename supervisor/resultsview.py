@@ -150,12 +150,19 @@ def print_results(
     return 0
 
 
-def resubmit_failed(settings: Settings, sweep_id: str, as_json: bool) -> list[str]:
+def resubmit_failed(
+    settings: Settings, sweep_id: str, as_json: bool, stderr: TextIO | None = None
+) -> list[str]:
     """`runsup resubmit --sweep ID --failed`: the new run ids (the lines to print)."""
     with Client(settings=settings) as client:
         sweep = client.sweep_of(sweep_id)
         again = sweep.failed().resubmit()
         records = again.records()
+    if not records:
+        (stderr if stderr is not None else sys.stderr).write(
+            f"runsup: sweep {sweep_id}: no failed runs to resubmit (a point resubmitted "
+            "already counts by its newest run)\n"
+        )
     if as_json:
         return [json.dumps([r.to_json() for r in records], indent=2, sort_keys=True)]
     return [r.id for r in records]

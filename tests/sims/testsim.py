@@ -68,7 +68,7 @@ def write_results(config: dict[str, object]) -> None:
     if "results" not in config and "echo" not in config:
         return
     results = dict(config.get("results", {}))  # type: ignore[call-overload]
-    echo = config.get("echo", [])
+    echo = config.get("echo")
     if isinstance(echo, list):
         results["echo"] = {key: config.get(key) for key in echo}
     Path("results.json").write_text(json.dumps(results))

@@ -150,6 +150,24 @@ def report(label: str, times: list[float], check: bool) -> int:
     return missed
 
 
+def in_process(config: Path, sweep_id: str, repeat: int) -> None:
+    """The same work without the interpreter's start-up: the queries and the files read."""
+    with Client(config) as client:
+        store = client.store
+        work = {
+            "bounded list query": lambda: store.bounded_list(),
+            "results table, 20 newest": lambda: client.table(store.recent_runs(20)[0]),
+            "results table, the sweep": lambda: client.table(store.sweep_runs(sweep_id)),
+        }
+        for label, step in work.items():
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - started)
+            print(f"    in process, {label}: median {statistics.median(times) * 1000:.1f} ms")
+
+
 def wait_latency(root: Path, samples: int) -> tuple[list[float], float]:
     """wait()'s return less completed_at, for `samples` runs; and a waiting client's CPU share."""
     db = root / "wait.db"
@@ -223,6 +241,7 @@ def main() -> int:
         for label, command in cases:
             times, out = time_command(config, command, args.repeat)
             missed += report(f"{label} ({len(out.splitlines())} lines)", times, args.check)
+        in_process(config, sweep_id, args.repeat)
         times, out = time_command(config, ["list", "--all"], 1)
         print(f"runsup list --all ({len(out.splitlines())} lines): {times[0]:.2f} s (for scale)")
 

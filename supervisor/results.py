@@ -74,11 +74,12 @@ def read_results_file(path: Path, limit: int = MAX_RESULTS_BYTES) -> dict[str, A
                 "limit of what is read"
             )
         try:
-            data = fh.read(limit + 1)
+            # Its size plus one, not the limit: read(n) sets aside n bytes first.
+            data = fh.read(min(info.st_size, limit) + 1)
         except OSError as exc:
             raise ResultsProblem(f"cannot read {name}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise ResultsProblem(f"{name} grew past the {limit / MIB:g} MiB limit while read")
+    if len(data) > info.st_size:
+        raise ResultsProblem(f"{name} grew while it was read (is it still being written?)")
     try:
         value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

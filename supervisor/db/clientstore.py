@@ -192,12 +192,16 @@ class ClientStore:
                 active = [_record(r) for r in conn.execute(_matching(wanted, sweep_id))]
             last: list[RunRecord] = []
             if ended:
+                # `+status`: SQLite then walks ix_runs_completed_at from its end and stops after
+                # RECENT_ENDED_RUNS rows; through the status index it would sort every final run.
                 query = (
-                    _matching(ended, sweep_id)
-                    .order_by(None)
+                    select(runs)
+                    .where(literal_column("+runs.status").in_(ended))
                     .order_by(runs.c.completed_at.desc(), runs.c.created_at.desc())
                     .limit(RECENT_ENDED_RUNS)
                 )
+                if sweep_id is not None:
+                    query = query.where(runs.c.sweep_id == sweep_id)
                 last = [_record(r) for r in conn.execute(query)]
             total = _count(conn, status, sweep_id)
         shown = active + last

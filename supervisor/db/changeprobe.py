@@ -40,11 +40,6 @@ class ChangeProbe:
         self._key = f"runsup_data_version_{id(self)}"  # in the connection's own info dict
         self._last_writes: int | None = None
 
-    def changed(self) -> bool:
-        """True if something may have changed since the last call (always True off SQLite)."""
-        others, ours = self.look()
-        return others or ours
-
     def look(self) -> tuple[bool, bool]:
         """(another program committed, this store changed statuses) since the last call."""
         if not self._sqlite:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import insert, text, update
 from sqlalchemy.engine import Connection
@@ -32,37 +32,54 @@ class RowChange:
     at: datetime = field(default_factory=lambda: utcnow())
 
 
+class RecordedProcess(Protocol):
+    """A run's process as the row keeps it (the executors' ProcessRecord; the database layer
+    imports no executor)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def pgid(self) -> int: ...
+    @property
+    def start_ticks(self) -> int: ...
+    @property
+    def boot_id(self) -> str: ...
+    @property
+    def keeper_pid(self) -> int: ...
+    @property
+    def keeper_start_ticks(self) -> int: ...
+    @property
+    def external_id(self) -> str | None: ...
+    @property
+    def host(self) -> str | None: ...
+
+
+def process_columns(process: RecordedProcess) -> dict[str, Any]:
+    """The one mapping of a process to the row's columns: its identity (what a restarted daemon
+    needs to find it again) and, for a cluster job, its id and node once known."""
+    values: dict[str, Any] = {
+        "pid": process.pid,
+        "pgid": process.pgid,
+        "pid_start_ticks": process.start_ticks,
+        "boot_id": process.boot_id,
+        "keeper_pid": process.keeper_pid,
+        "keeper_start_ticks": process.keeper_start_ticks,
+    }
+    if process.host is not None:
+        values["host"] = process.host
+    if process.external_id is not None:
+        values["external_id"] = process.external_id
+    return values
+
+
 def running_change(
-    run_id: str,
-    *,
-    pid: int,
-    pgid: int,
-    run_dir: str,
-    boot_id: str,
-    pid_start_ticks: int,
-    keeper_pid: int,
-    keeper_start_ticks: int,
-    reason: str = "launched",
-    host: str | None = None,
-    external_id: str | None = None,
+    run_id: str, process: RecordedProcess, *, run_dir: str, reason: str = "launched"
 ) -> RowChange:
     """PENDING -> RUNNING with the process identity a restarted daemon will need (and, for a
     cluster job, the node it runs on and its id)."""
     now = utcnow()
-    values: dict[str, Any] = {
-        "pid": pid,
-        "pgid": pgid,
-        "run_dir": run_dir,
-        "boot_id": boot_id,
-        "pid_start_ticks": pid_start_ticks,
-        "keeper_pid": keeper_pid,
-        "keeper_start_ticks": keeper_start_ticks,
-        "started_at": now,
-    }
-    if host is not None:
-        values["host"] = host
-    if external_id is not None:
-        values["external_id"] = external_id
+    values = process_columns(process)
+    values.update(run_dir=run_dir, started_at=now)
     return RowChange(run_id, frozenset({RunStatus.PENDING}), values, RunStatus.RUNNING, reason, now)
 
 

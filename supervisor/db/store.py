@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 import supervisor.db.queue_sql as queue_sql
 from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
+    RecordedProcess,
     RowChange,
     apply_change,
     claim_released_change,
@@ -453,9 +454,12 @@ class Store:
 
         return self._write(work)
 
-    def mark_running(self, run_id: str, **process: Any) -> bool:
+    def mark_running(
+        self, run_id: str, process: RecordedProcess, *, run_dir: str, reason: str = "launched"
+    ) -> bool:
         """PENDING -> RUNNING, in the same commit as the live pid and pgid (see running_change)."""
-        return self.commit_batch([running_change(run_id, **process)])[0]
+        change = running_change(run_id, process, run_dir=run_dir, reason=reason)
+        return self.commit_batch([change])[0]
 
     def finish(
         self,

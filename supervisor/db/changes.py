@@ -54,6 +54,18 @@ class RecordedProcess(Protocol):
     def host(self) -> str | None: ...
 
 
+# The columns that tell a run's process group again after a restart (a cluster job's id and
+# node are not among them: a stand-in made again keeps the job's).
+_IDENTITY_COLUMNS = (
+    "pid",
+    "pgid",
+    "pid_start_ticks",
+    "boot_id",
+    "keeper_pid",
+    "keeper_start_ticks",
+)
+
+
 def process_columns(process: RecordedProcess) -> dict[str, Any]:
     """The one mapping of a process to the row's columns: its identity (what a restarted daemon
     needs to find it again) and, for a cluster job, its id and node once known."""
@@ -131,33 +143,21 @@ def corrected_final_change(
     return replace(change, expect=frozenset({was}))
 
 
-def foreign_identity_change(run_id: str, *, pid_start_ticks: int, boot_id: str) -> RowChange:
+def foreign_identity_change(run_id: str, process: RecordedProcess) -> RowChange:
     """Remember which process stands for a run another program started (pid reuse)."""
-    values = {"pid_start_ticks": pid_start_ticks, "boot_id": boot_id}
+    values = _only(process_columns(process), "pid_start_ticks", "boot_id")
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), values)
 
 
-def standin_change(
-    run_id: str,
-    *,
-    pid: int,
-    pgid: int,
-    pid_start_ticks: int,
-    boot_id: str,
-    keeper_pid: int,
-    keeper_start_ticks: int,
-) -> RowChange:
+def standin_change(run_id: str, process: RecordedProcess) -> RowChange:
     """A RUNNING cluster run's stand-in made again (the daemon's machine rebooted): the row
     names the new local group, so `killpg(pgid, 0)` keeps telling the truth (SPEC 9)."""
-    values = {
-        "pid": pid,
-        "pgid": pgid,
-        "pid_start_ticks": pid_start_ticks,
-        "boot_id": boot_id,
-        "keeper_pid": keeper_pid,
-        "keeper_start_ticks": keeper_start_ticks,
-    }
+    values = _only(process_columns(process), *_IDENTITY_COLUMNS)
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), values)
+
+
+def _only(values: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    return {name: values[name] for name in names}
 
 
 def external_id_change(run_id: str, external_id: str) -> RowChange:

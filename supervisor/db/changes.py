@@ -11,8 +11,8 @@ from typing import Any, Protocol
 from sqlalchemy import insert, text, update
 from sqlalchemy.engine import Connection
 
-from supervisor.db.records import ProgressUpdate, utcnow
-from supervisor.db.schema import run_events, runs
+from supervisor.db.records import Claim, NewRun, ProgressUpdate, utcnow
+from supervisor.db.schema import run_dependencies, run_events, runs
 from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
 
 
@@ -304,3 +304,91 @@ _PROGRESS_QMARK_SQL = (
     " progress_updated_at = ?"
     " WHERE id = ? AND status = 'RUNNING'"
 )
+
+
+def apply_batch(
+    conn: Connection, changes: Sequence[RowChange], progress: Sequence[ProgressUpdate]
+) -> list[bool]:
+    """Apply changes and progress updates in the caller's transaction; whether each applied."""
+    # Starts before progress before ends: progress lands only on RUNNING rows, so a run
+    # started, moved on and ended within one batch keeps its last progress.
+    finals = [i for i, c in enumerate(changes) if c.to is not None and c.to.is_final]
+    final_set = set(finals)
+    results = [False] * len(changes)
+    for i in range(len(changes)):
+        if i not in final_set:
+            results[i] = apply_change(conn, changes[i])
+    if progress:
+        write_progress(conn, progress)
+    for i in finals:
+        results[i] = apply_change(conn, changes[i])
+    return results
+
+
+def insert_runs(
+    conn: Connection,
+    ids: Sequence[str],
+    new_runs: Sequence[NewRun],
+    deps: Mapping[str, str],
+    *,
+    now: datetime,
+    sweep_id: str | None,
+) -> None:
+    """Insert PENDING runs with these ids, each with every dependency and its first event."""
+    conn.execute(
+        insert(runs),
+        [
+            {
+                "id": run_id,
+                "name": new.name,
+                "status": RunStatus.PENDING.value,
+                "config_json": new.config_json,
+                "template": new.template,
+                "created_at": now,
+                "priority": new.priority,
+                "sweep_id": sweep_id,
+            }
+            for run_id, new in zip(ids, new_runs, strict=True)
+        ],
+    )
+    if deps:
+        conn.execute(
+            insert(run_dependencies),
+            [
+                {"run_id": run_id, "depends_on": dep, "kind": kind}
+                for run_id in ids
+                for dep, kind in deps.items()
+            ],
+        )
+    conn.execute(
+        insert(run_events),
+        [
+            {
+                "run_id": run_id,
+                "at": now,
+                "from_status": None,
+                "to_status": RunStatus.PENDING.value,
+                "reason": "submitted",
+            }
+            for run_id in ids
+        ],
+    )
+
+
+def claim_runs(conn: Connection, claims: Sequence[Claim], now: datetime) -> list[str]:
+    """Claim each free PENDING run for launch with what it holds; the ids claimed."""
+    won = []
+    for claim in claims:
+        statement = (
+            update(runs)
+            .where(
+                runs.c.id == claim.run_id,
+                runs.c.status == RunStatus.PENDING.value,
+                runs.c.launch_claimed_at.is_(None),
+                runs.c.cancel_requested_at.is_(None),
+            )
+            .values(launch_claimed_at=now, **claim.values())
+        )
+        if conn.execute(statement).rowcount == 1:
+            won.append(claim.run_id)
+    return won

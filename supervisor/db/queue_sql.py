@@ -10,14 +10,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, literal, or_, select, text
+from sqlalchemy import Row, and_, delete, func, insert, literal, or_, select, text
 from sqlalchemy.engine import Connection
 
-from supervisor.db.records import Dependency, RunRecord, record_of
+from supervisor.db.records import Dependency, Pause, RunRecord, record_of
 from supervisor.db.schema import (
     QUEUE_ORDER,
     TIMESTAMP_FORMAT,
     parse_timestamp,
+    queue_pauses,
     run_dependencies,
     run_events,
     runs,
@@ -159,6 +160,30 @@ def dependencies_of(conn: Connection, run_id: str) -> list[Dependency]:
         .order_by(d.c.depends_on)
     )
     return [_dependency(r) for r in conn.execute(query)]
+
+
+def pauses(conn: Connection) -> list[Pause]:
+    """Every queue_pauses row, `*` first."""
+    query = select(queue_pauses).order_by(queue_pauses.c.scope != QUEUE_ALL, queue_pauses.c.scope)
+    return [
+        Pause(scope=str(r.scope), paused_at=r.paused_at, reason=r.reason)
+        for r in conn.execute(query)
+    ]
+
+
+def add_pause(conn: Connection, scope: str, reason: str | None, now: datetime) -> bool:
+    """Pause `scope` (`*` or a template) as of `now`; False if it was paused already."""
+    found = conn.execute(select(queue_pauses.c.scope).where(queue_pauses.c.scope == scope)).first()
+    if found is not None:
+        return False
+    conn.execute(insert(queue_pauses).values(scope=scope, paused_at=now, reason=reason))
+    return True
+
+
+def remove_pause(conn: Connection, scope: str) -> bool:
+    """Unpause `scope`; False if it was not paused."""
+    result = conn.execute(delete(queue_pauses).where(queue_pauses.c.scope == scope))
+    return int(result.rowcount) > 0
 
 
 def final_events_since(conn: Connection, after_id: int) -> tuple[list[str], int]:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -17,16 +17,19 @@ from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RecordedProcess,
     RowChange,
+    apply_batch,
     apply_change,
     claim_released_change,
+    claim_runs,
     final_change,
+    insert_runs,
     running_change,
     timed_out_change,
     write_progress,
 )
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
-from supervisor.db.queue_sql import QUEUE_ALL, check_dependencies_exist, dependency_kinds
+from supervisor.db.queue_sql import check_dependencies_exist, dependency_kinds
 from supervisor.db.records import (
     Claim,
     Dependency,
@@ -40,14 +43,7 @@ from supervisor.db.records import (
     record_of,
     utcnow,
 )
-from supervisor.db.schema import (
-    CANCEL_INDEX_NAME,
-    CANCEL_REQUESTED_SQL,
-    queue_pauses,
-    run_dependencies,
-    run_events,
-    runs,
-)
+from supervisor.db.schema import CANCEL_INDEX_NAME, CANCEL_REQUESTED_SQL, run_events, runs
 from supervisor.db.stats import RunStats, read_run_stats
 from supervisor.errors import DatabaseBusy, DatabaseError, NotFoundError, ValidationError
 from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
@@ -113,6 +109,16 @@ class Store:
             conn = conn.execution_options(**{READ_OPTION: True})
             with conn.begin():
                 yield conn
+
+    def _reading(self, query: Callable[[Connection], T]) -> T:
+        """A function of a connection, run in one read transaction."""
+        with self._read() as conn:
+            return query(conn)
+
+    def _records(self, query: Any) -> list[RunRecord]:
+        """The runs a SELECT of whole rows returns, as records."""
+        with self._read() as conn:
+            return [record_of(r) for r in conn.execute(query)]
 
     def _write(self, work: Callable[[Connection], T], *, progress_only: bool = False) -> T:
         """Run `work` in one write transaction; retry if another process held the lock too long.
@@ -182,44 +188,7 @@ class Store:
 
             def work(conn: Connection, ids: list[str] = ids, now: datetime = now) -> None:
                 check_dependencies_exist(conn, deps)
-                conn.execute(
-                    insert(runs),
-                    [
-                        {
-                            "id": run_id,
-                            "name": new.name,
-                            "status": RunStatus.PENDING.value,
-                            "config_json": new.config_json,
-                            "template": new.template,
-                            "created_at": now,
-                            "priority": new.priority,
-                            "sweep_id": sweep_id,
-                        }
-                        for run_id, new in zip(ids, new_runs, strict=True)
-                    ],
-                )
-                if deps:
-                    conn.execute(
-                        insert(run_dependencies),
-                        [
-                            {"run_id": run_id, "depends_on": dep, "kind": kind}
-                            for run_id in ids
-                            for dep, kind in deps.items()
-                        ],
-                    )
-                conn.execute(
-                    insert(run_events),
-                    [
-                        {
-                            "run_id": run_id,
-                            "at": now,
-                            "from_status": None,
-                            "to_status": RunStatus.PENDING.value,
-                            "reason": "submitted",
-                        }
-                        for run_id in ids
-                    ],
-                )
+                insert_runs(conn, ids, new_runs, deps, now=now, sweep_id=sweep_id)
 
             try:
                 self._write(work)
@@ -253,16 +222,14 @@ class Store:
             query = query.where(runs.c.sweep_id == sweep_id)
         if limit is not None:
             query = query.limit(limit)
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(query)]
+        return self._records(query)
 
     def get_many(self, run_ids: Iterable[str]) -> list[RunRecord]:
         """The runs with these ids (missing ones are left out)."""
         ids = list(run_ids)
         if not ids:
             return []
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(select(runs).where(runs.c.id.in_(ids)))]
+        return self._records(select(runs).where(runs.c.id.in_(ids)))
 
     def events(self, run_id: str) -> list[RunEvent]:
         """A run's status history, oldest first."""
@@ -320,8 +287,7 @@ class Store:
             (runs.c.status == RunStatus.RUNNING.value)
             | ((runs.c.status == RunStatus.PENDING.value) & runs.c.launch_claimed_at.is_not(None))
         )
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(query)]
+        return self._records(query)
 
     def foreign_running(self) -> list[RunRecord]:
         """RUNNING rows the daemon did not start: another program wrote their pid and pgid
@@ -329,8 +295,7 @@ class Store:
         query = select(runs).where(
             runs.c.status == RunStatus.RUNNING.value, runs.c.keeper_pid.is_(None)
         )
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(query)]
+        return self._records(query)
 
     def overturned_runs(self, boot_id: str) -> list[RunRecord]:
         """Runs the daemon started in this boot whose final status another program wrote: the
@@ -350,8 +315,7 @@ class Store:
             runs.c.boot_id == boot_id,
             func.coalesce(last, "") != runs.c.status,
         )
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(query)]
+        return self._records(query)
 
     def cancel_requests(self) -> list[RunRecord]:
         """PENDING or RUNNING runs somebody asked to cancel (read through a partial index)."""
@@ -360,8 +324,7 @@ class Store:
         query = text(
             f"SELECT * FROM runs INDEXED BY {CANCEL_INDEX_NAME} WHERE {CANCEL_REQUESTED_SQL}"
         ).columns(*runs.c)
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(query)]
+        return self._records(query)
 
     def claim_launch(self, run_id: str) -> bool:
         """Claim a PENDING run for launch (compare-and-set); False if it was not free."""
@@ -409,23 +372,9 @@ class Store:
         if not changes and not progress:
             return []
 
-        # Starts before progress before ends: progress lands only on RUNNING rows, so a run
-        # started, moved on and ended within one batch keeps its last progress.
-        finals = [i for i, c in enumerate(changes) if c.to is not None and c.to.is_final]
-        final_set = set(finals)
-        order = [i for i in range(len(changes)) if i not in final_set]
-
-        def work(conn: Connection) -> list[bool]:
-            results = [False] * len(changes)
-            for i in order:
-                results[i] = apply_change(conn, changes[i])
-            if progress:
-                write_progress(conn, progress)
-            for i in finals:
-                results[i] = apply_change(conn, changes[i])
-            return results
-
-        return self._write(work, progress_only=not changes)
+        return self._write(
+            lambda conn: apply_batch(conn, changes, progress), progress_only=not changes
+        )
 
     def claim_many(self, claims: Sequence[str | Claim]) -> list[str]:
         """Claim these PENDING runs for launch in one transaction, writing what each holds;
@@ -435,24 +384,7 @@ class Store:
         now = utcnow()
         full = [c if isinstance(c, Claim) else Claim(c) for c in claims]
 
-        def work(conn: Connection) -> list[str]:
-            won = []
-            for claim in full:
-                statement = (
-                    update(runs)
-                    .where(
-                        runs.c.id == claim.run_id,
-                        runs.c.status == RunStatus.PENDING.value,
-                        runs.c.launch_claimed_at.is_(None),
-                        runs.c.cancel_requested_at.is_(None),
-                    )
-                    .values(launch_claimed_at=now, **claim.values())
-                )
-                if conn.execute(statement).rowcount == 1:
-                    won.append(claim.run_id)
-            return won
-
-        return self._write(work)
+        return self._write(lambda conn: claim_runs(conn, full, now))
 
     def mark_running(
         self, run_id: str, process: RecordedProcess, *, run_dir: str, reason: str = "launched"
@@ -537,35 +469,29 @@ class Store:
 
     def running_templates(self) -> dict[str, str]:
         """Run id -> template of every RUNNING run (for max_concurrent)."""
-        with self._read() as conn:
-            return queue_sql.running_templates(conn)
+        return self._reading(queue_sql.running_templates)
 
     def doomed_dependents(self) -> list[Dependency]:
         """Dependencies of unclaimed PENDING runs that can never be met."""
-        with self._read() as conn:
-            return queue_sql.doomed_dependents(conn)
+        return self._reading(queue_sql.doomed_dependents)
 
     def pending_dependency_edges(self) -> list[tuple[str, str]]:
         """(run, depends_on) where both are PENDING: where a dependency cycle can hide."""
-        with self._read() as conn:
-            return queue_sql.pending_dependency_edges(conn)
+        return self._reading(queue_sql.pending_dependency_edges)
 
     def dependency_marker(self) -> tuple[int, int]:
         """(rows, highest rowid) of run_dependencies: changes when another program adds some."""
-        with self._read() as conn:
-            return queue_sql.dependency_marker(conn)
+        return self._reading(queue_sql.dependency_marker)
 
     def have_dependents(self, run_ids: Sequence[str]) -> bool:
         """True if any run depends on one of these."""
         if not run_ids:
             return False
-        with self._read() as conn:
-            return queue_sql.have_dependents(conn, run_ids)
+        return self._reading(lambda conn: queue_sql.have_dependents(conn, run_ids))
 
     def dependencies_of(self, run_id: str) -> list[Dependency]:
         """What a run waits for, with each dependency's status now."""
-        with self._read() as conn:
-            return queue_sql.dependencies_of(conn, run_id)
+        return self._reading(lambda conn: queue_sql.dependencies_of(conn, run_id))
 
     def set_priority(self, run_id: str, priority: int) -> RunRecord:
         """Set a PENDING run's priority; ValidationError for a run that is not PENDING."""
@@ -581,50 +507,23 @@ class Store:
 
     def pauses(self) -> list[Pause]:
         """Every queue_pauses row, `*` first."""
-        query = select(queue_pauses).order_by(
-            queue_pauses.c.scope != QUEUE_ALL, queue_pauses.c.scope
-        )
-        with self._read() as conn:
-            return [
-                Pause(scope=str(r.scope), paused_at=r.paused_at, reason=r.reason)
-                for r in conn.execute(query)
-            ]
+        return self._reading(queue_sql.pauses)
 
     def pause(self, scope: str, reason: str | None = None) -> bool:
         """Stop starting runs of `scope` (`*` or a template); False if it was paused already."""
-
-        def work(conn: Connection) -> bool:
-            found = conn.execute(
-                select(queue_pauses.c.scope).where(queue_pauses.c.scope == scope)
-            ).first()
-            if found is not None:
-                return False
-            conn.execute(
-                insert(queue_pauses).values(scope=scope, paused_at=utcnow(), reason=reason)
-            )
-            return True
-
-        return self._write(work)
+        return self._write(lambda conn: queue_sql.add_pause(conn, scope, reason, utcnow()))
 
     def resume(self, scope: str) -> bool:
         """Start runs of `scope` again; False if it was not paused."""
-
-        def work(conn: Connection) -> bool:
-            result = conn.execute(delete(queue_pauses).where(queue_pauses.c.scope == scope))
-            return int(result.rowcount) > 0
-
-        return self._write(work)
-
+        return self._write(lambda conn: queue_sql.remove_pause(conn, scope))
 
     def final_events_since(self, after_id: int) -> tuple[list[str], int]:
         """Runs that reached a final status in run_events rows after `after_id`; the new cursor."""
-        with self._read() as conn:
-            return queue_sql.final_events_since(conn, after_id)
+        return self._reading(lambda conn: queue_sql.final_events_since(conn, after_id))
 
     def queue_marker(self) -> tuple[int, int]:
         """Changes whenever a run may have become startable (see queue_sql.queue_marker)."""
-        with self._read() as conn:
-            return queue_sql.queue_marker(conn)
+        return self._reading(queue_sql.queue_marker)
 
     def last_event_id(self) -> int:
         """The newest run_events id (0 when there is none)."""
@@ -634,14 +533,12 @@ class Store:
 
     def next_not_before(self, now: datetime) -> datetime | None:
         """The earliest not_before still to come of an unclaimed PENDING run, if any."""
-        with self._read() as conn:
-            return queue_sql.next_not_before(conn, now)
+        return self._reading(lambda conn: queue_sql.next_not_before(conn, now))
 
     def unhooked_runs(self, templates: Iterable[str] | None, since: datetime) -> list[RunRecord]:
         """Final runs whose on_finish hook has not run, ended after `since`, of these templates
         (None: any)."""
-        with self._read() as conn:
-            return queue_sql.unhooked_runs(conn, templates, since)
+        return self._reading(lambda conn: queue_sql.unhooked_runs(conn, templates, since))
 
     def change_probe(self) -> ChangeProbe:
         """A probe that tells cheaply whether runs changed other than by our progress writes."""

@@ -21,36 +21,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from supervisor.db.migrate import HEAD_REVISION, current_revision
-from supervisor.db.schema import run_dependencies, runs
-from supervisor.db.store import (
-    WRITE_ATTEMPTS,
+from supervisor.db.queue_sql import check_dependencies_exist, dependency_kinds
+from supervisor.db.records import (
     NewRun,
     RunRecord,
-    Store,
-    _check_dependencies_exist,
-    _dependency_kinds,
-    _record,
     check_config_json,
     new_run_id,
+    record_of,
     utcnow,
 )
+from supervisor.db.schema import run_dependencies, runs
+from supervisor.db.store import WRITE_ATTEMPTS, Store
 from supervisor.errors import DatabaseError, NotFoundError, ValidationError
 from supervisor.states import FINAL_STATUSES, RunStatus
 
-# The columns another program may set when it submits (SPEC section 3); the rest stay NULL.
-SUBMIT_COLUMNS = frozenset(
-    {
-        "id",
-        "status",
-        "config_json",
-        "template",
-        "created_at",
-        "name",
-        "priority",
-        "not_before",
-        "sweep_id",
-    }
-)
 # `runsup list` without --all: the runs that ended last, besides every waiting or running one.
 RECENT_ENDED_RUNS = 20
 _ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -165,7 +149,7 @@ class ClientStore:
         # rowid: the insertion order, for runs of one sweep that share a created_at.
         query = query.order_by(runs.c.created_at, literal_column("runs.rowid"))
         with self.store._read() as conn:
-            return [_record(r) for r in conn.execute(query)]
+            return [record_of(r) for r in conn.execute(query)]
 
     def recent_runs(self, limit: int, status: str | None = None) -> tuple[list[RunRecord], int]:
         """The `limit` newest runs (newest first) and how many others there are."""
@@ -175,7 +159,7 @@ class ClientStore:
             query = query.where(runs.c.status == status)
             count = count.where(runs.c.status == status)
         with self.store._read() as conn:
-            found = [_record(r) for r in conn.execute(query)]
+            found = [record_of(r) for r in conn.execute(query)]
             total = int(conn.execute(count).scalar() or 0)
         return found, max(total - len(found), 0)
 
@@ -189,7 +173,7 @@ class ClientStore:
             active: list[RunRecord] = []
             if status is None or status in _ACTIVE:
                 wanted = list(_ACTIVE) if status is None else [status]
-                active = [_record(r) for r in conn.execute(_matching(wanted, sweep_id))]
+                active = [record_of(r) for r in conn.execute(_matching(wanted, sweep_id))]
             last: list[RunRecord] = []
             if ended:
                 # `+status`: SQLite then walks ix_runs_completed_at from its end and stops after
@@ -202,7 +186,7 @@ class ClientStore:
                 )
                 if sweep_id is not None:
                     query = query.where(runs.c.sweep_id == sweep_id)
-                last = [_record(r) for r in conn.execute(query)]
+                last = [record_of(r) for r in conn.execute(query)]
             total = _count(conn, status, sweep_id)
         shown = active + last
         shown.sort(key=_newest_first_key, reverse=True)
@@ -226,7 +210,7 @@ class ClientStore:
             if not new.template:
                 raise ValidationError("a run needs a template name")
             check_config_json(new.config_json)
-        deps = _dependency_kinds(after, after_any)
+        deps = dependency_kinds(after, after_any)
         for _ in range(WRITE_ATTEMPTS):
             ids = [new_run_id() for _ in new_runs]
             rows = [
@@ -245,7 +229,7 @@ class ClientStore:
             ]
 
             def work(conn: Connection, rows: list[dict[str, Any]] = rows) -> None:
-                _check_dependencies_exist(conn, deps)
+                check_dependencies_exist(conn, deps)
                 conn.execute(insert(runs), rows)
                 if deps:
                     conn.execute(

@@ -160,12 +160,16 @@ def in_process(config: Path, sweep_id: str, repeat: int) -> None:
             "results table, the sweep": lambda: client.table(store.sweep_runs(sweep_id)),
         }
         for label, step in work.items():
-            times = []
+            times, cpu = [], []
             for _ in range(repeat):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 step()
                 times.append(time.perf_counter() - started)
-            print(f"    in process, {label}: median {statistics.median(times) * 1000:.1f} ms")
+                cpu.append(time.process_time() - cpu_started)
+            print(
+                f"    in process, {label}: median {statistics.median(times) * 1000:.1f} ms wall, "
+                f"{statistics.median(cpu) * 1000:.1f} ms CPU"
+            )
 
 
 def wait_latency(root: Path, samples: int) -> tuple[list[float], float]:
@@ -232,6 +236,14 @@ def main() -> int:
             f"made in {time.perf_counter() - started:.1f} s"
         )
         missed = 0
+        empty = root / "empty"
+        empty.mkdir(exist_ok=True)
+        floor_config = make_database(empty, 0, 0)[0]
+        times, _ = time_command(floor_config, ["list"], args.repeat)
+        print(
+            "start-up floor, runsup list on an empty database: median "
+            f"{statistics.median(times):.3f} s wall, {statistics.median(CPU_TIMES):.3f} s CPU"
+        )
         cases = [
             ("runsup list", ["list"]),
             ("runsup results", ["results"]),

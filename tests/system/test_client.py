@@ -119,7 +119,7 @@ def test_wait_returns_once_the_final_status_is_committed(
 
         thread = threading.Thread(target=waiter)
         thread.start()
-        harness.wait_status(run.id, {"RUNNING"})
+        harness.wait_status(run.id, {"RUNNING"}, DEADLINE)
         release.touch()
         thread.join(DEADLINE)
         assert not thread.is_alive()

@@ -163,3 +163,17 @@ def test_the_demo_takes_one_load_as_erlang_and_writes_its_values_at_the_top() ->
     assert one["mean_blocking"] == 0.04 and one["loads"] == [result._asdict()]
     two = demo_sim.results_object(config, [result, result])
     assert "mean_blocking" not in two and len(two["loads"]) == 2
+
+
+def test_a_template_names_its_results_file_inside_the_run_directory(tmp_path: Path) -> None:
+    from supervisor.errors import ConfigError
+    from supervisor.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text("[templates.t]\ncommand = ['x']\nresults_file = 'out/r.json'\n")
+    assert load_settings(config, environ={}).templates["t"].results_file == "out/r.json"
+    assert load_settings(None, environ={}).templates["erlang-demo"].results_file == "results.json"
+    for bad in ("/etc/passwd", "../r.json", "out/../../r.json"):
+        config.write_text(f"[templates.t]\ncommand = ['x']\nresults_file = '{bad}'\n")
+        with pytest.raises(ConfigError, match="results_file: expected a path inside the run"):
+            load_settings(config, environ={})

@@ -111,18 +111,29 @@ def test_wait_returns_once_the_final_status_is_committed(
     harness.start()
     release = tmp_path / "release"
     with Client(harness.config) as client:
-        run = client.submit("testsim", {"wait_for_file": str(release), "results": {"y": 7}})
+        config = {"wait_for_file": str(release), "results": {"y": 7}, "stdout": "started"}
+        run = client.submit("testsim", config)
         returned: list[tuple[str, float]] = []
+        followed: list[str] = []
 
         def waiter() -> None:
             returned.append((run.wait(timeout=DEADLINE), time.monotonic()))
 
-        thread = threading.Thread(target=waiter)
-        thread.start()
+        def follower() -> None:
+            # Its own client: handles are ids, and a client is used from one thread at a time.
+            with Client(harness.config) as own:
+                followed.extend(own.run(run.id).logs(follow=True))
+
+        threads = [threading.Thread(target=waiter), threading.Thread(target=follower)]
+        for thread in threads:
+            thread.start()
         harness.wait_status(run.id, {"RUNNING"}, DEADLINE)
+        wait_for("the first log line", lambda: followed or None, DEADLINE)
         release.touch()
-        thread.join(DEADLINE)
-        assert not thread.is_alive()
+        for thread in threads:
+            thread.join(DEADLINE)
+            assert not thread.is_alive()
+        assert followed == ["started"]  # and following ended with the run
         status, _ = returned[0]
         assert status == "COMPLETED" == run.status
         # What wait() saw is the committed row: any other reader sees it too.

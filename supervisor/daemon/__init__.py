@@ -1,6 +1,7 @@
 """The daemon: the loop (loop.py), each run's state machine (runstate.py), recovery after a
 restart (recovery.py), launch preparation (launchprep.py) and batched writes (outbox.py)."""
 
-from supervisor.daemon.loop import CRASH_POINT_VARIABLE, Daemon, crash_point, run_daemon
+from supervisor.daemon.loop import Daemon, run_daemon
+from supervisor.daemon.wakeups import CRASH_POINT_VARIABLE, crash_point
 
 __all__ = ["CRASH_POINT_VARIABLE", "Daemon", "crash_point", "run_daemon"]

@@ -45,6 +45,13 @@ from supervisor.daemon.tracked import (
     stop_cause,
     tails_for,
 )
+from supervisor.daemon.wakeups import (
+    _EXIT,
+    _LAUNCH,
+    _LEFTOVER,
+    _WAKE,
+    crash_point,
+)
 from supervisor.db import (
     RunRecord,
     Store,
@@ -96,21 +103,6 @@ SHUTDOWN_FLUSH_SECONDS = 5.0
 DAEMON_LOCK_FILENAME = ".daemon.lock"
 # Bits always added to the daemon's umask (hence its runs'): as systemd's UMask=0027.
 UMASK_FLOOR = 0o027
-# Crash points for fault-injection tests; inert unless this variable names one.
-CRASH_POINT_VARIABLE = "RUNSUP_TEST_CRASH_POINT"
-
-# Selector tags: what a ready file descriptor means.
-_WAKE = "wake"
-_EXIT = "exit"
-_LAUNCH = "launch"
-_LEFTOVER = "leftover"
-
-
-def crash_point(name: str) -> None:
-    """Die at once, as a SIGKILL would, if a test armed this point (does nothing otherwise)."""
-    if os.environ.get(CRASH_POINT_VARIABLE) == name:
-        log.warning("crash_point_reached", point=name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Daemon:

@@ -53,11 +53,7 @@ class ForeignRuns:
             return
         proc = handle.record
         if record.pid_start_ticks != proc.start_ticks or not same_boot:
-            self._s.outbox.add(
-                foreign_identity_change(
-                    record.id, pid_start_ticks=proc.start_ticks, boot_id=proc.boot_id
-                )
-            )
+            self._s.outbox.add(foreign_identity_change(record.id, proc))
         template = settings.templates.get(record.template)
         run = self._sup.track(record, handle, run_dir, template, foreign=True)
         if handle.exit_status() is not None:

@@ -169,16 +169,7 @@ class Readoption:
 
     def record_process(self, record: RunRecord, process: ProcessRecord) -> None:
         """The row names the run's new process group (a cluster job's new stand-in)."""
-        change = standin_change(
-            record.id,
-            pid=process.pid,
-            pgid=process.pgid,
-            pid_start_ticks=process.start_ticks,
-            boot_id=process.boot_id,
-            keeper_pid=process.keeper_pid,
-            keeper_start_ticks=process.keeper_start_ticks,
-        )
-        self._s.outbox.add(change)
+        self._s.outbox.add(standin_change(record.id, process))
         log.info("run_process_changed", run_id=record.id, pid=process.pid)
 
     def settle_lost(self, record: RunRecord, why: str) -> None:

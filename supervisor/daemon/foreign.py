@@ -6,10 +6,9 @@ import structlog
 
 from supervisor import outcome as outcomes
 from supervisor import rundir
-from supervisor.daemon import recovery
 from supervisor.daemon.services import Services
 from supervisor.daemon.supervision import Supervision
-from supervisor.daemon.tracked import read_on
+from supervisor.daemon.tracked import read_on, record_dir_of
 from supervisor.db import RunRecord, foreign_identity_change
 from supervisor.executors.local.identity import current_boot_id
 from supervisor.settings import LOCAL_EXECUTOR
@@ -33,7 +32,7 @@ class ForeignRuns:
     def adopt(self, record: RunRecord) -> None:
         """Watch this foreign run, or settle it by its progress if its group is gone."""
         settings = self._s.settings
-        run_dir = recovery.record_dir_of(record, settings.runs_dir)
+        run_dir = record_dir_of(record, settings.runs_dir)
         same_boot = record.boot_id == current_boot_id()
         handle = self._s.executors[LOCAL_EXECUTOR].adopt_foreign(
             record.id,

@@ -18,7 +18,7 @@ from supervisor.daemon.resources import Held
 from supervisor.daemon.runstate import StopCause
 from supervisor.daemon.services import Services
 from supervisor.daemon.supervision import Supervision
-from supervisor.daemon.tracked import log_tail, read_on, running, stop_cause
+from supervisor.daemon.tracked import log_tail, read_on, record_dir_of, running, stop_cause
 from supervisor.db import RunRecord, claim_released_change, final_change, standin_change
 from supervisor.executors.base import ExitStatus, Launch, ProcessRecord, RunHandle, RunRef
 from supervisor.executors.local.identity import current_boot_id
@@ -90,7 +90,7 @@ class Readoption:
             # it is (the job may still run) and say so at every start.
             log.error("run_executor_missing", run_id=record.id, executor=name)
             return
-        run_dir = recovery.record_dir_of(record, self._launcher.runs_dir(name))
+        run_dir = record_dir_of(record, self._launcher.runs_dir(name))
         ref = RunRef(
             run_id=record.id,
             record_dir=rundir.record_dir(run_dir),

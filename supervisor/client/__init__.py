@@ -9,7 +9,7 @@ notebooks, writing only what SPEC section 3 lets other programs write.
     rows = sweep.results()
 """
 
-from supervisor.client.core import WAIT_POLL_SECONDS, Client
+from supervisor.client.core import Client
 from supervisor.client.errors import (
     NoDaemonWarning,
     ResultsError,
@@ -18,6 +18,7 @@ from supervisor.client.errors import (
     WaitTimeout,
 )
 from supervisor.client.handles import Run, RunChange, Runs, Sweep
+from supervisor.client.session import WAIT_POLL_SECONDS
 
 __all__ = [
     "WAIT_POLL_SECONDS",

@@ -7,34 +7,23 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from supervisor.client.errors import NoDaemonWarning, ResultsWarning, WaitTimeout
-from supervisor.db import NewRun, RunRecord, is_valid_run_id, new_run_id
-from supervisor.db.clientstore import ClientStore
+from supervisor.client.errors import NoDaemonWarning
+from supervisor.client.handles import Run, Runs, Sweep
+from supervisor.client.session import Session
+from supervisor.db import NewRun, new_run_id
 from supervisor.errors import NotFoundError, ValidationError
 from supervisor.queue import MAX_SWEEP_RUNS  # as `runsup submit --sweep`
-from supervisor.results import ResultsTable, build_table
-from supervisor.settings import DEFAULT_RESULTS_FILE, Settings, load_settings
+from supervisor.settings import Settings
 
-if TYPE_CHECKING:
-    from supervisor.client.handles import Run, Runs, Sweep
-
-# wait() and watch() look at SQLite's change counter (PRAGMA data_version, microseconds) this
-# often and read the runs again only when it moved: a commit is seen within this much.
-WAIT_POLL_SECONDS = 0.02
-# ... and read them again at least this often anyway (a safety net; nothing should need it).
-WAIT_REREAD_SECONDS = 5.0
 # submit() warns when the daemon's heartbeat is older than this (SPEC 7 says a minute).
 NO_DAEMON_SECONDS = 60.0
 
-T = TypeVar("T")
 
-
-class Client:
+class Client(Session):
     """The runs database, as the command line sees it, for programs and notebooks.
 
     `Client()` finds the configuration as `runsup` does (`config`, else $RUNSUP_CONFIG, else
@@ -47,19 +36,8 @@ class Client:
     def __init__(
         self, config: str | os.PathLike[str] | None = None, *, settings: Settings | None = None
     ) -> None:
-        self.settings = settings if settings is not None else load_settings(config)
-        self._store = ClientStore.open(self.settings.database_url, self.settings.database_path)
+        super().__init__(config, settings=settings)
         self._warned_no_daemon = False
-
-    def close(self) -> None:
-        """Release the database connections (handles made by this client stop working)."""
-        self._store.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Client(database={self.settings.database!r})"
@@ -82,7 +60,6 @@ class Client:
         `after`: run ids that must COMPLETE first (if one fails, this run is CANCELLED);
         `after_any`: run ids that must end first, however; `not_before`: an aware datetime.
         """
-        from supervisor.client.handles import Run
 
         self._check_template(template)
         new = NewRun(template, _config_text(config or {}), name, priority)
@@ -106,7 +83,6 @@ class Client:
         """Queue one run for each combination of the `grid` values (first key slowest), each
         with `base` and its values set (dotted keys set nested values, as `--set` does), all
         in one transaction, sharing a new sweep id; returns the sweep's handle."""
-        from supervisor.client.handles import Sweep
 
         self._check_template(template)
         axes = [
@@ -137,14 +113,12 @@ class Client:
 
     def run(self, run_id: str) -> Run:
         """The handle of an existing run; NotFoundError if there is none."""
-        from supervisor.client.handles import Run
 
         record = self._store.get(run_id)
         return Run(self, record.id, record)
 
     def runs(self, run_ids: Iterable[str]) -> Runs:
         """A handle on these runs together (every one must exist)."""
-        from supervisor.client.handles import Runs
 
         ids = _ids(run_ids)
         found = {r.id for r in self._store.get_many(ids)}
@@ -155,84 +129,10 @@ class Client:
 
     def sweep_of(self, sweep_id: str) -> Sweep:
         """The handle of an existing sweep; NotFoundError if no run carries this sweep id."""
-        from supervisor.client.handles import Sweep
 
         if not self._store.sweep_runs(sweep_id):
             raise NotFoundError(f"no sweep with id {sweep_id!r}")
         return Sweep(self, sweep_id)
-
-    # -- what the handles share ---------------------------------------------------------
-
-    @property
-    def store(self) -> ClientStore:
-        """The database, as another program may use it (SPEC section 3)."""
-        return self._store
-
-    def results_path(self, record: RunRecord) -> Path | None:
-        """Where a run's results file is (its template's `results_file`); None if the run has
-        no directory yet."""
-        template = self.settings.templates.get(record.template)
-        name = template.results_file if template is not None else DEFAULT_RESULTS_FILE
-        if record.run_dir:
-            return Path(record.run_dir) / name
-        if record.started_at is not None and is_valid_run_id(record.id):
-            # Started by another program that did not record its directory: the default one.
-            return self.settings.runs_dir / record.id / name
-        return None
-
-    def table(self, records: Sequence[RunRecord], *, warn: bool = True) -> ResultsTable:
-        """The results table of these runs (as `runsup results`); with `warn`, one
-        ResultsWarning for each run whose results file could not be used."""
-        table = build_table(records, self.results_path)
-        if warn:
-            for note in table.notes:
-                warnings.warn(note, ResultsWarning, stacklevel=3)
-        return table
-
-    def wait_for(
-        self,
-        read: Callable[[], T],
-        done: Callable[[T], bool],
-        timeout: float | None,
-        what: str,
-    ) -> T:
-        """Read until `done(read())`: again each time the database's change counter moves
-        (looked at every WAIT_POLL_SECONDS). WaitTimeout after `timeout` seconds."""
-        for value, finished in self.follow(read, done, timeout, what):
-            if finished:
-                return value
-        raise AssertionError("unreachable")  # follow() ends only after a finished value
-
-    def follow(
-        self,
-        read: Callable[[], T],
-        done: Callable[[T], bool],
-        timeout: float | None,
-        what: str,
-    ) -> Iterator[tuple[T, bool]]:
-        """Each new reading (the first at once, then one after each commit anyone makes) with
-        whether it is done; ends after the first that is. WaitTimeout after `timeout` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # The counter is read before the rows: a commit landing between is seen next time.
-        version = self._store.data_version()
-        value = read()
-        last_read = time.monotonic()
-        while True:
-            finished = done(value)
-            yield value, finished
-            if finished:
-                return
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise WaitTimeout(f"{what}: not done after {timeout:g} s (the runs go on)")
-                time.sleep(WAIT_POLL_SECONDS)
-                current = self._store.data_version()
-                if current != version or time.monotonic() - last_read >= WAIT_REREAD_SECONDS:
-                    break
-            version = current
-            value = read()
-            last_read = time.monotonic()
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from supervisor.states import FINAL_STATUSES, RunStatus
 from supervisor.views import progress_fraction
 
 if TYPE_CHECKING:
-    from supervisor.client.core import Client
+    from supervisor.client.session import Session
 
 Row = dict[str, Any]
 
@@ -66,7 +66,7 @@ class RunChange:
 class Run:
     """One run: its id, and its row as last read (`refresh()` reads it again)."""
 
-    def __init__(self, client: Client, run_id: str, record: RunRecord | None = None) -> None:
+    def __init__(self, client: Session, run_id: str, record: RunRecord | None = None) -> None:
         self.client = client
         self.id = run_id
         self._record = record if record is not None else client.store.get(run_id)
@@ -163,7 +163,7 @@ class Run:
 class Runs:
     """A group of runs: wait for them, watch them, gather their results, resubmit them."""
 
-    def __init__(self, client: Client, run_ids: Sequence[str]) -> None:
+    def __init__(self, client: Session, run_ids: Sequence[str]) -> None:
         self.client = client
         self._ids = list(dict.fromkeys(run_ids))
 
@@ -262,7 +262,7 @@ class Runs:
 class Sweep(Runs):
     """The runs that share a sweep id, read again each time (runs resubmitted into it join)."""
 
-    def __init__(self, client: Client, sweep_id: str) -> None:
+    def __init__(self, client: Session, sweep_id: str) -> None:
         super().__init__(client, [])
         self.id = sweep_id
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from supervisor.rundir import log_path
 
 if TYPE_CHECKING:
-    from supervisor.client.core import Client
+    from supervisor.client.session import Session
 
 # Following: how often the file is looked at for new output.
 LOG_POLL_SECONDS = 0.1
@@ -43,7 +43,7 @@ def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
     return data, offset + len(data)
 
 
-def log_lines(client: Client, run_id: str, *, follow: bool) -> Iterator[str]:
+def log_lines(client: Session, run_id: str, *, follow: bool) -> Iterator[str]:
     """The log's lines without their newlines; with `follow`, until the run has ended and all
     it wrote was read (a last line without a newline comes out then)."""
     store = client.store

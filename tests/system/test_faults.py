@@ -218,6 +218,7 @@ def test_long_reader_does_not_stall_writes_and_wal_shrinks_after(harness: Daemon
 # -- the runs directory ------------------------------------------------------------------------
 
 
+@pytest.mark.tier("mount", "root")
 def test_read_only_runs_dir_fails_runs_and_recovers(harness: DaemonHarness) -> None:
     harness.start()
     runs = harness.runs_dir
@@ -266,6 +267,7 @@ def fill_up(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.tier("mount", "root")
 def test_full_disk_fails_new_runs_keeps_running_ones_and_recovers(
     harness: DaemonHarness,
 ) -> None:
@@ -408,6 +410,7 @@ def failures_after_exit(h: DaemonHarness, run_id: str) -> int:
     return sum(e["event"] in WRITE_FAILURES for e in events[ends[0] + 1 :])
 
 
+@pytest.mark.tier("mount", "root")
 def test_full_disk_under_the_database_loses_no_update(tmp_path: Path) -> None:
     """The database itself on the full filesystem: nothing can be written, the daemon keeps
     trying, and once space returns the run's end is recorded as it happened."""

@@ -7,6 +7,7 @@ outcome, and the cluster's own view of the job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -19,23 +20,29 @@ from slurm_cluster import SlurmCluster
 from slurm_daemon import GRACE_SECONDS, JOB_DEADLINE, ClusterDaemon
 
 
+@contextlib.contextmanager
 def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:
+    """A started daemon, closed (its stand-ins ended) however the block ends."""
     d = ClusterDaemon(tmp_path, cluster, **settings)
-    d.start()
-    yield d
-    d.close()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
 
 
 @pytest.fixture
 def daemon(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """A started daemon sending `cl` runs to the test cluster (no accounting)."""
-    yield from _daemon(tmp_path, slurm_cluster)
+    with _daemon(tmp_path, slurm_cluster) as d:
+        yield d
 
 
 @pytest.fixture
 def any_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """The same, once on the cluster without accounting and once with slurmdbd + MariaDB."""
-    yield from _daemon(tmp_path, any_slurm_cluster)
+    with _daemon(tmp_path, any_slurm_cluster) as d:
+        yield d
 
 
 def test_run_completes_on_the_cluster(any_daemon: ClusterDaemon) -> None:
@@ -211,7 +218,7 @@ def test_time_limit_of_the_cluster_fails_as_timeout(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:
     # Slurm's own limit (one minute, checked every ~30 s), no limit of the daemon's.
-    for daemon in _daemon(tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]'):
+    with _daemon(tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]') as daemon:
         run_id = daemon.submit({"sleep": 300}, template="cl")
         daemon.wait_running(run_id)
         final = daemon.wait_final(run_id, 150.0)

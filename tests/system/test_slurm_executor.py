@@ -88,11 +88,17 @@ def test_cancel_escalates_for_a_job_that_ignores_sigterm(daemon: ClusterDaemon) 
     daemon.ask_cancel(run_id)
     daemon.wait_logged("run_terminating", run_id=run_id)
     # The job outlives SIGTERM and Slurm's KillWait; the daemon's grace ends it.
-    killed = daemon.wait_logged("run_killed", run_id=run_id, deadline=GRACE_SECONDS + 10)
+    daemon.wait_logged("run_killed", run_id=run_id, deadline=GRACE_SECONDS + 10)
     final = daemon.wait_final(run_id, JOB_DEADLINE)
     assert final.status == "CANCELLED"
     assert final.exit_signal == signal.SIGKILL
-    assert killed["event"] == "run_killed"
+    # SIGTERM first, SIGKILL only after it: the escalation, in the daemon's own order.
+    order = [
+        e["event"]
+        for e in daemon.log_events()
+        if e.get("run_id") == run_id and e["event"] in ("run_terminating", "run_killed")
+    ]
+    assert order == ["run_terminating", "run_killed"], order
 
 
 def test_cancel_of_a_queued_job_removes_it(daemon: ClusterDaemon) -> None:

@@ -13,7 +13,8 @@ session-wide fixture, whose processes may live until that fixture ends).
   suite fails (and the list goes into the tier summary, see tiers.py).
 
 The marker is read from /proc/<pid>/environ: a process that rewrote its environment, or one
-started with an environment built from scratch, is not seen (the harnesses pass os.environ on).
+started with an environment built from scratch, is not seen: the harnesses pass os.environ on,
+or add marker.marker_env() to an environment of their own.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from marker import MARKER_VARIABLE
 
-MARKER_VARIABLE = "RUNSUP_TEST_MARKER"
 # Unique per pytest run: processes of an earlier (or a concurrent) session are not ours.
 SESSION_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 # How long processes a test ended (a killed daemon's stand-ins, a group sent SIGKILL) may take

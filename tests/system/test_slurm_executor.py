@@ -19,6 +19,9 @@ from daemon_harness import READY, group_alive, wait_for
 from slurm_cluster import SlurmCluster
 from slurm_daemon import GRACE_SECONDS, JOB_DEADLINE, ClusterDaemon
 
+from supervisor.db import final_change
+from supervisor.states import RunStatus
+
 
 @contextlib.contextmanager
 def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:
@@ -173,6 +176,26 @@ def test_daemon_killed_while_jobs_run_loses_nothing(any_daemon: ClusterDaemon) -
         assert daemon.jobs_named(run_id) == [first[run_id].external_id]
 
 
+def test_a_restarted_daemon_ends_the_stand_in_of_a_run_settled_before_it_died(
+    daemon: ClusterDaemon,
+) -> None:
+    """A daemon killed after committing a run's final status, before its stand-in was told to
+    go: the next daemon does not take the run on again (its row is final), and ends the
+    stand-in all the same (it would wait for ever)."""
+    run_id = daemon.submit({"sleep": 300, "progress": [READY]}, template="cl")
+    running = daemon.wait_running(run_id)
+    assert running.pgid is not None
+    daemon.kill()
+    # What the killed daemon had committed through its own write path (status and event): the
+    # run final. (A final status written by another program is taken back instead.)
+    settled = final_change(run_id, RunStatus.COMPLETED, reason="exited", exit_code=0)
+    assert daemon.store.commit_batch([settled]) == [True]
+    assert group_alive(running.pgid)
+    daemon.start()
+    daemon.wait_logged("slurm_standin_left_over")
+    wait_for("the left-over stand-in to end", lambda: not group_alive(running.pgid))
+
+
 def test_after_a_reboot_the_job_gets_a_new_stand_in(daemon: ClusterDaemon) -> None:
     gate = daemon.tmp / "gate"
     run_id = daemon.submit({"wait_for_file": str(gate)}, template="cl")
@@ -182,7 +205,7 @@ def test_after_a_reboot_the_job_gets_a_new_stand_in(daemon: ClusterDaemon) -> No
     # A reboot of the daemon's machine: every local process gone (the watcher first, or it
     # would cancel the job), the boot id new; the job on its node goes on.
     watcher = int(Path(f"/proc/{before.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    os.kill(watcher, signal.SIGKILL)
+    os.killpg(watcher, signal.SIGKILL)  # the watcher leads a group: it and its checker
     os.kill(before.pid, signal.SIGKILL)
     wait_for("the old stand-in gone", lambda: not group_alive(before.pid or 0))
     (daemon.cluster_runs / run_id / ".runsup" / "boot_id").write_text("an-earlier-boot\n")

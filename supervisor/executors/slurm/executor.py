@@ -10,8 +10,11 @@ that fails or times out changes nothing: unknown is never "finished".
 A job's life as the loop sees it: `begin_launch` -> a `SlurmLaunch` (PENDING row, with the
 job id once sbatch answers) -> the job runs: the worker starts its local stand-in
 (standin.py) and the launch returns a `SlurmRunHandle` (RUNNING row: the stand-in's pid and
-pgid, the job id, the node) -> the job is over: the handle's exit status (jobs.py) -> release()
-ends the stand-in.
+pgid, the job id, the node) -> the job is over: the worker tells the stand-in to go, then the
+handle gives its exit status (jobs.py), so the stand-in is gone before the loop commits the
+final status. A job already over when first seen gets no stand-in (its row names a group that
+is gone). At its first poll the executor ends its stand-ins that no recovered run holds
+(runs a killed daemon had settled), and a stand-in whose job no cluster knows ends by itself.
 """
 
 from __future__ import annotations

@@ -40,16 +40,14 @@ def test_uses_a_session_process(sleeper):
 """
 
 
-def _run(pytester: pytest.Pytester, suite: str = LEAKY_SUITE) -> pytest.RunResult:
+def _run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, suite: str = LEAKY_SUITE
+) -> pytest.RunResult:
     pytester.makepyfile(test_inner=suite)
-    summary = pytester.path / "summary.json"
-    os.environ["RUNSUP_TEST_SUMMARY"] = str(summary)
-    try:
-        return pytester.runpytest_subprocess(
-            "-p", "leaks", "-p", "tiers", "-p", "no:cacheprovider"
-        )
-    finally:
-        del os.environ["RUNSUP_TEST_SUMMARY"]
+    # The inner suite's summary; monkeypatch gives this session's own back afterwards.
+    monkeypatch.setenv("RUNSUP_TEST_SUMMARY", str(pytester.path / "summary.json"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), *sys.path]))
+    return pytester.runpytest_subprocess("-p", "leaks", "-p", "tiers", "-p", "no:cacheprovider")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -63,8 +61,7 @@ def _pid_alive(pid: int) -> bool:
 def test_a_test_whose_process_outlives_it_fails_and_the_process_is_ended(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), *sys.path]))
-    result = _run(pytester)
+    result = _run(pytester, monkeypatch)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*processes outlived the test*", "*(sleep 300)*"])
     pid = int(next(pytester.path.parent.rglob("sleeper.pid")).read_text())
@@ -77,8 +74,7 @@ def test_a_test_whose_process_outlives_it_fails_and_the_process_is_ended(
 def test_a_process_left_at_the_end_of_the_session_fails_the_suite(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), *sys.path]))
-    result = _run(pytester, SESSION_LEAK_SUITE)
+    result = _run(pytester, monkeypatch, SESSION_LEAK_SUITE)
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*processes left behind by the suite*", "*(sleep 300)*"])

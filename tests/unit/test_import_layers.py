@@ -58,6 +58,11 @@ LAYERS: list[tuple[str, ...]] = [
         "supervisor.checks.*",
         "supervisor.check",
         "supervisor.demo",
+        "supervisor.results",
+        "supervisor.plot",
+        "supervisor.client",
+        "supervisor.client.*",
+        "supervisor.resultsview",
     ),
     # the daemon, bottom up
     ("supervisor.daemon.wakeups",),

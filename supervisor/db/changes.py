@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import func, insert, text, update
 from sqlalchemy.engine import Connection
 
 from supervisor.db.records import Claim, NewRun, ProgressUpdate, utcnow
@@ -88,10 +88,11 @@ def running_change(
     run_id: str, process: RecordedProcess, *, run_dir: str, reason: str = "launched"
 ) -> RowChange:
     """PENDING -> RUNNING with the process identity a restarted daemon will need (and, for a
-    cluster job, the node it runs on and its id)."""
+    cluster job, the node it runs on and its id). A first start makes the row attempt 1
+    (SPEC section 3); a retry's row already names its attempt."""
     now = utcnow()
     values = process_columns(process)
-    values.update(run_dir=run_dir, started_at=now)
+    values.update(run_dir=run_dir, started_at=now, attempt=func.coalesce(runs.c.attempt, 1))
     return RowChange(run_id, frozenset({RunStatus.PENDING}), values, RunStatus.RUNNING, reason, now)
 
 

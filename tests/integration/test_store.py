@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from supervisor.db import ProgressUpdate, Store
+from supervisor.db import ProgressUpdate, Store, retry_change, utcnow
 from supervisor.errors import NotFoundError
 from supervisor.executors.base import ProcessRecord
 from supervisor.states import ALLOWED_TRANSITIONS, RunStatus
@@ -185,6 +185,20 @@ def test_mark_running_writes_pid_and_pgid_in_the_same_commit(store: Store, db_pa
     assert row["run_dir"] == f"/tmp/runs/{run_id}"
     assert TIMESTAMP_TEXT.match(row["started_at"])
     assert [e["to_status"] for e in raw_events(db_path, run_id)] == ["PENDING", "RUNNING"]
+
+
+def test_a_run_is_attempt_1_once_it_starts_and_a_retry_keeps_its_number(
+    store: Store, db_path: Path
+) -> None:
+    # SPEC section 3: attempt is NULL until the run first starts, 1 once it has started.
+    run_id = run_in(store, PENDING)
+    assert raw_row(db_path, run_id)["attempt"] is None
+    assert launch(store, run_id)
+    assert raw_row(db_path, run_id)["attempt"] == 1
+    retry = retry_change(run_id, attempt=2, not_before=utcnow(), reason="attempt 1 failed")
+    assert store.commit_batch([retry]) == [True]
+    assert launch(store, run_id)
+    assert raw_row(db_path, run_id)["attempt"] == 2
 
 
 @pytest.fixture

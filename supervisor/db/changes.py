@@ -204,12 +204,13 @@ _ATTEMPT_COLUMNS_CLEARED = (
     "total_iterations",
     "erlang_index",
     "progress_updated_at",
+    "output_offset",  # the next attempt's log is a new file: read from its first line
 )
 
 
 def retry_change(run_id: str, *, attempt: int, not_before: datetime, reason: str) -> RowChange:
     """RUNNING -> PENDING as attempt `attempt`, not before `not_before`; the row forgets the last
-    attempt's process and progress (the progress file is read from offset 0 again)."""
+    attempt's process and progress (its progress file and log are read from the start)."""
     values: dict[str, Any] = dict.fromkeys(_ATTEMPT_COLUMNS_CLEARED)
     values.update(attempt=attempt, not_before=not_before, progress_offset=0, progress_bad_lines=0)
     return RowChange(

@@ -37,12 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.notify import scrub_environment
+from supervisor.settings import SETTINGS_VARIABLES
 from supervisor.states import FINAL_STATUSES
 from supervisor.views import table
 
@@ -88,19 +90,6 @@ RESULTS_FILENAME: Final = "results.json"
 PLOT_FILENAME: Final = "erlang-b.png"
 TEMPORARY_PLOT_FILENAME: Final = "runsup-demo-erlang-b.png"  # when the state dir goes away
 MARKER_VARIABLE: Final = "RUNSUP_DEMO_TOKEN"
-# Variables that would point the demo's daemon at another configuration or database.
-SCRUBBED_VARIABLES: Final = (
-    "RUNSUP_CONFIG",
-    "RUNSUP_DATABASE",
-    "RUNSUP_RUNS_DIR",
-    "RUNSUP_MAX_CONCURRENT",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-)
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG: Final = 1
 
@@ -240,6 +229,16 @@ def _set_parent_death_signal() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
+def daemon_environment(environ: Mapping[str, str], token: str) -> dict[str, str]:
+    """The demo daemon's environment: nothing that points it at another configuration or
+    database, nor lets it speak for a service that started this command; with its marker."""
+    env = scrub_environment(environ)
+    for name in SETTINGS_VARIABLES:
+        env.pop(name, None)
+    env[MARKER_VARIABLE] = token
+    return env
+
+
 class Demo:
     """One demo: a state directory, a daemon, the runs, the results."""
 
@@ -269,8 +268,7 @@ class Demo:
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start_daemon(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
-        env[MARKER_VARIABLE] = self.token
+        env = daemon_environment(os.environ, self.token)
         argv = [sys.executable, "-m", "supervisor", "--config", str(self.config_path), "daemon"]
         with self.log_path.open("ab") as log:
             self.daemon = subprocess.Popen(

@@ -23,6 +23,8 @@ ENV_CONFIG = "RUNSUP_CONFIG"
 ENV_DATABASE = "RUNSUP_DATABASE"
 ENV_RUNS_DIR = "RUNSUP_RUNS_DIR"
 ENV_MAX_CONCURRENT = "RUNSUP_MAX_CONCURRENT"
+# The variables that choose the configuration, the database or the runs directory.
+SETTINGS_VARIABLES = (ENV_CONFIG, ENV_DATABASE, ENV_RUNS_DIR, ENV_MAX_CONCURRENT)
 
 DEFAULT_CANCEL_GRACE_SECONDS = 10.0
 DEFAULT_RESCAN_INTERVAL_SECONDS = 2.0
@@ -97,11 +99,6 @@ class Template:
     on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
     progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.outputpatterns
     results_file: str = DEFAULT_RESULTS_FILE  # SPEC 15: relative to the run directory
-
-    @property
-    def config_filename(self) -> str:
-        """The name of the config file written into the run directory."""
-        return f"config.{self.config_format}"
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
         """The argument list with placeholders filled in (never a shell string)."""

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "supervisor.errors",
         "supervisor.states",
         "supervisor.signames",
+        "supervisor.filetail",
         "supervisor.progress",
         "supervisor.gpus",
         "supervisor.scheduling",

@@ -17,6 +17,7 @@ import psutil
 import pytest
 from conftest import RUNSUP, isolated_env
 from daemon_harness import wait_for
+from png_checks import assert_png_drawn
 
 from supervisor.db import Store
 from supervisor.demo import DEMO_CHANNELS, DEMO_RUNS
@@ -90,6 +91,9 @@ def test_demo_prints_results_that_agree_with_erlang_b(tmp_path: Path) -> None:
 
     rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line.strip()))]
     assert sorted(float(m["load"]) for m in rows) == expected_loads()
+    # The same comparison as a picture (matplotlib comes with the test extra).
+    assert f"picture: {state / 'erlang-b.png'}" in out.stdout
+    assert_png_drawn(state / "erlang-b.png")
     for m in rows:
         # The printed exact value is Erlang B, and the verdict matches the interval.
         exact = erlang_b(float(m["load"]), DEMO_CHANNELS)
@@ -111,7 +115,7 @@ def test_demo_prints_results_that_agree_with_erlang_b(tmp_path: Path) -> None:
     results = []
     for r in records:
         assert r.run_dir is not None
-        results += json.loads((Path(r.run_dir) / "results.json").read_text())
+        results += json.loads((Path(r.run_dir) / "results.json").read_text())["loads"]
     # 95% intervals: with 8 loads, 6 or more contain the exact value with probability > 99%.
     covered = sum(
         1 for x in results if x["ci_low"] <= erlang_b(x["erlang"], x["channels"]) <= x["ci_high"]

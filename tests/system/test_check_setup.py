@@ -348,6 +348,7 @@ def test_a_metrics_port_a_runsup_daemon_serves_is_fine(runsup: Runsup, tmp_path:
         harness.close()
 
 
+@pytest.mark.tier("slurm")
 def test_a_real_slurm_controller_answers(
     runsup: Runsup, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -166,3 +166,17 @@ queue_pauses = Table(
     Column("paused_at", UTCDateTime, nullable=True),
     Column("reason", Text, nullable=True),
 )
+
+# SPEC section 14: counters and histograms kept as runs finish (supervisor.db.tallies), by
+# triggers of migration 0005; `runs` rows are a gauge of rows by status.
+run_tallies = Table(
+    "run_tallies",
+    metadata,
+    Column("metric", String(20), nullable=False),
+    Column("template", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("bucket", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("total", Float, nullable=False),
+    PrimaryKeyConstraint("metric", "template", "status", "bucket"),
+)

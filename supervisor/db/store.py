@@ -788,12 +788,10 @@ class Store:
         with self._read() as conn:
             return {str(status): int(n) for status, n in conn.execute(query)}
 
-    def run_stats(
-        self, templates: Iterable[str], other: str, bounds: Sequence[float], now: datetime
-    ) -> RunStats:
+    def run_stats(self, templates: Iterable[str], other: str, now: datetime) -> RunStats:
         """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
         with self._read() as conn:
-            return read_run_stats(conn, templates, other, bounds, now)
+            return read_run_stats(conn, templates, other, now)
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""

@@ -157,53 +157,48 @@ def delete_batch(
 ) -> tuple[Pruned, int]:
     """In the caller's transaction: delete these runs if they are still final and no run not
     yet final depends on them (`dry_run`: count what would go). Returns the batch and how many
-    were kept because a run still needs them."""
+    were kept because a run still needs them. Plain driver SQL: SQLAlchemy's compiling of a
+    few hundred bound values cost more than the deletes (profiled)."""
     if not run_ids:
         return Pruned((), (), 0, 0), 0
-    marks, params = _in_list("i", run_ids)
-    rows = conn.execute(
-        text(
-            f"SELECT id, run_dir, {_NEEDED} FROM runs WHERE id IN ({marks}) AND status IN {_FINAL}"
-        ),
-        params,
+    rows = conn.exec_driver_sql(
+        # `+status`: found by id; left to itself, the planner walks every final row through
+        # the status index instead (measured: 20 ms a batch at 10,000 runs).
+        f"SELECT id, run_dir, {_NEEDED} FROM runs"
+        f" WHERE id IN ({_marks(run_ids)}) AND +status IN {_FINAL}",
+        tuple(run_ids),
     ).all()
     doomed = [(str(r[0]), r[1]) for r in rows if not r[2]]
     kept = len(rows) - len(doomed)
     if not doomed:
         return Pruned((), (), 0, 0), kept
-    marks, params = _in_list("d", [i for i, _ in doomed])
+    ids = tuple(i for i, _ in doomed)
+    marks = _marks(ids)
     if dry_run:
         count = "SELECT count(*) FROM {} WHERE {} IN ({})"
-        events = conn.execute(text(count.format("run_events", "run_id", marks)), params)
-        n_events = int(events.scalar() or 0)
+        n_events = int(
+            conn.exec_driver_sql(count.format("run_events", "run_id", marks), ids).scalar() or 0
+        )
         n_deps = sum(
-            int(
-                conn.execute(text(count.format("run_dependencies", c, marks)), params).scalar() or 0
-            )
+            int(conn.exec_driver_sql(count.format("run_dependencies", c, marks), ids).scalar() or 0)
             for c in ("run_id", "depends_on")
         )
     else:
         delete = "DELETE FROM {} WHERE {} IN ({})"
-        n_events = conn.execute(text(delete.format("run_events", "run_id", marks)), params).rowcount
+        n_events = conn.exec_driver_sql(delete.format("run_events", "run_id", marks), ids).rowcount
         # Two statements, each through its own index (an OR may make SQLite scan).
         n_deps = sum(
-            conn.execute(text(delete.format("run_dependencies", c, marks)), params).rowcount
+            conn.exec_driver_sql(delete.format("run_dependencies", c, marks), ids).rowcount
             for c in ("run_id", "depends_on")
         )
-        conn.execute(text(delete.format("runs", "id", marks)), params)
-    pruned = Pruned(
-        tuple(i for i, _ in doomed),
-        tuple(None if d is None else str(d) for _, d in doomed),
-        int(n_events),
-        int(n_deps),
-    )
+        conn.exec_driver_sql(delete.format("runs", "id", marks), ids)
+    pruned = Pruned(ids, tuple(None if d is None else str(d) for _, d in doomed), n_events, n_deps)
     return pruned, kept
 
 
-def _in_list(prefix: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
-    """Bound parameters for `IN (...)`: the marks and their values."""
-    names = [f"{prefix}{n}" for n in range(len(values))]
-    return ", ".join(f":{n}" for n in names), dict(zip(names, values, strict=True))
+def _marks(values: Sequence[str]) -> str:
+    """`?, ?, ...`: one mark a value."""
+    return ", ".join("?" * len(values))
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from supervisor import rundir
 from supervisor.db import QUEUE_ALL, RowChange, RunRecord, final_change, hook_done_change
 from supervisor.db import retry_change as make_retry_change
 from supervisor.hooks import HookRunner, hook_call
-from supervisor.outcome import Outcome
+from supervisor.outcome import KIND_OUT_OF_MEMORY, Outcome
 from supervisor.queue import find_cycles, plan_retry
 from supervisor.states import RunStatus
 
@@ -296,7 +296,11 @@ class QueueKeeper:
             delay_seconds=plan.delay_seconds,
         )
         return make_retry_change(
-            run_id, attempt=plan.attempt, not_before=plan.not_before, reason=plan.reason
+            run_id,
+            attempt=plan.attempt,
+            not_before=plan.not_before,
+            reason=plan.reason,
+            out_of_memory=out.kind == KIND_OUT_OF_MEMORY,
         )
 
     # -- hooks -------------------------------------------------------------------------

@@ -43,6 +43,14 @@ SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
+class AttemptEnd:
+    """How a change that ends an attempt without a final status counts (a retry: FAILED)."""
+
+    status: str
+    out_of_memory: bool = False
+
+
+@dataclass(frozen=True)
 class Tally:
     """One row of run_tallies."""
 
@@ -78,7 +86,7 @@ def _add_sql(metric: str, status: str, bucket: str, value: str) -> tuple[str, st
         f" FROM (SELECT template, {bucket} AS b {row}) WHERE b IS NOT NULL"
     )
     update = (
-        f"UPDATE {TABLE} SET count = count + 1, total = total + coalesce(({value} {row}), 0.0)"
+        f"UPDATE {TABLE} SET count = count + 1, total = total + coalesce((SELECT {value} {row}), 0.0)"
         f" WHERE metric = '{metric}' AND status = {status}"
         f" AND template = (SELECT template {row}) AND bucket = (SELECT {bucket} {row})"
     )
@@ -94,22 +102,16 @@ _ATTEMPT_OOM_SQL = _add_sql(OUT_OF_MEMORY, "''", "0", "0.0")
 
 
 def count_attempt_end(
-    conn: Connection,
-    run_id: str,
-    *,
-    expect: str,
-    status: str,
-    out_of_memory: bool,
-    at: datetime,
+    conn: Connection, run_id: str, *, expect: str, ended: AttemptEnd, at: datetime
 ) -> None:
-    """Count the end of the run's attempt under `status` (with its duration up to `at`) as a
+    """Count the end of the run's attempt as `ended` says (with its duration up to `at`), as a
     trigger counts a final status, if the row is `expect` now. Call it in the transaction that
     moves the row on, before the move (the attempt's started_at is read here)."""
     params = {
         "run_id": run_id,
         "expect": expect,
-        "status": status,
+        "status": ended.status,
         "at": at.astimezone(UTC).replace(tzinfo=None).strftime(TIMESTAMP_FORMAT),
     }
-    for statement in _ATTEMPT_END_SQL + (_ATTEMPT_OOM_SQL if out_of_memory else ()):
+    for statement in _ATTEMPT_END_SQL + (_ATTEMPT_OOM_SQL if ended.out_of_memory else ()):
         conn.execute(text(statement), params)

@@ -76,6 +76,8 @@ def build(d: BenchDaemon, n: int) -> None:
     conn.execute("PRAGMA cache_size=-200000")
     # A year: run i ended at BASE + i * step, so the oldest 90 % are the first 90 % of rowids.
     step = timedelta(days=365) / n
+    # As the daemon leaves its rows: process identity of this boot, run_dir, exit code.
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     prev = None
     for lo in range(0, n, CHUNK):
         runs, events, deps = [], [], []
@@ -87,7 +89,28 @@ def build(d: BenchDaemon, n: int) -> None:
             created = started - timedelta(seconds=rng.uniform(0, 60))
             status = STATUSES[i % len(STATUSES)]
             c, s, e = _stamp(created), _stamp(started), _stamp(ended)
-            runs.append((run_id, status, "{}", "true", c, s, e, 1, 1))
+            pid = 100_000 + i % 300_000
+            code = 0 if status == "COMPLETED" else 1
+            run_dir = f"{d.runs_dir}/{run_id}"
+            runs.append(
+                (
+                    run_id,
+                    status,
+                    "{}",
+                    "true",
+                    c,
+                    s,
+                    e,
+                    1,
+                    1,
+                    pid,
+                    pid,
+                    pid - 1,
+                    boot,
+                    run_dir,
+                    code,
+                )
+            )
             events += [
                 (run_id, c, None, "PENDING", "submitted"),
                 (run_id, s, "PENDING", "RUNNING", "launched"),
@@ -99,7 +122,9 @@ def build(d: BenchDaemon, n: int) -> None:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "INSERT INTO runs (id, status, config_json, template, created_at, started_at,"
-            " completed_at, attempt, cpus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " completed_at, attempt, cpus, pid, pgid, keeper_pid, boot_id, run_dir, exit_code,"
+            " pid_start_ticks, keeper_start_ticks, executor)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, 'local')",
             runs,
         )
         conn.executemany(

@@ -55,6 +55,7 @@ def prune_runs(
     files: bool,
     dry_run: bool = False,
     on_batch: Callable[[Pruned], None] | None = None,
+    keep_going: Callable[[], bool] | None = None,
 ) -> RetentionResult:
     """Delete final runs that ended before `ended_before`, and with `files` their run
     directories (once their rows are gone; `dry_run` counts the directories there are)."""
@@ -69,7 +70,7 @@ def prune_runs(
         if on_batch is not None:
             on_batch(batch)
 
-    rows = prune(store, ended_before, dry_run=dry_run, on_batch=after)
+    rows = prune(store, ended_before, dry_run=dry_run, on_batch=after, keep_going=keep_going)
     return RetentionResult(rows, dirs[0], errors)
 
 

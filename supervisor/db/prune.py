@@ -90,10 +90,12 @@ def prune(
     on_batch: Callable[[Pruned], None] | None = None,
     budget_seconds: float = PRUNE_BATCH_BUDGET_SECONDS,
     pause_seconds: float = PRUNE_PAUSE_SECONDS,
+    keep_going: Callable[[], bool] | None = None,
 ) -> PruneResult:
     """Delete the final runs that ended before `ended_before` (with their events and
     dependency rows), batch by batch; `on_batch` is called after each commit. `dry_run`:
-    count what would go, write nothing."""
+    count what would go, write nothing. `keep_going` is asked before each batch: False stops
+    there (what was committed stays done)."""
     cutoff = cutoff_text(ended_before)
     result = PruneResult()
     size = PRUNE_BATCH_FIRST
@@ -126,12 +128,17 @@ def prune(
         if not dry_run and pause_seconds > 0:
             time.sleep(pause_seconds)
 
+    def go_on() -> bool:
+        return keep_going is None or keep_going()
+
     for ids in _candidates(store, cutoff):
         queue.extend(ids)
-        while len(queue) >= size:
+        while len(queue) >= size and go_on():
             take, queue = queue[:size], queue[size:]
             one_batch(take)
-    while queue:
+        if not go_on():
+            return result
+    while queue and go_on():
         take, queue = queue[:size], queue[size:]
         one_batch(take)
     return result

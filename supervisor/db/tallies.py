@@ -86,7 +86,8 @@ def _add_sql(metric: str, status: str, bucket: str, value: str) -> tuple[str, st
         f" FROM (SELECT template, {bucket} AS b {row}) WHERE b IS NOT NULL"
     )
     update = (
-        f"UPDATE {TABLE} SET count = count + 1, total = total + coalesce((SELECT {value} {row}), 0.0)"
+        f"UPDATE {TABLE} SET count = count + 1,"
+        f" total = total + coalesce((SELECT {value} {row}), 0.0)"
         f" WHERE metric = '{metric}' AND status = {status}"
         f" AND template = (SELECT template {row}) AND bucket = (SELECT {bucket} {row})"
     )

@@ -90,7 +90,7 @@ class QueueKeeper:
         # Dependencies: the run_events id up to which ends were looked at for dependents, and
         # run_dependencies' size, to know when the doomed-dependents query must run again.
         self._dep_cursor: int | None = None
-        self._dep_marker: tuple[int, int] | None = None
+        self._dep_marker: int | None = None
 
     # -- every database pass ----------------------------------------------------
 
@@ -213,7 +213,7 @@ class QueueKeeper:
         if self._dep_cursor is None or marker != self._dep_marker:
             self._dep_cursor = store.last_event_id()
             self._dep_marker = marker
-            return marker[0] > 0
+            return marker > 0
         ended, self._dep_cursor = store.final_events_since(self._dep_cursor)
         return store.have_dependents(ended)
 

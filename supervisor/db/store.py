@@ -477,8 +477,8 @@ class Store:
         """(run, depends_on) where both are PENDING: where a dependency cycle can hide."""
         return self._reading(queue_sql.pending_dependency_edges)
 
-    def dependency_marker(self) -> tuple[int, int]:
-        """(rows, highest rowid) of run_dependencies: changes when another program adds some."""
+    def dependency_marker(self) -> int:
+        """The highest rowid of run_dependencies: grows when another program adds some."""
         return self._reading(queue_sql.dependency_marker)
 
     def have_dependents(self, run_ids: Sequence[str]) -> bool:

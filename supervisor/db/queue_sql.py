@@ -7,16 +7,18 @@ The Store opens the read transaction and calls these; nothing here owns a connec
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, insert, literal, or_, select, text
+from sqlalchemy import Row, and_, bindparam, delete, func, insert, literal, or_, select, text
 from sqlalchemy.engine import Connection
 
 from supervisor.db.records import Dependency, Pause, RunRecord, record_of
 from supervisor.db.schema import (
     QUEUE_ORDER,
     TIMESTAMP_FORMAT,
+    UNHOOKED_INDEX_NAME,
+    UNHOOKED_SQL,
     parse_timestamp,
     queue_pauses,
     run_dependencies,
@@ -231,15 +233,21 @@ def unhooked_runs(
     conn: Connection, templates: Iterable[str] | None, since: datetime
 ) -> list[RunRecord]:
     """Final runs whose on_finish hook has not run, ended after `since`, of these templates
-    (None: any)."""
-    query = select(runs).where(
-        runs.c.status.in_([s.value for s in FINAL_STATUSES]),
-        runs.c.hook_done_at.is_(None),
-        runs.c.completed_at >= since,
+    (None: any). Read through ix_runs_unhooked by completed_at: the last week's ends, never
+    every final row (the status index walked them all: 37 s at 100,000 runs under load)."""
+    final = ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATUSES))
+    sql = (
+        f"SELECT * FROM runs INDEXED BY {UNHOOKED_INDEX_NAME} WHERE {UNHOOKED_SQL}"
+        f" AND completed_at >= :since AND status IN ({final})"
     )
+    params: dict[str, Any] = {"since": since.astimezone(UTC).strftime(TIMESTAMP_FORMAT)}
+    query = text(sql)
     if templates is not None:
-        query = query.where(runs.c.template.in_(sorted(templates)))
-    return [record_of(r) for r in conn.execute(query)]
+        query = text(sql + " AND template IN :templates").bindparams(
+            bindparam("templates", expanding=True)
+        )
+        params["templates"] = sorted(templates)
+    return [record_of(r) for r in conn.execute(query.columns(*runs.c), params)]
 
 
 def _status_of(run_id: Any) -> Any:

@@ -111,6 +111,8 @@ runs = Table(
     Column("progress_bad_lines", Integer, nullable=True),
     Column("hook_done_at", UTCDateTime, nullable=True),  # the run's on_finish hook has run
     Column("output_offset", Integer, nullable=True),  # progress_patterns read up to here
+    # 1 while the final status has no run_events row saying it (kept by triggers, 0005).
+    Column("final_unconfirmed", Integer, nullable=True),
 )
 
 # The queue's order (SPEC section 11): highest priority first (NULL means 0), then oldest.
@@ -133,6 +135,16 @@ queue_index = Index(
 CANCEL_REQUESTED_SQL = "cancel_requested_at IS NOT NULL AND status IN ('PENDING', 'RUNNING')"
 CANCEL_INDEX_NAME = "ix_runs_cancel_requested"
 cancel_index = Index(CANCEL_INDEX_NAME, runs.c.id, sqlite_where=text(CANCEL_REQUESTED_SQL))
+
+# Rows of a final status another program wrote (no run_events row says it): the candidates of
+# Store.overturned_runs, read through this partial index instead of every final row.
+UNCONFIRMED_SQL = "final_unconfirmed IS NOT NULL"
+UNCONFIRMED_INDEX_NAME = "ix_runs_final_unconfirmed"
+unconfirmed_index = Index(UNCONFIRMED_INDEX_NAME, runs.c.id, sqlite_where=text(UNCONFIRMED_SQL))
+# Final runs whose on_finish hook has not run, by end: the catch-up at start reads a week's.
+UNHOOKED_SQL = "hook_done_at IS NULL"
+UNHOOKED_INDEX_NAME = "ix_runs_unhooked"
+unhooked_index = Index(UNHOOKED_INDEX_NAME, runs.c.completed_at, sqlite_where=text(UNHOOKED_SQL))
 
 run_events = Table(
     "run_events",

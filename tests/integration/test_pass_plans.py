@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from supervisor.db import Store
+from supervisor.db import Store, corrected_final_change, final_change
+from supervisor.states import RunStatus
 
 HISTORY = 3000  # final runs, 3 events each, one in ten with a dependency
 SMALL_TABLES = ("queue_pauses", "run_tallies", "CONSTANT")  # a few rows whatever the history
@@ -81,8 +82,10 @@ def captured(store: Store) -> Iterator[list[tuple[str, Any]]]:
 
 # Walks that are bounded by what is active, not by the history, each for its reason:
 BOUNDED = {
-    # A partial index: it holds only the rows that ask for a cancel.
+    # Partial indexes: they hold only the rows that ask for a cancel, and the final statuses
+    # no run_events row says (another program's).
     "SCAN runs USING INDEX ix_runs_cancel_requested",
+    "SCAN runs USING INDEX ix_runs_final_unconfirmed",
     # queue_marker: back from the newest event, stopping at the first that is not a start
     # (ORDER BY id DESC LIMIT 1): bounded by the starts since the last end.
     "SCAN run_events",
@@ -127,7 +130,19 @@ def _a_pass(store: Store) -> None:
     store.foreign_running()
 
 
-PASSES: dict[str, Callable[[Store], None]] = {"a database pass and the cycle check": _a_pass}
+# What a start reads before it serves: the runs to adopt, the runs another program overturned,
+# the hooks still to run (the last week's ends).
+def _a_start(store: Store) -> None:
+    store.active_runs()
+    store.overturned_runs("boot")
+    store.unhooked_runs(None, NOW - timedelta(days=7))
+    store.unhooked_runs(["t"], NOW - timedelta(days=7))
+
+
+PASSES: dict[str, Callable[[Store], None]] = {
+    "a database pass and the cycle check": _a_pass,
+    "a daemon start": _a_start,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PASSES))
@@ -136,6 +151,32 @@ def test_no_pass_query_walks_the_history(store: Store, db_path: Path, name: str)
     with captured(store) as sent:
         PASSES[name](store)
 
-    assert len(sent) >= 13
+    assert len(sent) >= 4
     scans = {s: bad for s, p in sent if (bad := _full_scans(db_path, s, p))}
     assert not scans, "\n\n".join(f"{s}\n  -> {b}" for s, b in scans.items())
+
+
+def test_overturned_runs_are_the_final_statuses_only_another_program_wrote(
+    store: Store, db_path: Path
+) -> None:
+    _fill(db_path)  # the history: final rows of this boot, each with its events
+    ours, theirs, foreign_row = "f00000000006", "f00000000007", "e00000000001"
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "INSERT INTO runs (id, status, config_json, template, created_at, keeper_pid,"
+            " boot_id) VALUES (?, 'FAILED', '{}', 't', ?, 5, 'boot')",
+            (foreign_row, _stamp(NOW)),
+        )
+        # A GUI marks a live run FAILED: no run_events row says so.
+        conn.execute("UPDATE runs SET status = 'FAILED' WHERE id = ?", (theirs,))
+    conn.close()
+    assert store.commit_batch([final_change(ours, RunStatus.COMPLETED, reason="exit 0")]) == [True]
+
+    found = {r.id for r in store.overturned_runs("boot")}
+
+    assert found == {theirs, foreign_row}
+    # The daemon writes the true outcome over the GUI's: no longer a candidate.
+    fix = corrected_final_change(theirs, RunStatus.FAILED, RunStatus.COMPLETED, reason="exit 0")
+    assert store.commit_batch([fix]) == [True]
+    assert {r.id for r in store.overturned_runs("boot")} == {foreign_row}

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
+from supervisor.daemon.pruning import Pruner
 from supervisor.db import Store
 from supervisor.db.prune import Pruned, prune
+from supervisor.errors import ConfigError
 from supervisor.retention import prune_runs
-from supervisor.settings import load_settings
+from supervisor.settings import RetentionSettings, load_settings
 
 if TYPE_CHECKING:
     from conftest import Runsup
@@ -227,3 +233,47 @@ def test_the_command_prunes_and_refuses_bad_input(runsup: Runsup) -> None:
         assert bad.returncode != 0, args
         assert "Traceback" not in bad.stderr and bad.stderr.strip(), args
     assert len(_ids(db)) == 1
+
+
+def test_the_daemon_prunes_once_a_day_on_a_thread_when_asked(tmp_path: Path) -> None:
+    config = tmp_path / "runsup.toml"
+    base = f'database = "{tmp_path / "runs.db"}"\nruns_dir = "{tmp_path / "runs"}"\n'
+    config.write_text(base + "[retention]\nkeep_days = 30\nfiles = true\n")
+    settings = load_settings(str(config))
+    off = replace(settings, retention=RetentionSettings())
+    store = Store.open(settings.database_url)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "runs.db")
+    with conn:
+        for n in range(20):
+            _run(conn, _rid("4", n), "COMPLETED", OLD)
+        _run(conn, "eeeeeeeeeee1", "COMPLETED", NOW - timedelta(days=2))
+    conn.close()
+    (tmp_path / "runs" / _rid("4", 0)).mkdir(parents=True)
+    clock = [1000.0]
+    pruner = Pruner(lambda: clock[0], lambda: datetime.now(UTC), first_delay=5.0, interval=86400)
+
+    assert pruner.next_due(off) is None and not pruner.poll(off)  # off by default
+    assert not pruner.poll(settings)  # not before its first delay
+    clock[0] += 5.0
+    try:
+        assert pruner.poll(settings)
+        deadline = time.monotonic() + 60
+        while pruner.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pruner.running
+        assert _ids(tmp_path / "runs.db") == {"eeeeeeeeeee1"}
+        assert not (tmp_path / "runs" / _rid("4", 0)).exists()
+        assert not pruner.poll(settings)  # once a day
+        assert pruner.next_due(settings) == clock[0] + 86400
+    finally:
+        pruner.stop()
+
+
+def test_retention_settings_are_checked(tmp_path: Path) -> None:
+    config = tmp_path / "runsup.toml"
+    assert load_settings(None).retention == RetentionSettings()  # off by default
+    for bad in ("keep_days = -1", "keep_days = 'week'", "files = 1", "keep = 3"):
+        config.write_text(f"[retention]\n{bad}\n")
+        with pytest.raises(ConfigError):
+            load_settings(str(config))

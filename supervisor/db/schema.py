@@ -111,7 +111,7 @@ runs = Table(
     Column("progress_bad_lines", Integer, nullable=True),
     Column("hook_done_at", UTCDateTime, nullable=True),  # the run's on_finish hook has run
     Column("output_offset", Integer, nullable=True),  # progress_patterns read up to here
-    # 1 while the final status has no run_events row saying it (kept by triggers, 0005).
+    # 1 while the final status has no run_events row saying it (kept by triggers, 0006).
     Column("final_unconfirmed", Integer, nullable=True),
 )
 

@@ -31,6 +31,7 @@ NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 TEMPLATES = ["a", "b"]
 OTHER = "other"
 MIGRATION = importlib.import_module("supervisor.db.migrations.versions.0005_run_tallies")
+START_READS = importlib.import_module("supervisor.db.migrations.versions.0006_start_reads")
 
 
 def make_database_at(path: Path, revision: str) -> None:
@@ -210,7 +211,7 @@ def test_the_migration_keeps_the_live_bounds_and_its_triggers_are_there(db_path:
         conn.close()
     assert version == HEAD_REVISION
     # A later migration that rebuilds `runs` must make them again: this says so if it forgets.
-    assert names >= set(MIGRATION.TRIGGERS)
+    assert names >= set(MIGRATION.TRIGGERS) | set(START_READS.TRIGGERS)
 
 
 # -- a chaos of writers -------------------------------------------------------------------------
@@ -488,3 +489,31 @@ def test_counters_equal_the_history_and_never_go_down_through_chaos(
     assert chaos.ledger.finished.get((OTHER, "COMPLETED"), 0) > 0
     assert sum(chaos.ledger.oom.values()) > 0
     assert len({k for k in last if k[0] == "duration"}) > 10
+
+
+def test_upgrade_to_0006_marks_the_final_statuses_no_event_says(tmp_path: Path) -> None:
+    path = tmp_path / "r0005.db"
+    make_database_at(path, "0005")
+    conn = sqlite3.connect(path)
+    with conn:
+        for run_id, status, last_event in (
+            ("a00000000001", "COMPLETED", "COMPLETED"),  # the daemon's own end
+            ("a00000000002", "FAILED", "RUNNING"),  # a GUI's FAILED over a live run
+            ("a00000000003", "CANCELLED", None),  # a foreign row, no history at all
+            ("a00000000004", "RUNNING", "RUNNING"),
+        ):
+            _insert(conn, run_id, status, keeper_pid=9, boot_id="boot")
+            if last_event is not None:
+                conn.execute(
+                    "INSERT INTO run_events (run_id, at, to_status) VALUES (?, ?, ?)",
+                    (run_id, _stamp(NOW), last_event),
+                )
+    conn.close()
+
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        found = {r.id for r in store.overturned_runs("boot")}
+    finally:
+        store.close()
+
+    assert found == {"a00000000002", "a00000000003"}

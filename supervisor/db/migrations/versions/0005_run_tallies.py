@@ -8,15 +8,6 @@ DELETE for them); `runs` (the status gauge) follows the rows, deletes included.
 
 Existing rows are counted once here, as a full count of them gives.
 
-Two more things a daemon start used to find by walking every final row (issue 23), kept so
-that it reads only what concerns it:
-- `final_unconfirmed`: 1 while a row's final status has no run_events row saying it (every
-  status change of the daemon's writes one in the same transaction; another program writing a
-  final status over a live run does not), set and cleared by triggers; a partial index holds
-  only those rows, the candidates of `Store.overturned_runs`;
-- `ix_runs_unhooked`: final runs whose on_finish hook has not run, by completed_at, so the
-  catch-up at start reads the last week's, not the history.
-
 A later migration that rebuilds `runs` (a batch "move and copy") drops these triggers with the
 old table: it must create them again (`create_triggers()` of this file's SQL, frozen).
 
@@ -43,9 +34,6 @@ TIME_BUCKETS_SECONDS: tuple[float, ...] = (
 FINAL_SQL = "('CANCELLED', 'COMPLETED', 'FAILED')"
 OUT_OF_MEMORY_PREFIX = "out of memory"
 SECONDS_PER_DAY = 86400.0
-UNCONFIRMED = "final_unconfirmed"
-UNCONFIRMED_INDEX = "ix_runs_final_unconfirmed"
-UNHOOKED_INDEX = "ix_runs_unhooked"
 
 
 def _bucket(value: str) -> str:
@@ -106,20 +94,6 @@ def _triggers() -> dict[str, str]:
         " WHERE metric = 'runs' AND template = '' AND status = OLD.status AND bucket = 0;\n"
     )
     bodies = {
-        # A final status no run_events row has said yet (see the module's docstring).
-        "final_unconfirmed_set": (
-            f"AFTER UPDATE OF status ON runs WHEN {final} AND NEW.status IS NOT OLD.status",
-            f"  UPDATE runs SET {UNCONFIRMED} = 1 WHERE id = NEW.id;\n",
-        ),
-        "final_unconfirmed_insert": (
-            f"AFTER INSERT ON runs WHEN {final}",
-            f"  UPDATE runs SET {UNCONFIRMED} = 1 WHERE id = NEW.id;\n",
-        ),
-        "final_unconfirmed_clear": (
-            f"AFTER INSERT ON run_events WHEN NEW.to_status IN {FINAL_SQL}",
-            f"  UPDATE runs SET {UNCONFIRMED} = NULL"
-            f" WHERE id = NEW.run_id AND status = NEW.to_status AND {UNCONFIRMED} IS NOT NULL;\n",
-        ),
         # The status gauge follows the rows.
         "tally_runs_insert": ("AFTER INSERT ON runs", _add("runs", "''", "NEW.status")),
         "tally_runs_delete": ("AFTER DELETE ON runs", gauge_down),
@@ -198,23 +172,10 @@ def upgrade() -> None:
         ),
     ):
         op.execute(statement)
-    # A plain ADD COLUMN (no batch copy of the table, which would drop its triggers).
-    op.add_column("runs", sa.Column(UNCONFIRMED, sa.Integer(), nullable=True))
-    op.execute(
-        f"UPDATE runs SET {UNCONFIRMED} = 1 WHERE status IN {FINAL_SQL} AND status IS NOT"
-        " (SELECT e.to_status FROM run_events e WHERE e.run_id = runs.id"
-        " ORDER BY e.id DESC LIMIT 1)"
-    )
-    op.execute(f"CREATE INDEX {UNCONFIRMED_INDEX} ON runs (id) WHERE {UNCONFIRMED} IS NOT NULL")
-    op.execute(f"CREATE INDEX {UNHOOKED_INDEX} ON runs (completed_at) WHERE hook_done_at IS NULL")
     create_triggers()
 
 
 def downgrade() -> None:
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {name}")
-    op.drop_index(UNHOOKED_INDEX, table_name="runs")
-    op.drop_index(UNCONFIRMED_INDEX, table_name="runs")
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column(UNCONFIRMED)
     op.drop_table(TABLE)

@@ -19,7 +19,6 @@ from supervisor.db.schema import (
     TIMESTAMP_FORMAT,
     UNHOOKED_INDEX_NAME,
     UNHOOKED_SQL,
-    parse_timestamp,
     queue_pauses,
     run_dependencies,
     run_events,
@@ -70,14 +69,12 @@ def pending_runs(
     `room` bounds how many runs of a template are returned. The walk follows ix_runs_queue
     and stops after `limit` usable rows (no sort of every PENDING row).
     """
-    when = now.strftime(TIMESTAMP_FORMAT)
     query = (
         select(runs)
         .where(
             runs.c.status == RunStatus.PENDING.value,
             runs.c.launch_claimed_at.is_(None),
-            # Other programs may write ISO's "T"; SQLAlchemy's text form has a space.
-            or_(runs.c.not_before.is_(None), func.replace(runs.c.not_before, "T", " ") <= when),
+            or_(runs.c.not_before.is_(None), _instant(runs.c.not_before) <= _day_of(now)),
             ~_unmet_dependency().exists(),
         )
         .order_by(*QUEUE_ORDER)
@@ -220,20 +217,26 @@ def queue_marker(conn: Connection) -> tuple[int, int]:
 
 def next_not_before(conn: Connection, now: datetime) -> datetime | None:
     """The earliest not_before still to come of an unclaimed PENDING run, if any."""
-    when = now.strftime(TIMESTAMP_FORMAT)
-    query = select(func.min(func.replace(runs.c.not_before, "T", " "))).where(
-        runs.c.status == RunStatus.PENDING.value,
-        runs.c.launch_claimed_at.is_(None),
-        func.replace(runs.c.not_before, "T", " ") > when,
+    query = (
+        select(runs.c.not_before)
+        .where(
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.launch_claimed_at.is_(None),
+            _instant(runs.c.not_before) > _day_of(now),
+        )
+        .order_by(_instant(runs.c.not_before))
+        .limit(1)
     )
-    return parse_timestamp(conn.execute(query).scalar())
+    # The column's type reads the text as the same instant (microseconds kept, unlike days).
+    found: datetime | None = conn.execute(query).scalar()
+    return found
 
 
 def unhooked_runs(
     conn: Connection, templates: Iterable[str] | None, since: datetime
 ) -> list[RunRecord]:
     """Final runs whose on_finish hook has not run, ended after `since`, of these templates
-    (None: any). Read through ix_runs_unhooked by completed_at: the last week's ends, never
+    (None: any). Read through ix_runs_completed_at: the last week's ends, never
     every final row (the status index walked them all: 37 s at 100,000 runs under load)."""
     final = ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATUSES))
     sql = (
@@ -248,6 +251,23 @@ def unhooked_runs(
         )
         params["templates"] = sorted(templates)
     return [record_of(r) for r in conn.execute(query.columns(*runs.c), params)]
+
+
+def _instant(column: Any) -> Any:
+    """SQL: a DATETIME column as the instant it means, in (Julian) days.
+
+    SPEC section 3: other programs may write ISO 8601 with a `T` or a UTC offset
+    (`...T10:00:00+01:00`), which must compare as the instant, never as text; SQLite's date
+    functions read all these forms (and give NULL for text that is no time, which never starts
+    and is never waited for).
+    """
+    return func.julianday(column)
+
+
+def _day_of(moment: datetime) -> Any:
+    """SQL: a datetime (naive means UTC) in the days `_instant` compares in."""
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return func.julianday(utc.strftime(TIMESTAMP_FORMAT))
 
 
 def _status_of(run_id: Any) -> Any:

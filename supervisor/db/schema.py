@@ -111,7 +111,7 @@ runs = Table(
     Column("progress_bad_lines", Integer, nullable=True),
     Column("hook_done_at", UTCDateTime, nullable=True),  # the run's on_finish hook has run
     Column("output_offset", Integer, nullable=True),  # progress_patterns read up to here
-    # 1 while the final status has no run_events row saying it (kept by triggers, 0006).
+    # 1 while the final status has no run_events row saying it (kept by triggers, 0007).
     Column("final_unconfirmed", Integer, nullable=True),
 )
 
@@ -141,10 +141,15 @@ cancel_index = Index(CANCEL_INDEX_NAME, runs.c.id, sqlite_where=text(CANCEL_REQU
 UNCONFIRMED_SQL = "final_unconfirmed IS NOT NULL"
 UNCONFIRMED_INDEX_NAME = "ix_runs_final_unconfirmed"
 unconfirmed_index = Index(UNCONFIRMED_INDEX_NAME, runs.c.id, sqlite_where=text(UNCONFIRMED_SQL))
-# Final runs whose on_finish hook has not run, by end: the catch-up at start reads a week's.
+# Final runs whose on_finish hook has not run: the catch-up at start reads a week's ends
+# through ix_runs_completed_at.
 UNHOOKED_SQL = "hook_done_at IS NULL"
-UNHOOKED_INDEX_NAME = "ix_runs_unhooked"
-unhooked_index = Index(UNHOOKED_INDEX_NAME, runs.c.completed_at, sqlite_where=text(UNHOOKED_SQL))
+UNHOOKED_INDEX_NAME = "ix_runs_completed_at"
+# A long history read in bounded time (migration 0005): the newest runs (`runsup results`), the
+# runs that ended last (`runsup list`), the runs of one sweep.
+created_index = Index("ix_runs_created_at", runs.c.created_at)
+completed_index = Index(UNHOOKED_INDEX_NAME, runs.c.completed_at)
+sweep_index = Index("ix_runs_sweep_id", runs.c.sweep_id)
 
 run_events = Table(
     "run_events",
@@ -180,7 +185,7 @@ queue_pauses = Table(
 )
 
 # SPEC section 14: counters and histograms kept as runs finish (supervisor.db.tallies), by
-# triggers of migration 0005; `runs` rows are a gauge of rows by status.
+# triggers of migration 0006; `runs` rows are a gauge of rows by status.
 run_tallies = Table(
     "run_tallies",
     metadata,

@@ -1,7 +1,7 @@
 """Metrics kept as runs finish (SPEC section 14): reading `run_tallies`, and counting an
 attempt that ends without a final status (a retry).
 
-The table is kept by triggers (migration 0005): each arrival at a final status counts once
+The table is kept by triggers (migration 0006): each arrival at a final status counts once
 under that status, with its duration; each start counts its queue wait; the `runs` rows are
 the status gauge. So a scrape reads a few hundred rows whatever the history, and a counter
 never goes down: a deleted or pruned row stays counted, an outcome corrected later counts
@@ -26,7 +26,7 @@ from supervisor.db.schema import TIMESTAMP_FORMAT
 
 TABLE = "run_tallies"
 # Bucket bounds of both histograms, in seconds: from a run that fails at once to a week.
-# Fixed by migration 0005's triggers: changing them takes a migration.
+# Fixed by migration 0006's triggers: changing them takes a migration.
 TIME_BUCKETS_SECONDS: tuple[float, ...] = (
     1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 345600,
     604800,

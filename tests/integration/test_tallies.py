@@ -1,4 +1,4 @@
-"""Metrics kept as runs finish (run_tallies, migration 0005) on a real SQLite file: the upgrade
+"""Metrics kept as runs finish (run_tallies, migration 0006) on a real SQLite file: the upgrade
 counts what is there once, the triggers count every writer's final statuses, and a counter
 never goes down (SPEC section 14)."""
 
@@ -30,8 +30,8 @@ from supervisor.states import RunStatus
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 TEMPLATES = ["a", "b"]
 OTHER = "other"
-MIGRATION = importlib.import_module("supervisor.db.migrations.versions.0005_run_tallies")
-START_READS = importlib.import_module("supervisor.db.migrations.versions.0006_start_reads")
+MIGRATION = importlib.import_module("supervisor.db.migrations.versions.0006_run_tallies")
+START_READS = importlib.import_module("supervisor.db.migrations.versions.0007_start_reads")
 
 
 def make_database_at(path: Path, revision: str) -> None:
@@ -491,9 +491,9 @@ def test_counters_equal_the_history_and_never_go_down_through_chaos(
     assert len({k for k in last if k[0] == "duration"}) > 10
 
 
-def test_upgrade_to_0006_marks_the_final_statuses_no_event_says(tmp_path: Path) -> None:
-    path = tmp_path / "r0005.db"
-    make_database_at(path, "0005")
+def test_upgrade_to_0007_marks_the_final_statuses_no_event_says(tmp_path: Path) -> None:
+    path = tmp_path / "r0006.db"
+    make_database_at(path, "0006")
     conn = sqlite3.connect(path)
     with conn:
         for run_id, status, last_event in (

@@ -11,8 +11,8 @@ Existing rows are counted once here, as a full count of them gives.
 A later migration that rebuilds `runs` (a batch "move and copy") drops these triggers with the
 old table: it must create them again (`create_triggers()` of this file's SQL, frozen).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -4,14 +4,13 @@
   status change the daemon writes has one, in the same transaction; another program writing a
   final status over a live run has none), set and cleared by triggers; a partial index holds
   only those rows, the candidates of `Store.overturned_runs`;
-- `ix_runs_unhooked`: final runs whose on_finish hook has not run, by completed_at, so the
-  catch-up at start reads the last week's ends, not the history.
+(the hook catch-up at start reads the last week's ends through 0005's ix_runs_completed_at).
 
 A later migration that rebuilds `runs` (a batch "move and copy") drops these triggers with the
-old table, as those of 0005: it must create them again.
+old table, as those of 0006: it must create them again.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
@@ -28,7 +27,6 @@ depends_on = None
 FINAL_SQL = "('CANCELLED', 'COMPLETED', 'FAILED')"
 UNCONFIRMED = "final_unconfirmed"
 UNCONFIRMED_INDEX = "ix_runs_final_unconfirmed"
-UNHOOKED_INDEX = "ix_runs_unhooked"
 _SET = f"  UPDATE runs SET {UNCONFIRMED} = 1 WHERE id = NEW.id;\n"
 TRIGGERS = {
     "final_unconfirmed_set": (
@@ -46,7 +44,7 @@ TRIGGERS = {
 
 
 def upgrade() -> None:
-    # A plain ADD COLUMN (no batch copy of the table, which would drop 0005's triggers).
+    # A plain ADD COLUMN (no batch copy of the table, which would drop 0006's triggers).
     op.add_column("runs", sa.Column(UNCONFIRMED, sa.Integer(), nullable=True))
     op.execute(
         f"UPDATE runs SET {UNCONFIRMED} = 1 WHERE status IN {FINAL_SQL} AND status IS NOT"
@@ -54,7 +52,6 @@ def upgrade() -> None:
         " ORDER BY e.id DESC LIMIT 1)"
     )
     op.execute(f"CREATE INDEX {UNCONFIRMED_INDEX} ON runs (id) WHERE {UNCONFIRMED} IS NOT NULL")
-    op.execute(f"CREATE INDEX {UNHOOKED_INDEX} ON runs (completed_at) WHERE hook_done_at IS NULL")
     for name, (when, body) in TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when}\nBEGIN\n{body}END")
 
@@ -62,7 +59,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {name}")
-    op.drop_index(UNHOOKED_INDEX, table_name="runs")
     op.drop_index(UNCONFIRMED_INDEX, table_name="runs")
     with op.batch_alter_table("runs") as batch:
         batch.drop_column(UNCONFIRMED)

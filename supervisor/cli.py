@@ -15,6 +15,8 @@ import click
 from supervisor.errors import NotFoundError, SupervisorError, ValidationError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from supervisor.db import Store
     from supervisor.settings import Settings
 
@@ -638,6 +640,88 @@ def upgrade(ctx: click.Context) -> None:
 
     _store(ctx)
     click.echo(f"database {_settings(ctx).database}: schema at revision {HEAD_REVISION}")
+
+
+@db.command()
+@config_option
+@click.option(
+    "--ended-before",
+    "ended_before",
+    default=None,
+    metavar="DATE",
+    help="Prune final runs that ended before DATE (YYYY-MM-DD or ISO 8601; UTC unless it says).",
+)
+@click.option(
+    "--keep-days",
+    "keep_days",
+    default=None,
+    type=click.FloatRange(min=0),
+    metavar="N",
+    help="Prune final runs that ended more than N days ago.",
+)
+@click.option("--files", is_flag=True, help="Remove their run directories too.")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Say what would go; change nothing.")
+@json_option
+@click.pass_context
+def prune(
+    ctx: click.Context,
+    ended_before: str | None,
+    keep_days: float | None,
+    files: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete final runs that ended before a date, with their events and dependency rows;
+    never a PENDING or RUNNING run, nor one a run not yet final depends on."""
+    from supervisor.db import utcnow
+    from supervisor.retention import cutoff_for, prune_runs
+
+    if (ended_before is None) == (keep_days is None):
+        raise ValidationError("give one of --ended-before DATE and --keep-days N")
+    cutoff = cutoff_for(keep_days, utcnow()) if keep_days is not None else _date(ended_before)
+    done = prune_runs(_store(ctx), _settings(ctx), cutoff, files=files, dry_run=dry_run)
+    rows = done.rows
+    if as_json:
+        _print_json(
+            {
+                "ended_before": cutoff.isoformat(),
+                "dry_run": dry_run,
+                "runs": rows.runs,
+                "events": rows.events,
+                "dependencies": rows.dependencies,
+                "kept_needed": rows.kept_needed,
+                "run_dirs": done.dirs_removed,
+                "run_dir_errors": done.dir_errors,
+            }
+        )
+    else:
+        verb = "would prune" if dry_run else "pruned"
+        click.echo(
+            f"{verb} {rows.runs} runs that ended before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+            f" ({rows.events} events, {rows.dependencies} dependency rows)"
+        )
+        if rows.kept_needed:
+            click.echo(f"kept {rows.kept_needed} that runs not yet final depend on")
+        if files:
+            click.echo(f"{'would remove' if dry_run else 'removed'} {done.dirs_removed} run"
+                       " directories")
+        for error in done.dir_errors:
+            click.echo(f"runsup: could not remove {error}", err=True)
+    if done.dir_errors:
+        raise SystemExit(1)
+
+
+def _date(value: str | None) -> datetime:
+    """A --ended-before value: a date or an ISO 8601 time; UTC unless it names an offset."""
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ValidationError(
+            f"--ended-before {value!r}: expected a date (YYYY-MM-DD) or an ISO 8601 time"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

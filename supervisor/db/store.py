@@ -227,11 +227,9 @@ class Store:
         """How many runs there are of each status."""
         return self._reading(run_reads.counts)
 
-    def run_stats(
-        self, templates: Iterable[str], other: str, bounds: Sequence[float], now: datetime
-    ) -> RunStats:
+    def run_stats(self, templates: Iterable[str], other: str, now: datetime) -> RunStats:
         """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
-        return self._reading(lambda conn: read_run_stats(conn, templates, other, bounds, now))
+        return self._reading(lambda conn: read_run_stats(conn, templates, other, now))
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""
@@ -391,8 +389,8 @@ class Store:
         """(run, depends_on) where both are PENDING: where a dependency cycle can hide."""
         return self._reading(queue_sql.pending_dependency_edges)
 
-    def dependency_marker(self) -> tuple[int, int]:
-        """(rows, highest rowid) of run_dependencies: changes when another program adds some."""
+    def dependency_marker(self) -> int:
+        """The highest rowid of run_dependencies: grows when another program adds some."""
         return self._reading(queue_sql.dependency_marker)
 
     def have_dependents(self, run_ids: Sequence[str]) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from supervisor.daemon import Daemon
 from supervisor.db import Store
 from supervisor.errors import LaunchError
+from supervisor.executors.backoff import Backoff
 from supervisor.executors.base import (
     ExitStatus,
     LaunchSpec,
@@ -57,6 +58,7 @@ class FakeHandle:
         self.status: ExitStatus | None = None
         self.alive = True  # anything left in its group
         self.group_checks = 0
+        self.backoff = Backoff()
         self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
         self.released = False
@@ -87,6 +89,9 @@ class FakeHandle:
 
     def leftover_fileno(self) -> int | None:
         return None
+
+    def group_check_delay(self) -> float:
+        return self.backoff.next()
 
     def release(self) -> None:
         self.released = True

@@ -62,6 +62,7 @@ class FakeHandle:
         self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
         self.released = False
+        self.timer_only = False  # no descriptor: only the executor's poll() tells of its end
 
     def end(self, status: ExitStatus, *, leftovers: bool = False) -> None:
         self.status = status
@@ -70,7 +71,7 @@ class FakeHandle:
             os.eventfd_write(self._fd, 1)
 
     def fileno(self) -> int | None:
-        return self._fd
+        return None if self.timer_only else self._fd
 
     def exit_status(self) -> ExitStatus | None:
         return self.status
@@ -156,6 +157,8 @@ class FakeExecutor:
     max_in_flight: int | None = None
     launches: dict[str, FakeLaunch] = field(default_factory=dict)
     found: dict[str, Recovery] = field(default_factory=dict)
+    news: set[str] = field(default_factory=set)  # what poll() reports next (timer-watched runs)
+    polls: int = 0
     _next_pid: int = FAKE_PID_BASE
 
     def begin_launch(self, spec: LaunchSpec) -> FakeLaunch:
@@ -171,7 +174,9 @@ class FakeExecutor:
         return FakeHandle(make_process(self._next_pid))
 
     def poll(self) -> tuple[str, ...]:
-        return ()
+        self.polls += 1
+        news, self.news = tuple(self.news), set()
+        return news
 
     def recover(self, ref: RunRef) -> Recovery:
         return self.found[ref.run_id]

@@ -91,7 +91,8 @@ class GroupWatch:
         if self.leader is not None and leader_is_ours(self.leader):
             # While the leader exists, even as a zombie, its pid cannot be reused as a group id.
             return _killpg(self.pgid, sig)
-        if self._leader_pid_reused() or self._member_of(live=False) is None:
+        if self._leader_pid_reused() or self._member_of(live=True) is None:
+            return False  # zombies only (or nothing): nothing left to signal
             return False
         # A member found just now pins the group's id; between the scan and the killpg the
         # whole group would have to end and its id be handed out again (a full pid cycle).

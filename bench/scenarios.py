@@ -658,12 +658,21 @@ def capped(root: Path, sizes: Sizes) -> list[Result]:
     )
 
 
-def _idle(root: Path, sizes: Sizes, name: str, template: str) -> list[Result]:
+def adopted(root: Path, sizes: Sizes) -> list[Result]:
+    """100 quiet runs adopted by a restarted daemon (without pidfds, a timer looks at them)."""
+    return _idle(root / "adopted", sizes, "adopted", "sleep", restart=True)
+
+
+def _idle(
+    root: Path, sizes: Sizes, name: str, template: str, *, restart: bool = False
+) -> list[Result]:
     n = sizes.idle_runs
     with BenchDaemon(root, max_concurrent=max(n, 8)) as d:
         d.insert_pending(template, n)
         d.wait_count("RUNNING", n)
-        time.sleep(2.5)  # past the first rescan after the launches
+        if restart:
+            d.restart()
+        time.sleep(2.5)  # past the first rescan after the launches (or the adoptions)
         probe = connect(d.db)
         wal = Path(f"{d.db}-wal")
         version = _data_version(probe)
@@ -689,7 +698,7 @@ def _idle(root: Path, sizes: Sizes, name: str, template: str) -> list[Result]:
     return [
         Result(
             name,
-            f"daemon CPU, {n} quiet runs",
+            f"daemon CPU, {n} quiet runs" + (", adopted" if restart else ""),
             share * 100,
             "% core",
             "< 1 %",
@@ -784,6 +793,7 @@ SCENARIOS: dict[str, Callable[[Path, Sizes], list[Result]]] = {
     "load": progress_load,
     "output": output_load,
     "idle": idle,
+    "adopted": adopted,
     "capped": capped,
     "memory": memory_at_scale,
     "cli": cli_startup,

@@ -7,7 +7,8 @@ that refuses what older kernels lack (tests/kernelclass.py), inherited by all it
 
 Under each: exit codes, cancel with escalation, leftovers of an exited leader stopped before
 the final row, a restart that finds the leader already gone (its leftovers stopped too) or the
-run still going (adopted, its exit seen), runs another program started, and memory caps.
+run still going (adopted, its exit seen), runs another program started, memory caps, and the
+stand-in of a Slurm job.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import kernelclass
 import pytest
 from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_for
 from foreign_runs import GuiRun
+from slurm_cluster import SlurmCluster
+from slurm_daemon import JOB_DEADLINE, ClusterDaemon
 
 from supervisor.executors.local import cgroups
 
@@ -147,3 +150,27 @@ def test_foreign_runs_and_memory_caps(harness: DaemonHarness) -> None:
     harness.store.request_cancel(run_id)
     assert harness.wait_final(run_id).status == "CANCELLED"
     wait_for("every process of its cgroup gone", lambda: not any(pid_alive(p) for p in members))
+
+
+# "full" is test_slurm_executor.py's test_cancel_escalates_for_a_job_that_ignores_sigterm.
+@pytest.mark.parametrize("kernel_class", ["none", "nogroup"])
+def test_a_cluster_run_s_stand_in(
+    tmp_path: Path, slurm_cluster: SlurmCluster, kernel_class: str
+) -> None:
+    """The stand-in of a Slurm job (pid, pgid of the row) lives while the job does, and a
+    cancel escalates to the end of both, whatever the daemon's kernel offers."""
+    daemon = ClusterDaemon(tmp_path, slurm_cluster, kernel_class=kernel_class)
+    daemon.start()
+    try:
+        run_id = daemon.submit(
+            {"ignore_term": True, "sleep": 300, "progress": [READY]}, template="cl"
+        )
+        running = daemon.wait_running(run_id)
+        assert running.pgid is not None and group_alive(running.pgid)
+        daemon.wait_set_up(run_id)
+        daemon.ask_cancel(run_id)
+        final = daemon.wait_final(run_id, JOB_DEADLINE)
+        assert final.status == "CANCELLED" and final.exit_signal == signal.SIGKILL
+        wait_for("the stand-in to end", lambda: not group_alive(running.pgid or 0))
+    finally:
+        daemon.close()

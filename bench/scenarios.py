@@ -40,6 +40,7 @@ MS = 1000.0
 KIB = 1024.0
 MIB = 1024.0 * 1024.0
 SETTLE_SECONDS = 0.5  # after a daemon starts or runs start, before measuring
+ADOPT_TIMEOUT_SECONDS = 120.0  # a restarted daemon adopting the runs of the adopted scenario
 
 
 @dataclass(frozen=True)
@@ -663,6 +664,15 @@ def adopted(root: Path, sizes: Sizes) -> list[Result]:
     return _idle(root / "adopted", sizes, "adopted", "sleep", restart=True)
 
 
+def _wait_adopted(d: BenchDaemon, n: int) -> None:
+    """Until the restarted daemon logged the adoption of `n` runs (its start does that work)."""
+    deadline = now() + ADOPT_TIMEOUT_SECONDS
+    while d.log_path.read_bytes().count(b'"run_adopted"') < 2 * n:  # each logs two lines
+        if now() > deadline:
+            raise RuntimeError(f"{n} runs not adopted within {ADOPT_TIMEOUT_SECONDS:g} s")
+        time.sleep(0.05)
+
+
 def _idle(
     root: Path, sizes: Sizes, name: str, template: str, *, restart: bool = False
 ) -> list[Result]:
@@ -672,6 +682,7 @@ def _idle(
         d.wait_count("RUNNING", n)
         if restart:
             d.restart()
+            _wait_adopted(d, n)
         time.sleep(2.5)  # past the first rescan after the launches (or the adoptions)
         probe = connect(d.db)
         wal = Path(f"{d.db}-wal")

@@ -36,7 +36,8 @@ def kernel_check(means: KernelMeans, support: CapSupport, kernel: str) -> CheckR
     if not means.pidfds:
         return warn(
             "kernel",
-            f"{detail}: a run's end is seen within {_poll_text()} after a daemon restart",
+            f"{detail}: after a daemon restart, the end of a run it adopted is seen within "
+            f"{_poll_text()}",
             "nothing to do: every promise holds; Linux 5.3 or later watches runs by descriptor",
             **facts,
         )
@@ -44,9 +45,9 @@ def kernel_check(means: KernelMeans, support: CapSupport, kernel: str) -> CheckR
 
 
 def _poll_text() -> str:
-    from supervisor.executors.local.keeperwatch import KEEPER_POLL_SECONDS
+    from supervisor.executors.local.keeperwatch import KEEPER_POLL_MAX_SECONDS
 
-    return f"{KEEPER_POLL_SECONDS:g} s"
+    return f"{KEEPER_POLL_MAX_SECONDS:g} s"
 
 
 def versions_check(

@@ -20,7 +20,8 @@ from pathlib import Path
 import kernelclass
 import pytest
 
-from supervisor.executors.base import ProcessIdentity
+from supervisor.executors.base import Adopted, ExitStatus, LaunchSpec, ProcessIdentity, RunRef
+from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.local.groupwatch import GroupWatch
 from supervisor.executors.local.identity import current_boot_id, identify, open_pidfd
 from supervisor.executors.local.keeperwatch import KeeperWatch
@@ -191,3 +192,44 @@ def test_an_adopted_keeper_without_pidfds_is_looked_at_on_a_timer() -> None:
         assert watch.reap() is None  # not ours to reap (another daemon's child)
     finally:
         watch.close()
+
+
+def test_without_pidfds_an_adopted_run_s_end_comes_from_the_executor_s_poll(
+    tmp_path: Path,
+) -> None:
+    """A restarted daemon's executor looks at adopted keepers on its timer, all in one pass,
+    further apart while none ends; poll() names the run once its keeper is gone."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = LaunchSpec(
+        run_id="r1",
+        argv=["/bin/sh", "-c", "while [ ! -e release ]; do sleep 0.02; done; exit 6"],
+        cwd=run_dir,
+        env={"PATH": "/usr/bin:/bin"},
+        log_path=run_dir / "sim.log",
+        record_dir=run_dir / ".runsup",
+    )
+    first = LocalExecutor(means=NONE).launch(spec)
+    try:
+        later = LocalExecutor(means=NONE)  # as after a restart
+        assert later.poll_interval is None
+        found = later.recover(RunRef("r1", spec.record_dir, first.record))
+        assert isinstance(found, Adopted)
+        adopted = found.handle
+        assert adopted.fileno() is None
+        assert later.poll_interval is not None
+        assert later.poll() == ()  # the first look: still running
+        first_wait = later.poll_interval
+        wait_for(lambda: later.poll_interval == 0.0, "the next look to be due")
+        assert later.poll() == ()
+        assert later.poll_interval > first_wait  # looks further apart while it runs on
+        (run_dir / "release").touch()
+        wait_for(lambda: later.poll() == ("r1",), "the poll to name the ended run")
+        assert adopted.exit_status() == ExitStatus(6, None)
+        assert later.poll_interval is None  # nothing left to look at
+        adopted.close()
+    finally:
+        if first.group_alive():
+            first.signal_group(signal.SIGKILL)
+        wait_for(lambda: first.exit_status() is not None, "the first handle to see the end")
+        first.close()

@@ -31,16 +31,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def running_row(daemon: Daemon, proc: ProcessRecord) -> str:
     """A RUNNING row as an earlier daemon left it."""
     record = daemon.store.submit("sim", "{}")
-    daemon.store.mark_running(
-        record.id,
-        pid=proc.pid,
-        pgid=proc.pgid,
-        run_dir=str(daemon.settings.runs_dir / record.id),
-        boot_id=proc.boot_id,
-        pid_start_ticks=proc.start_ticks,
-        keeper_pid=proc.keeper_pid,
-        keeper_start_ticks=proc.keeper_start_ticks,
-    )
+    daemon.store.mark_running(record.id, proc, run_dir=str(daemon.settings.runs_dir / record.id))
     return record.id
 
 

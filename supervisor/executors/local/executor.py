@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from supervisor.errors import CapError, LaunchError
+from supervisor.executors.backoff import Backoff
 from supervisor.executors.base import (
     Adopted,
     EndedWhileAway,
@@ -56,7 +57,11 @@ from supervisor.executors.local.keeper import (
     read_boot_id_file,
     read_exit_file,
 )
-from supervisor.executors.local.keeperwatch import KEEPER_POLL_SECONDS, KeeperWatch
+from supervisor.executors.local.keeperwatch import (
+    KEEPER_POLL_MAX_SECONDS,
+    KEEPER_POLL_SECONDS,
+    KeeperWatch,
+)
 from supervisor.executors.local.means import KernelMeans, detect
 from supervisor.executors.local.spawn import (
     KEEPER_ENDED,
@@ -124,10 +129,15 @@ class LocalExecutor:
             weakref.WeakValueDictionary()
         )
 
+        self._looks = Backoff(KEEPER_POLL_SECONDS, KEEPER_POLL_MAX_SECONDS)
+        self._next_look = 0.0  # monotonic: when poll() looks at them next
+
     @property
     def poll_interval(self) -> float | None:
-        """None while every run's keeper has a descriptor; else how often poll() looks."""
-        return KEEPER_POLL_SECONDS if self._timed else None
+        """None while every run's keeper has a descriptor; else when poll() looks next."""
+        if not self._timed:
+            return None
+        return max(0.0, self._next_look - time.monotonic())
 
     @property
     def caps(self) -> cgroups.CapSupport:
@@ -214,16 +224,26 @@ class LocalExecutor:
 
     def poll(self) -> tuple[str, ...]:
         """The runs whose keeper, watched on a timer (no pidfds), has ended since."""
+        now = time.monotonic()
+        if not self._timed or now < self._next_look:
+            return ()
         ended = []
         for run_id, handle in list(self._timed.items()):
-            if handle.keeper.ended():
+            if handle.closed:  # the loop let go of it (settled, or the daemon detaches)
+                self._timed.pop(run_id, None)
+            elif handle.keeper.ended():
                 ended.append(run_id)
                 self._timed.pop(run_id, None)
+        if ended:
+            self._looks.reset()  # runs end together (a sweep's last stage): look again soon
+        self._next_look = now + self._looks.next()
         return tuple(ended)
 
     def _watch_on_timer(self, handle: LocalRunHandle) -> LocalRunHandle:
         if handle.fileno() is None and handle.run_id is not None:
             self._timed[handle.run_id] = handle
+            self._looks.reset()
+            self._next_look = min(self._next_look, time.monotonic() + KEEPER_POLL_SECONDS)
         return handle
 
     def close(self) -> None:

@@ -72,6 +72,11 @@ class LocalRunHandle:
         )
 
     @property
+    def closed(self) -> bool:
+        """True once close() was called (the loop let go of the run)."""
+        return self._closed
+
+    @property
     def cgroup(self) -> cgroups.RunCgroup | None:
         """The run's memory cgroup, when it has a cap."""
         return self.group.cgroup

@@ -5,7 +5,8 @@
 - `pipe`: our child keeper, without pidfds: the read end of its report pipe, which only the
   keeper holds open, gives EOF when it ends; reaped by pid (a child's pid is ours until reaped).
 - `timer`: a keeper adopted after a restart, without pidfds: not our child, no pipe; whether it
-  is still the same process is looked at when the executor polls (KEEPER_POLL_SECONDS).
+  is still the same process is looked at when the executor polls (KEEPER_POLL_SECONDS, then
+  further apart while it lives on).
 - `gone`: the keeper had ended before the handle was made: an eventfd holding 1 is a
   descriptor that is always readable.
 """
@@ -18,8 +19,13 @@ import os
 from supervisor.executors.base import ProcessIdentity
 from supervisor.executors.local.identity import is_same_process, readable, reap
 
-# How often an adopted keeper is looked at where there are no pidfds (Linux before 5.3).
+# How often adopted keepers are looked at where there are no pidfds (Linux before 5.3), all in
+# one pass: first every KEEPER_POLL_SECONDS, further apart while none ends, up to
+# KEEPER_POLL_MAX_SECONDS (a look reads /proc/<pid>/stat, and every pass wakes the loop: 100
+# adopted runs looked at twice a second cost 2 % of a core against the idle target of 1 %;
+# bench/run.py --only adopted, BENCHMARKS.md).
 KEEPER_POLL_SECONDS = 0.5
+KEEPER_POLL_MAX_SECONDS = 4.0
 _DRAIN_BYTES = 4096
 
 

@@ -78,6 +78,8 @@ class FakeHandle:
 
     def signal_group(self, sig: int) -> bool:
         self.signals.append(sig)
+        if sig == signal.SIGKILL:
+            self.backoff.reset()  # as the real handles do: looks come soon after a SIGKILL
         if sig in self.obeys or sig == signal.SIGKILL:
             if self.status is None:
                 self.end(ExitStatus(None, sig))

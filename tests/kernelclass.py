@@ -111,6 +111,15 @@ def install(kernel_class: str) -> None:
         lib.seccomp_release(ctx)
 
 
+def looser_than_session(kernel_class: str) -> str | None:
+    """Why `kernel_class` cannot be had in this session (its own filter, set by ENV_VAR, is
+    stricter: a filter can only be added to), or None."""
+    session = os.environ.get(ENV_VAR)
+    if session in CLASSES and CLASSES.index(kernel_class) > CLASSES.index(session):
+        return f"the session runs as kernel class {session} ({ENV_VAR}), stricter than it"
+    return None
+
+
 def wrap(kernel_class: str | None, argv: Sequence[str]) -> list[str]:
     """`argv` run under `kernel_class` (unchanged for None or `full`)."""
     if kernel_class is None or kernel_class == "full":

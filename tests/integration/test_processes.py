@@ -38,11 +38,8 @@ from supervisor.executors.base import (
     RunRef,
 )
 from supervisor.executors.local import cgroups
-from supervisor.executors.local.executor import (
-    LOST_KEEPER_KILLED,
-    LOST_MACHINE_RESTARTED,
-    LocalExecutor,
-)
+from supervisor.executors.local.executor import LocalExecutor
+from supervisor.executors.local.finding import LOST_KEEPER_KILLED, LOST_MACHINE_RESTARTED
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
     current_boot_id,

@@ -42,6 +42,8 @@ ESCAPE = (
 @pytest.fixture(params=CLASSES)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DaemonHarness]:
     """A daemon harness (not started) whose daemon runs as on the class's kernel."""
+    if why := kernelclass.looser_than_session(request.param):
+        pytest.skip(why)
     h = DaemonHarness(
         tmp_path,
         kernel_class=request.param,
@@ -159,6 +161,8 @@ def test_a_cluster_run_s_stand_in(
 ) -> None:
     """The stand-in of a Slurm job (pid, pgid of the row) lives while the job does, and a
     cancel escalates to the end of both, whatever the daemon's kernel offers."""
+    if why := kernelclass.looser_than_session(kernel_class):
+        pytest.skip(why)
     daemon = ClusterDaemon(tmp_path, slurm_cluster, kernel_class=kernel_class)
     daemon.start()
     try:

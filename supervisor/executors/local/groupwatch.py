@@ -202,3 +202,26 @@ def _killpg(pgid: int, sig: int) -> bool:
         return False
     return True
 
+
+
+def kill_group(
+    leader: ProcessIdentity, means: KernelMeans, run_id: str | None, why: str
+) -> bool:
+    """SIGKILL the group `leader` leads, if it is still that leader's group; True if sent."""
+    fd = open_pidfd(leader, zombie_ok=True) if means.pidfds else None
+    watch = GroupWatch(
+        leader.pid,
+        leader.boot_id,
+        means=means,
+        leader=leader,
+        leader_pidfd=fd,
+        earliest_ticks=leader.start_ticks,
+        run_id=run_id,
+    )
+    try:
+        sent = watch.signal(signal.SIGKILL)
+    finally:
+        watch.close()
+    if sent:
+        log.warning("signal_sent", run_id=run_id, pgid=leader.pid, signal="SIGKILL", why=why)
+    return bool(sent)

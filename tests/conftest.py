@@ -40,7 +40,7 @@ ISOLATED_VARIABLES = (
 
 
 # The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
-pytest_plugins = ("slurm_fixtures",)
+pytest_plugins = ("slurm_fixtures", "leaks", "tiers")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -125,7 +125,7 @@ def test_restart_stops_leftovers_and_adopts_live_runs(harness: DaemonHarness) ->
     }
 
 
-def test_foreign_runs_and_memory_caps(harness: DaemonHarness) -> None:
+def test_foreign_runs(harness: DaemonHarness) -> None:
     harness.start()
     gui = GuiRun(harness, {"ignore_term": True, "sleep": 60, "progress": [READY]})
     ended = GuiRun(harness, {"sleep": 60, "progress": [READY]})
@@ -141,8 +141,12 @@ def test_foreign_runs_and_memory_caps(harness: DaemonHarness) -> None:
     finally:
         gui.close()
         ended.close()
-    if not SUPPORT.enforced:
-        pytest.skip(f"no memory caps here: {SUPPORT.reason}")
+
+
+@pytest.mark.tier("cgroup")
+@pytest.mark.skipif(not SUPPORT.enforced, reason=f"no memory caps: {SUPPORT.reason}")
+def test_a_capped_run_s_cancel_reaches_what_left_its_group(harness: DaemonHarness) -> None:
+    harness.start()
     run_id = harness.submit({}, template="escaper")
     wait_for("the escapee started", (harness.runs_dir / run_id / "escaped").exists)
     cg = cgroups.find(SUPPORT, run_id)

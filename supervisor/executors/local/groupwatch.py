@@ -163,6 +163,8 @@ class GroupWatch:
             ):
                 return True
             self._forget_member()
+        if not _group_exists(self.pgid):
+            return False  # no process at all has that group id: no scan needed
         member = self._member_of(live=True)
         if member is None:
             return False
@@ -193,6 +195,17 @@ class GroupWatch:
         if self._leader_fd is not None:
             os.close(self._leader_fd)
             self._leader_fd = None
+
+
+def _group_exists(pgid: int) -> bool:
+    """False if no process (not even a zombie) has this group id: signal 0 sends nothing."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _killpg(pgid: int, sig: int) -> bool:

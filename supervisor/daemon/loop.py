@@ -642,7 +642,7 @@ class Daemon:
         templates = self.settings.templates
         candidates = []
         for record in self.queue.pickup(limit):
-            problem = launchprep.row_problem(record, templates)
+            problem = launchprep.row_problem(record, templates, self.settings.config_file)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)
             else:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, Row, and_, delete, func, insert, literal, or_, se
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from supervisor.db import lookup
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.schema import (
@@ -737,6 +738,11 @@ class Store:
         if record is None:
             raise NotFoundError(f"no run with id {run_id!r}")
         return record
+
+    def resolve_id(self, typed: str, *, sweep: bool = False) -> str:
+        """The run (or sweep) id that `typed` is or uniquely starts (supervisor.db.lookup)."""
+        with self._read() as conn:
+            return lookup.resolve(conn, typed, sweep=sweep)
 
     def list_runs(
         self, status: str | None = None, limit: int | None = None, sweep_id: str | None = None

@@ -5,17 +5,20 @@ resubmit's options, list and show agreeing, and erlang-demo's keys."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 from daemon_harness import DaemonHarness
 from free_template import FREE_TEMPLATE, with_free_template
@@ -429,3 +432,62 @@ def test_a_misspelt_key_written_by_another_program_fails_the_run_naming_it(
     run = harness.wait_final(run_id, deadline=60)
     assert run.status == RunStatus.FAILED
     assert "chanels" in (run.error_message or "")
+
+
+# -- README: the first hour, pasted into a new shell -------------------------------------------
+
+
+def end_processes_under(folder: Path) -> None:
+    """Kill what the pasted block may have left (a daemon, a run): processes working there."""
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(folder) and proc.pid != os.getpid():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def first_hour_block() -> str:
+    """The shell block of the README's "The first hour" section."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("```sh\n", text.index("## The first hour")) + len("```sh\n")
+    return text[start : text.index("```\n", start)]
+
+
+def test_the_readme_first_hour_works_pasted_into_a_new_shell(tmp_path: Path) -> None:
+    block = first_hour_block()
+    install, rest = block.split("\n", 1)
+    assert install.startswith("python3 -m venv .venv && .venv/bin/pip install")
+    for step in ("runsup daemon", "runsup submit", "runsup watch", "runsup cancel"):
+        assert step in rest, step
+    # The clone's venv is this test environment's (installing it again would take minutes;
+    # the install line itself was pasted by hand into a fresh clone, see the report).
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / ".venv").symlink_to(Path(sys.prefix))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "TERM": "dumb"}
+    try:
+        result = subprocess.run(
+            ["bash", "--norc", "--noprofile", "-i"],
+            input=rest,
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        end_processes_under(tmp_path)
+    out = result.stdout
+    assert "command not found" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"first\s+COMPLETED", out) or "1 run ended: 1 completed" in out, out
+    assert "cancel requested" in out, out
+    listing = out[out.rindex("ID ") :]
+    assert re.search(r"second\s+erlang-demo\s+(CANCELLED|PENDING|RUNNING)", listing), listing
+    state = home / ".local" / "state" / "run-supervisor"
+    assert (state / "runs.db").exists()
+    daemon_log = (clone / "runsup-daemon.log").read_text()
+    assert "daemon_ready" in daemon_log, daemon_log

@@ -26,6 +26,9 @@ UNIT = "run-supervisor.service"
 UNIT_TEXT = (REPO / "systemd" / UNIT).read_text()
 MOVED_VENV = "/opt/elsewhere/venv"
 SERVICE_USER = "run-supervisor"
+# Building the service venv (a wheel of the work tree, once per content) on a loaded machine
+# takes minutes; the boot and the start themselves take seconds.
+BUILD_AND_BOOT_TIMEOUT_SECONDS = 900
 
 pytestmark = [
     pytest.mark.systemd,
@@ -50,6 +53,7 @@ def moved_opt(tmp_path: Path) -> Path:
     return opt
 
 
+@pytest.mark.timeout(BUILD_AND_BOOT_TIMEOUT_SECONDS)
 def test_a_moved_venv_with_only_exec_start_changed_still_starts(tmp_path: Path) -> None:
     opt = moved_opt(tmp_path)
     moved = f"ExecStart={MOVED_VENV}/bin/runsup daemon"

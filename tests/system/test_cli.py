@@ -17,6 +17,7 @@ import pytest
 from free_template import FREE_TEMPLATE, with_free_template
 
 from supervisor.db import Store
+from supervisor.executors.base import ProcessRecord
 from supervisor.states import RunStatus
 
 if TYPE_CHECKING:
@@ -75,16 +76,10 @@ def submit(runsup: Runsup, *args: str, template: str = "erlang-demo") -> str:
 
 
 def launch(store: Store, run_id: str) -> None:
-    assert store.mark_running(
-        run_id,
-        pid=4242,
-        pgid=4242,
-        run_dir=f"/tmp/{run_id}",
-        boot_id="b",
-        pid_start_ticks=1,
-        keeper_pid=4241,
-        keeper_start_ticks=1,
+    process = ProcessRecord(
+        pid=4242, pgid=4242, start_ticks=1, boot_id="b", keeper_pid=4241, keeper_start_ticks=1
     )
+    assert store.mark_running(run_id, process, run_dir=f"/tmp/{run_id}")
 
 
 @pytest.fixture

@@ -52,5 +52,5 @@ def resolve(conn: Connection, typed: str, *, sweep: bool = False) -> str:
     if len(found) > 1:
         more = ", ..." if len(found) > AMBIGUOUS_SHOWN else ""
         shown = ", ".join(found[:AMBIGUOUS_SHOWN]) + more
-        raise ValidationError(f"{what} id {typed!r} is ambiguous: it starts {shown}")
+        raise ValidationError(f"{what} id {typed!r} is ambiguous: {shown} all start with it")
     return found[0]

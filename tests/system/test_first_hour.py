@@ -34,6 +34,9 @@ RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 README = Path(__file__).resolve().parents[2] / "README.md"
 NO_DAEMON = "no daemon has"
 STALE_HEARTBEAT_SECONDS = 120  # well past cliopen.NO_DAEMON_AFTER_SECONDS
+DEMO_TIMEOUT_SECONDS = 300  # the demo's tour, on a loaded machine
+PASTE_TIMEOUT_SECONDS = 300  # the README's first-hour block, a run watched to its end
+SIM_DEADLINE_SECONDS = 60  # a demo simulation's start and end under load
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -349,7 +352,8 @@ def test_every_command_the_readme_names_takes_json(
 
 
 def test_demo_takes_json(runsup: Runsup, tmp_path: Path) -> None:
-    result = runsup("demo", "--json", "--state-dir", str(tmp_path / "demo"), timeout=300)
+    state = str(tmp_path / "demo")
+    result = runsup("demo", "--json", "--state-dir", state, timeout=DEMO_TIMEOUT_SECONDS)
     document = json.loads(ok(result))
     assert len(document["runs"]) == 4
     assert all(r["status"] == "COMPLETED" for r in document["runs"])
@@ -429,7 +433,7 @@ def test_a_misspelt_key_written_by_another_program_fails_the_run_naming_it(
 ) -> None:
     harness.start()
     run_id = harness.submit({"chanels": 20}, template="erlang-demo")
-    run = harness.wait_final(run_id, deadline=60)
+    run = harness.wait_final(run_id, deadline=SIM_DEADLINE_SECONDS)
     assert run.status == RunStatus.FAILED
     assert "chanels" in (run.error_message or "")
 
@@ -475,7 +479,7 @@ def test_the_readme_first_hour_works_pasted_into_a_new_shell(tmp_path: Path) -> 
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=PASTE_TIMEOUT_SECONDS,
             check=False,
         )
     finally:

@@ -489,6 +489,7 @@ def test_the_readme_first_hour_works_pasted_into_a_new_shell(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr, result.stderr
     assert re.search(r"first\s+COMPLETED", out) or "1 run ended: 1 completed" in out, out
     assert "cancel requested" in out, out
+    assert re.search(r"^name\s+first$", out, re.MULTILINE), out  # show by an id's prefix
     listing = out[out.rindex("ID ") :]
     assert re.search(r"second\s+erlang-demo\s+(CANCELLED|PENDING|RUNNING)", listing), listing
     state = home / ".local" / "state" / "run-supervisor"

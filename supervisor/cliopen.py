@@ -44,16 +44,23 @@ def make_dir(path: Path, what: str) -> None:
         raise SupervisorError(f"cannot create {what} {path}: {why}{at}") from None
 
 
+def require_database(settings: Settings) -> None:
+    """MissingDatabase, naming the path, when the database file does not exist."""
+    path = settings.database_path
+    if path is not None and not path.exists():
+        raise MissingDatabase(
+            f"no database at {path} (check --config, RUNSUP_CONFIG and RUNSUP_DATABASE; "
+            "`runsup submit` or `runsup daemon` creates it)"
+        )
+
+
 def open_store(settings: Settings, *, create: bool) -> Store:
     """The database of `settings`; with `create`, made (with its folder) if it is missing."""
     path = settings.database_path
     if path is not None:
-        if not create and not path.exists():
-            raise MissingDatabase(
-                f"no database at {path} (check --config, RUNSUP_CONFIG and RUNSUP_DATABASE; "
-                "`runsup submit` or `runsup daemon` creates it)"
-            )
-        if create:
+        if not create:
+            require_database(settings)
+        else:
             make_dir(path.parent, "the database's folder")
     try:
         return Store.open(settings.database_url)

@@ -137,6 +137,7 @@ def test_watch_warns_when_no_daemon_serves(d_runsup: Runsup, harness: DaemonHarn
         ("logs", "0123456789ab"),
         ("watch",),
         ("metrics",),
+        ("results",),
     ],
 )
 def test_read_only_commands_never_create_a_database(

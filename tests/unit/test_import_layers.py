@@ -50,6 +50,8 @@ LAYERS: list[tuple[str, ...]] = [
     # what reads or serves beside the daemon
     (
         "supervisor.hooks",
+        "supervisor.hints",
+        "supervisor.cliopen",
         "supervisor.views",
         "supervisor.watchview",
         "supervisor.logview",

@@ -56,7 +56,13 @@ from supervisor.db import (
     standin_change,
     timed_out_change,
 )
-from supervisor.errors import ConfigError, DatabaseBusy, LaunchError, SupervisorError
+from supervisor.errors import (
+    ConfigError,
+    DatabaseBusy,
+    LaunchCancelled,
+    LaunchError,
+    SupervisorError,
+)
 from supervisor.executors.base import (
     Executor,
     ExitStatus,
@@ -73,6 +79,7 @@ from supervisor.metrics_server import MetricsServer
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
 from supervisor.outputpatterns import MAX_READ_BYTES
+from supervisor.queue import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR, Settings, Template, load_settings
 from supervisor.states import RunStatus
 from supervisor.watch import DirectoryWatcher
@@ -687,7 +694,9 @@ class Daemon:
         runs_dir = self._runs_dir(template.executor)
         run_dir = rundir.run_dir_for(runs_dir, record.id)
         try:
-            spec = launchprep.prepare(record, template, runs_dir, held)
+            # Claimed just before: a job looked for by name must be younger than this.
+            claimed_at = self.clock.utcnow()
+            spec = launchprep.prepare(record, template, runs_dir, held, claimed_at=claimed_at)
             launch = self.executors[template.executor].begin_launch(spec)
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -730,6 +739,10 @@ class Daemon:
             return
         try:
             handle = flight.launch.poll()
+        except LaunchCancelled as exc:  # a queued job removed on a cancel: it never started
+            self._end_launch(flight)
+            self._cancel_unstarted(run_id, str(exc))
+            return
         except LaunchError as exc:
             self._end_launch(flight)
             self._fail_unstarted(run_id, str(exc))
@@ -1172,6 +1185,8 @@ class Daemon:
             claimed=record.status == RunStatus.PENDING,
             external_id=record.external_id,
             host=record.host,
+            attempt=attempt_number(record.attempt),
+            claimed_at=record.launch_claimed_at,
         )
         recovery.apply(_Host(self, run_dir), record, executor.recover(ref))
 

@@ -95,6 +95,7 @@ class LocalExecutor:
     """Runs simulations on this machine under a per-run sh keeper."""
 
     name = "local"
+    signals_checkpoints = False  # the loop sends checkpoint_signal to the run's group
     poll_interval: float | None = None  # each run's keeper pidfd tells when it ends
     runs_dir: Path | None = None  # the daemon's
     max_in_flight: int | None = None  # max_concurrent_runs and [resources] apply

@@ -430,7 +430,7 @@ def test_sections_9_to_14_defaults() -> None:
     demo = settings.templates["erlang-demo"]
     assert (demo.executor, demo.cpus, demo.gpus, demo.memory_max) == ("local", 1, None, None)
     assert (demo.max_concurrent, demo.max_attempts, demo.retry_delay_seconds) == (None, 1, 10)
-    assert demo.retry_on == ("signal", "lost", "node_failure")
+    assert demo.retry_on == ("signal", "lost", "node_failure", "preempted")
     assert demo.on_finish is None
     assert settings.resources == ResourcesSettings(cpus=None, gpus="auto", memory=None)
     assert not settings.resources.pin_cpus

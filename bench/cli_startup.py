@@ -22,6 +22,7 @@ from pathlib import Path
 from lib import print_median
 
 from supervisor.db import Store
+from supervisor.executors.base import ProcessRecord
 from supervisor.states import RunStatus
 
 TARGET_SECONDS = 0.5
@@ -36,16 +37,15 @@ def fill(store: Store, rows: int) -> None:
         run_id = store.submit("erlang-demo", json.dumps({"seed": i}), name=f"bench {i}").id
         if i % 4 == 0:
             continue  # stays PENDING
-        store.mark_running(
-            run_id,
+        process = ProcessRecord(
             pid=10_000 + i,
             pgid=10_000 + i,
-            run_dir=f"/tmp/bench/{run_id}",
+            start_ticks=i,
             boot_id="bench",
-            pid_start_ticks=i,
             keeper_pid=20_000 + i,
             keeper_start_ticks=i,
         )
+        store.mark_running(run_id, process, run_dir=f"/tmp/bench/{run_id}")
         if i % 4 == 1:
             continue  # stays RUNNING
         final = RunStatus.COMPLETED if i % 4 == 2 else RunStatus.FAILED

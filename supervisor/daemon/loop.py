@@ -1141,11 +1141,7 @@ class Daemon:
             return
         proc = handle.record
         if record.pid_start_ticks != proc.start_ticks or not same_boot:
-            self.outbox.add(
-                foreign_identity_change(
-                    record.id, pid_start_ticks=proc.start_ticks, boot_id=proc.boot_id
-                )
-            )
+            self.outbox.add(foreign_identity_change(record.id, proc))
         template = self.settings.templates.get(record.template)
         run = self._track(record, handle, run_dir, template, foreign=True)
         if handle.exit_status() is not None:
@@ -1298,16 +1294,7 @@ class _Host:
 
     def record_process(self, record: RunRecord, process: ProcessRecord) -> None:
         """The row names the run's new process group (a cluster job's new stand-in)."""
-        change = standin_change(
-            record.id,
-            pid=process.pid,
-            pgid=process.pgid,
-            pid_start_ticks=process.start_ticks,
-            boot_id=process.boot_id,
-            keeper_pid=process.keeper_pid,
-            keeper_start_ticks=process.keeper_start_ticks,
-        )
-        self._d.outbox.add(change)
+        self._d.outbox.add(standin_change(record.id, process))
         log.info("run_process_changed", run_id=record.id, pid=process.pid)
 
     def settle_offline(self, record: RunRecord, status: ExitStatus) -> None:

@@ -69,19 +69,7 @@ class InFlight:
 
 
 def running(run_id: str, proc: ProcessRecord, run_dir: Path, reason: str) -> RowChange:
-    return running_change(
-        run_id,
-        pid=proc.pid,
-        pgid=proc.pgid,
-        run_dir=str(run_dir),
-        boot_id=proc.boot_id,
-        pid_start_ticks=proc.start_ticks,
-        keeper_pid=proc.keeper_pid,
-        keeper_start_ticks=proc.keeper_start_ticks,
-        reason=reason,
-        host=proc.host,
-        external_id=proc.external_id,
-    )
+    return running_change(run_id, proc, run_dir=str(run_dir), reason=reason)
 
 
 def stop_cause(record: RunRecord) -> StopCause | None:

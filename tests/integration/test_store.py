@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from supervisor.db import ProgressUpdate, Store
 from supervisor.errors import NotFoundError
+from supervisor.executors.base import ProcessRecord
 from supervisor.states import ALLOWED_TRANSITIONS, RunStatus
 from supervisor.views import run_details, runs_table
 
@@ -72,16 +73,15 @@ def raw_events(path: Path, run_id: str) -> list[dict[str, Any]]:
 
 def launch(store: Store, run_id: str, pid: int = 4242) -> bool:
     """PENDING -> RUNNING with made-up process identity."""
-    return store.mark_running(
-        run_id,
+    process = ProcessRecord(
         pid=pid,
         pgid=pid,
-        run_dir=f"/tmp/runs/{run_id}",
+        start_ticks=1000,
         boot_id="00000000-0000-0000-0000-000000000000",
-        pid_start_ticks=1000,
         keeper_pid=pid - 1,
         keeper_start_ticks=999,
     )
+    return store.mark_running(run_id, process, run_dir=f"/tmp/runs/{run_id}")
 
 
 def run_in(store: Store, status: RunStatus) -> str:
@@ -211,17 +211,10 @@ def test_status_change_rolls_back_when_its_event_cannot_be_written(
     with pytest.raises(DBAPIError, match="boom"):
         store.transition(pending, CANCELLED, reason="boom")
     with pytest.raises(DBAPIError, match="boom"):
-        store.mark_running(
-            pending,
-            pid=5,
-            pgid=5,
-            run_dir="/x",
-            boot_id="b",
-            pid_start_ticks=1,
-            keeper_pid=4,
-            keeper_start_ticks=1,
-            reason="boom",
+        process = ProcessRecord(
+            pid=5, pgid=5, start_ticks=1, boot_id="b", keeper_pid=4, keeper_start_ticks=1
         )
+        store.mark_running(pending, process, run_dir="/x", reason="boom")
     with pytest.raises(DBAPIError, match="boom"):
         store.finish(running, FAILED, reason="boom", exit_code=3, error_message="x")
 
@@ -281,6 +274,7 @@ def test_timestamps_are_utc_text(store: Store, db_path: Path) -> None:
 RACE_WORKER = """
 import os, sys
 from supervisor.db import Store
+from supervisor.executors.base import ProcessRecord
 from supervisor.states import RunStatus
 
 store = Store.open(sys.argv[1])
@@ -289,10 +283,11 @@ while run_id := sys.stdin.readline().strip():
     print("armed", flush=True)
     sys.stdin.readline()
     if role == "launch":
-        won = store.mark_running(
-            run_id, pid=os.getpid(), pgid=os.getpid(), run_dir="/tmp/" + run_id, boot_id="b",
-            pid_start_ticks=1, keeper_pid=1, keeper_start_ticks=1,
+        process = ProcessRecord(
+            pid=os.getpid(), pgid=os.getpid(), start_ticks=1, boot_id="b", keeper_pid=1,
+            keeper_start_ticks=1,
         )
+        won = store.mark_running(run_id, process, run_dir="/tmp/" + run_id)
     elif role == "cancel":
         # Cancelling a never-started run: only from PENDING (a RUNNING one needs signals).
         won = store.transition(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from supervisor.db import Store
+from supervisor.executors.base import ProcessRecord
 from supervisor.states import RunStatus
 
 if TYPE_CHECKING:
@@ -74,16 +75,10 @@ def submit(runsup: Runsup, *args: str) -> str:
 
 
 def launch(store: Store, run_id: str) -> None:
-    assert store.mark_running(
-        run_id,
-        pid=4242,
-        pgid=4242,
-        run_dir=f"/tmp/{run_id}",
-        boot_id="b",
-        pid_start_ticks=1,
-        keeper_pid=4241,
-        keeper_start_ticks=1,
+    process = ProcessRecord(
+        pid=4242, pgid=4242, start_ticks=1, boot_id="b", keeper_pid=4241, keeper_start_ticks=1
     )
+    assert store.mark_running(run_id, process, run_dir=f"/tmp/{run_id}")
 
 
 @pytest.fixture

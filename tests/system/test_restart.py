@@ -18,6 +18,7 @@ from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_fo
 
 from supervisor.daemon import CRASH_POINT_VARIABLE
 from supervisor.db import utcnow
+from supervisor.executors.base import ProcessRecord
 from supervisor.executors.local.identity import current_boot_id, identify
 
 
@@ -243,15 +244,9 @@ def _force_running(h: DaemonHarness, run_id: str, *, pid: int, ticks: int, boot:
     run_dir = h.runs_dir / run_id
     (run_dir / ".runsup").mkdir(parents=True)
     assert h.store.claim_launch(run_id)
-    assert h.store.mark_running(
-        run_id,
-        pid=pid,
-        pgid=pid,
-        run_dir=str(run_dir),
-        boot_id=boot,
-        pid_start_ticks=ticks,
-        keeper_pid=pid,
-        keeper_start_ticks=ticks,
+    process = ProcessRecord(
+        pid=pid, pgid=pid, start_ticks=ticks, boot_id=boot, keeper_pid=pid, keeper_start_ticks=ticks
     )
+    assert h.store.mark_running(run_id, process, run_dir=str(run_dir))
     assert json.loads(h.run(run_id).config_json) == {}
     assert h.run(run_id).started_at is not None and h.run(run_id).started_at <= utcnow()

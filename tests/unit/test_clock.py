@@ -64,14 +64,7 @@ def start_run(rig: Rig, sim: int, *, adopted: bool) -> tuple[str, FakeHandle]:
     if adopted:
         proc = process_record(sim)
         daemon.store.mark_running(
-            record.id,
-            pid=proc.pid,
-            pgid=proc.pgid,
-            run_dir=str(daemon.settings.runs_dir / record.id),
-            boot_id=proc.boot_id,
-            pid_start_ticks=proc.start_ticks,
-            keeper_pid=proc.keeper_pid,
-            keeper_start_ticks=proc.keeper_start_ticks,
+            record.id, proc, run_dir=str(daemon.settings.runs_dir / record.id)
         )
         handle = FakeHandle(proc)
         executor.found[record.id] = Adopted(handle)

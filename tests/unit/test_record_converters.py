@@ -8,7 +8,7 @@ from typing import Optional
 
 import pytest
 
-from supervisor.db.store import RunRecord, field_converters
+from supervisor.db.records import RunRecord, field_converters
 
 
 def test_every_run_record_field_has_a_converter() -> None:

@@ -32,7 +32,14 @@ from supervisor.daemon.clock import Clock, SystemClock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.queueing import QueueKeeper
 from supervisor.daemon.resources import Held, Plan, Resources, Start, running_per_template
-from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
+from supervisor.daemon.runstate import (
+    CHECKPOINT_WHY,
+    MarkTimedOut,
+    Phase,
+    RunState,
+    SendSignal,
+    StopCause,
+)
 from supervisor.daemon.tracked import (
     GROUP_CHECK_FIRST_SECONDS,
     GROUP_CHECK_MAX_SECONDS,
@@ -758,6 +765,7 @@ class Daemon:
         on it: a restarted daemon finds the job by it)."""
         ext = flight.launch.external_id
         if ext is not None and not flight.external_recorded:
+            crash_point(f"job_submitted:{attempt_number(flight.record.attempt)}")
             self.outbox.add(external_id_change(flight.record.id, ext))
             flight.external_recorded = True
             log.info("run_submitted", run_id=flight.record.id, external_id=ext)
@@ -871,6 +879,7 @@ class Daemon:
             timeout_at=timeout_at,
             cause=stop_cause(record),
             stop_leftovers=not foreign,
+            **self._checkpoint_warning(template, executor or record.executor, timeout_at),
         )
         tail, output = tails_for(record, run_dir, template)
         run = TrackedRun(
@@ -886,6 +895,7 @@ class Daemon:
             state=state,
             foreign=foreign,
             output=output,
+            attempt=attempt_number(record.attempt),
         )
         run.flushed = run.progress_update()
         self.runs[record.id] = run
@@ -896,6 +906,20 @@ class Daemon:
         self._read_tail(run)
         self._act(run, state.start(now))
         return run
+
+    def _checkpoint_warning(
+        self, template: Template | None, executor: str | None, timeout_at: float | None
+    ) -> dict[str, Any]:
+        """SPEC section 15: the checkpoint signal `checkpoint_seconds` before the time limit,
+        sent by the loop unless the run's executor has it sent where the run runs."""
+        found = self.executors.get(executor or LOCAL_EXECUTOR)
+        if template is None or template.checkpoint_signal is None or timeout_at is None:
+            return {}
+        if found is None or found.signals_checkpoints:
+            return {}
+        lead = template.checkpoint_seconds or 0.0
+        number = signal.Signals[f"SIG{template.checkpoint_signal}"]
+        return {"checkpoint_at": timeout_at - lead, "checkpoint_signal": number}
 
     def _forget(self, run: TrackedRun) -> None:
         self._unwatch_exit(run)
@@ -930,6 +954,9 @@ class Daemon:
                     self._schedule_group_check(run, reset=True)
                 continue
             sent = run.handle.signal_group(action.signal)
+            if action.why == CHECKPOINT_WHY:
+                log.info("run_checkpoint_signal", run_id=run.run_id, sent=sent)
+                continue
             log.info(
                 "run_terminating",
                 run_id=run.run_id,
@@ -1018,6 +1045,24 @@ class Daemon:
             return outcomes.lost(
                 "exit status unknown: the run's keeper process ended without recording it"
             )
+        if self._checkpointed(run, status):
+            return outcomes.checkpointed(status.exit_code or 0)
+        return self._plain_exit(run, status)
+
+    @staticmethod
+    def _checkpointed(run: TrackedRun, status: ExitStatus) -> bool:
+        """The attempt exited with its template's checkpoint_exit_code, uncancelled and
+        before any time limit of the daemon's (SPEC section 15)."""
+        code = run.template.checkpoint_exit_code if run.template else None
+        return (
+            code is not None
+            and status.exit_signal is None
+            and status.exit_code == code
+            and not run.state.cancel_requested
+            and not run.state.timed_out
+        )
+
+    def _plain_exit(self, run: TrackedRun, status: ExitStatus) -> Outcome:
         return outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,
@@ -1033,6 +1078,13 @@ class Daemon:
         self, run_id: str, out: Outcome, *, reason: str, peak: int | None = None
     ) -> None:
         retry = self.queue.retry_change(run_id, out, reason)  # its next attempt, if it has one
+        if retry is None and out.kind == outcomes.CHECKPOINTED:
+            # It cannot go on (its row moved under us): settle it as the exit it was.
+            out = outcomes.classify_exit(
+                exit_code=out.exit_code, exit_signal=None, cancel_requested=False, timed_out=False
+            )
+            reason = out.reason
+            retry = self.queue.retry_change(run_id, out, reason)
         if retry is not None:
             self.outbox.add(
                 retry, lambda applied: self._retried(run_id, out, reason, applied, peak)
@@ -1048,6 +1100,7 @@ class Daemon:
             return
         log.info("run_retry_queued", run_id=run_id)
         run = self.runs.get(run_id)
+        crash_point(f"retry_committed:{run.attempt if run is not None else 0}")
         if run is not None:
             run.state.settled()
             run.handle.release()
@@ -1215,6 +1268,12 @@ class Daemon:
         self._bound_log(run_dir)
         self.outbox.progress(update)
         cause = stop_cause(record)
+        code = template.checkpoint_exit_code if template else None
+        if code is not None and cause is None and status.known and status.exit_code == code:
+            out = outcomes.checkpointed(code)
+            self._settle(record.id, out, reason=f"{out.reason} (while the daemon was away)")
+            log.info("run_settled_offline", run_id=record.id, status=out.status.value)
+            return
         out = outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,

@@ -43,6 +43,7 @@ class TrackedRun:
     leftover_fd: int | None = None  # registered with the selector while the group lingers
     group_check_at: float | None = None
     group_check_delay: float = GROUP_CHECK_FIRST_SECONDS
+    attempt: int = 1  # the row's attempt (SPEC section 11)
 
     @property
     def timeout_seconds(self) -> float | None:

@@ -24,7 +24,26 @@ def steps_done(run_dir: Path) -> list[tuple[int, int]]:
     path = run_dir / "steps.log"
     if not path.exists():
         return []
-    return [(int(a), int(s)) for a, s in (line.split() for line in path.read_text().splitlines())]
+    rows = (line.split() for line in path.read_text().splitlines())
+    return [(int(row[0]), int(row[1])) for row in rows]
+
+
+def step_times(run_dir: Path) -> list[tuple[int, int, float]]:
+    """(attempt, step, unix time it was done) for every step the simulation computed."""
+    path = run_dir / "steps.log"
+    if not path.exists():
+        return []
+    rows = (line.split() for line in path.read_text().splitlines())
+    return [(int(row[0]), int(row[1]), float(row[2])) for row in rows]
+
+
+def attempt_starts(run_dir: Path) -> dict[int, float]:
+    """Attempt -> unix time the simulation started computing in it."""
+    path = run_dir / "starts.log"
+    if not path.exists():
+        return {}
+    rows = (line.split() for line in path.read_text().splitlines())
+    return {int(row[0]): float(row[1]) for row in rows}
 
 
 def signals_seen(run_dir: Path) -> list[tuple[int, str, float]]:

@@ -649,6 +649,7 @@ class Daemon:
         for start in starts:
             if start.record.id in claimed:  # else cancelled or taken in the meantime
                 crash_point("launch_claimed")
+                crash_point(f"launch_claimed:{attempt_number(start.record.attempt)}")
                 self._begin_launch(start)
 
     def _plan(self, limit: int) -> Plan:

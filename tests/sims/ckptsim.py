@@ -5,8 +5,9 @@ It computes one step every `step_seconds` and keeps its state in `checkpoint.jso
 directory, written only when it is told to (the checkpoint signal, SIGUSR1) or when it gives
 up its attempt by itself (`checkpoint_every`). With RUNSUP_RESUME=1 it starts from the
 checkpoint; otherwise from step 0. Every step it computes is appended to `steps.log` as
-"<attempt> <step>" (a step computed twice was lost work), every signal it gets to
-`signals.log` as "<attempt> <signal> <unix time>".
+"<attempt> <step> <unix time>" (a step computed twice was lost work), every signal it gets to
+`signals.log` as "<attempt> <signal> <unix time>", each attempt's start to `starts.log` as
+"<attempt> <unix time>".
 
 Config keys: steps (10), step_seconds (1.0), on_signal: "wait" (save, then compute nothing
 more: the limit or the preemption ends the attempt) or "exit" (save, then exit with
@@ -60,6 +61,8 @@ class Sim:
         every = int(str(self.config.get("checkpoint_every", 0)))
         on_signal = self.config.get("on_signal", "wait")
         done_here = 0
+        with open("starts.log", "a") as fh:
+            fh.write(f"{self.attempt} {time.time():.3f}\n")
         self.progress({"type": "start", "config": {"total_iterations": steps}})
         while self.step < steps:
             started = time.monotonic()
@@ -74,7 +77,7 @@ class Sim:
             self.step += 1
             done_here += 1
             with open("steps.log", "a") as fh:
-                fh.write(f"{self.attempt} {self.step}\n")
+                fh.write(f"{self.attempt} {self.step} {time.time():.3f}\n")
             self.progress({"type": "iteration", "iteration": self.step, "total_iterations": steps})
             if every and done_here % every == 0 and self.step < steps:
                 self.save()

@@ -182,12 +182,13 @@ def test_a_cancel_while_the_next_attempt_waits_is_never_resumed(daemon: ClusterD
     assert [a for _, a in daemon.jobs_by_attempt(run_id)].count(2) <= 1
 
 
-@pytest.mark.parametrize("point", ["job_submitted:2", "retry_committed:1"])
+@pytest.mark.parametrize("point", ["launch_claimed:2", "job_submitted:2", "retry_committed:1"])
 def test_daemon_killed_between_attempts_submits_each_attempt_once(
     daemon: ClusterDaemon, point: str
 ) -> None:
-    """SIGKILL between an attempt's end and the next submission, and between sbatch and
-    recording the id: exactly one job per attempt; attempt 1's job is never taken for 2."""
+    """SIGKILL between an attempt's end and the next submission (after the retry is committed,
+    after attempt 2 is claimed), and between sbatch and recording the id: exactly one job per
+    attempt; attempt 1's job (still listed by the cluster) is never taken for attempt 2."""
     daemon.stop()
     daemon.start(env={CRASH_POINT_VARIABLE: point})
     config = {"steps": 4, "step_seconds": 0.2, "checkpoint_every": 2}

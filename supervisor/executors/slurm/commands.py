@@ -307,14 +307,15 @@ class SlurmCommands:
         *,
         full: bool = True,
         only_pending: bool = False,
+        only_running: bool = False,
     ) -> None:
         """Cancel a job (plain scancel: a queued job leaves the queue, a running one gets
         SIGTERM, then SIGKILL after KillWait), or with `sig` send that signal to it: with
         `full`, to the batch script and all its children too, which a batch-only job needs
         (without --full, scancel signals job steps only). A job already ended is no error.
         Never send a signal to a job still queued: scancel retries "Job can not be altered
-        now" until it gives up or times out; cancel a queued job plainly. `only_pending`:
-        cancel the job only if it is still queued (the controller decides, atomically)."""
+        now" until it gives up or times out; cancel a queued job plainly. `only_pending` /
+        `only_running`: act only on a job in that state (scancel filters by the state)."""
         argv = [self.programs.scancel]
         if sig is not None:
             argv.append(f"--signal={sig.name.removeprefix('SIG')}")
@@ -322,6 +323,8 @@ class SlurmCommands:
                 argv.append("--full")
         if only_pending:
             argv.append("--state=PENDING")
+        if only_running:
+            argv.append("--state=RUNNING")
         argv.append(job_id)
         result = self._run(argv)
         if result.returncode != 0:

@@ -421,11 +421,13 @@ class SlurmExecutor:
 
     def _cancel_job(self, job_id: str, sig: signal.Signals | None = None) -> None:
         try:
-            self.commands.cancel(job_id, sig)
+            # A signal only to a job that runs (one that waits again would make scancel retry).
+            self.commands.cancel(job_id, sig, only_running=sig is not None)
         except SlurmError as exc:
             log.warning("slurm_cancel_failed", job_id=job_id, error=str(exc))
         with self.lock:
             self._next_query = 0.0  # see the effect with the next poll
+
 
     def cancel_queued(self, slot: JobSlot) -> None:
         """A cancel while the job is launched: remove it if the cluster says it still waits

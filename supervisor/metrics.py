@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from supervisor.daemon.resources import capacity_of
+from supervisor.capacity import capacity_of
 from supervisor.db import Histogram, RunStats, Store, utcnow
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.heartbeat import heartbeat_path, last_beat

@@ -220,7 +220,7 @@ def make_daemon(
     daemon = Daemon(settings, store, executor=executor, notifier=Notifier(), clock=clock)
     yield daemon, executor, clock
     for run in list(daemon.runs.values()):
-        daemon._forget(run)
+        daemon.supervision.forget(run)
     store.close()
 
 

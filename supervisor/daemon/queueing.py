@@ -17,21 +17,21 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from supervisor import rundir
-from supervisor.db import QUEUE_ALL, RowChange, RunRecord, final_change, hook_done_change
+from supervisor.daemon.clock import Clock
+from supervisor.daemon.outbox import Outbox
+from supervisor.daemon.services import Services
+from supervisor.db import QUEUE_ALL, RowChange, RunRecord, Store, final_change, hook_done_change
 from supervisor.db import retry_change as make_retry_change
 from supervisor.hooks import HookRunner, hook_call
 from supervisor.outcome import CHECKPOINTED, Outcome
 from supervisor.queue import attempt_number, find_cycles, plan_retry
-from supervisor.settings import Template
+from supervisor.settings import Settings, Template
 from supervisor.states import RunStatus
-
-if TYPE_CHECKING:
-    from supervisor.daemon.loop import Daemon
 
 log = structlog.get_logger(__name__)
 
@@ -72,15 +72,96 @@ def archive_attempt(run_dir: Path, attempt: int) -> list[str]:
     return moved
 
 
+class QueueHost(Protocol):
+    """What the queue needs of the daemon (the loop hands one down)."""
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (replaced on SIGHUP)."""
+        ...
+
+    @property
+    def store(self) -> Store:
+        """The loop's store."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock."""
+        ...
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where the loop gathers its writes."""
+        ...
+
+    def wake(self) -> None:
+        """Make the loop look around now (called from the hooks' threads)."""
+        ...
+
+    def busy_templates(self) -> dict[str, str]:
+        """Run id -> template name of the runs the daemon holds, then of its launches."""
+        ...
+
+    def supervises(self, run_id: str) -> bool:
+        """True if the run is tracked or launching."""
+        ...
+
+    def launching(self, run_id: str) -> bool:
+        """True if the run's launch is in flight."""
+        ...
+
+
+class QueueView:
+    """The QueueHost the loop hands down: its services, and questions about runs it holds."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        busy_templates: Callable[[], dict[str, str]],
+        supervises: Callable[[str], bool],
+        launching: Callable[[str], bool],
+    ) -> None:
+        self._s = services
+        self.busy_templates = busy_templates
+        self.supervises = supervises
+        self.launching = launching
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (replaced on SIGHUP)."""
+        return self._s.settings
+
+    @property
+    def store(self) -> Store:
+        """The loop's store."""
+        return self._s.store
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock."""
+        return self._s.clock
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where the loop gathers its writes."""
+        return self._s.outbox
+
+    def wake(self) -> None:
+        """Make the loop look around now."""
+        self._s.wake()
+
+
 class QueueKeeper:
     """The daemon's queue state: pauses seen, the hook cursor, hooks in flight."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self._d = daemon
+    def __init__(self, host: QueueHost) -> None:
+        self._d = host
         self.paused: list[str] = []  # scopes, as last read
         self._next_cycle_check = 0.0
         self._event_cursor: int | None = None  # run_events id up to which finals were hooked
-        self._hooks = HookRunner(daemon.wake)
+        self._hooks = HookRunner(host.wake)
         self._hooking: set[str] = set()  # hook queued or running, or its end not yet recorded
         self._next_due: float | None = None  # monotonic time of the next not_before
         # What the last pickup walk saw (other programs' commits, the daemon's own status
@@ -162,11 +243,7 @@ class QueueKeeper:
         if not limits:
             return {}
         busy = d.store.running_templates()
-        for run_id, run in d.runs.items():
-            if run.template is not None:
-                busy[run_id] = run.template.name
-        for run_id, flight in d.launching.items():
-            busy[run_id] = flight.template.name
+        busy.update(d.busy_templates())
         counts: dict[str, int] = {}
         for template in busy.values():
             counts[template] = counts.get(template, 0) + 1
@@ -252,7 +329,7 @@ class QueueKeeper:
                 expect=[RunStatus.PENDING],
             )
             for run_id, text in why.items()
-            if run_id not in self._d.launching
+            if not self._d.launching(run_id)
         ]
         results = self._d.store.commit_batch(changes)
         for change, applied in zip(changes, results, strict=True):
@@ -359,8 +436,7 @@ class QueueKeeper:
             not record.is_final
             or record.hook_done_at is not None
             or record.id in self._hooking
-            or record.id in d.runs  # a foreign final over a run we supervise: not ended yet
-            or record.id in d.launching
+            or d.supervises(record.id)  # a foreign final over a run we supervise: not ended yet
         ):
             return
         s = d.settings

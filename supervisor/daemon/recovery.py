@@ -9,7 +9,6 @@ decisions out through `RecoveryHost`, so the decisions are tested with a fake ho
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -126,11 +125,6 @@ def _apply_to_claim(host: RecoveryHost, record: RunRecord, found: Recovery) -> N
             host.fail_unstarted(record, f"the launch ended unrecorded ({status.describe()})")
         case Lost(why=why):
             host.fail_unstarted(record, why)
-
-
-def record_dir_of(record: RunRecord, runs_dir: Path) -> Path:
-    """The run directory a row names, else the one the daemon would have made."""
-    return Path(record.run_dir) if record.run_dir else runs_dir / record.id
 
 
 def process_of(record: RunRecord) -> ProcessRecord | None:

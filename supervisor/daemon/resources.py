@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor import gpus, scheduling
+from supervisor.capacity import capacity_of
 from supervisor.db import Claim, RunRecord
 from supervisor.executors.local import pinning
-from supervisor.scheduling import Capacity, Grant, Request
+from supervisor.scheduling import Grant, Request
 from supervisor.settings import LOCAL_EXECUTOR, Settings, Template
 
 
@@ -121,17 +122,6 @@ class Resources:
         if chosen is not None:
             taken.extend(chosen)
         return chosen
-
-
-def capacity_of(settings: Settings) -> Capacity:
-    """What local runs may use together, from `[resources]` (GPUs asked of the driver)."""
-    r = settings.resources
-    return Capacity(
-        cpus=settings.cpu_capacity,
-        gpu_ids=gpus.resolve_gpus(r.gpus),
-        memory_bytes=r.memory_capacity(),
-        max_runs=settings.max_concurrent_runs,
-    )
 
 
 def run_env(template: Template, held: Held) -> dict[str, str]:

@@ -147,3 +147,8 @@ def progress_of(record: RunRecord) -> ProgressState:
 def log_tail(run_dir: Path) -> str | None:
     lines = logcap.tail_lines(rundir.log_path(run_dir))
     return "\n".join(lines[-outcomes.LOG_TAIL_LINES :]) or None
+
+
+def record_dir_of(record: RunRecord, runs_dir: Path) -> Path:
+    """The run directory a row names, else the one the daemon would have made."""
+    return Path(record.run_dir) if record.run_dir else runs_dir / record.id

@@ -107,17 +107,17 @@ def test_pause_everything_then_a_template(rig: Rig) -> None:
     b = daemon.store.submit("other", "{}").id
     look(daemon)
     assert launched(executor) == []
-    assert "paused: everything" in daemon._status_text()
+    assert "paused: everything" in daemon.status.text()
     daemon.store.resume("*")
     with contextlib.closing(from_outside(daemon)) as outside:
         outside.pause("sim")
     look(daemon)
     assert launched(executor) == [b]
-    assert "paused: sim" in daemon._status_text()
+    assert "paused: sim" in daemon.status.text()
     daemon.store.resume("sim")
     look(daemon)
     assert launched(executor) == [b, a]
-    assert "paused" not in daemon._status_text()
+    assert "paused" not in daemon.status.text()
 
 
 def test_max_concurrent_counts_running_and_launching(rig: Rig) -> None:

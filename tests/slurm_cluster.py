@@ -50,6 +50,8 @@ PREEMPT_GRACE_SECONDS = 10
 # Seconds a finished job's record stays in slurmctld (squeue -t all) before it is purged;
 # the purge itself runs a few seconds later (SLURM.md: 10 s -> gone after ~16 s).
 MIN_JOB_AGE_SECONDS = 10
+# A job step credential's life; also how long a requeued job waits before it starts again.
+CRED_EXPIRE_SECONDS = 10
 # SIGTERM -> SIGKILL delay for a job Slurm kills (cancel, time limit).
 KILL_WAIT_SECONDS = 2
 DEFAULT_MEMORY_PER_CPU_MIB = 64  # what a job without --mem holds of the node's memory
@@ -430,7 +432,8 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
         "SlurmUser=root",
         "SlurmdUser=root",
         "AuthType=auth/munge",
-        f"AuthInfo=socket={munge_socket}",
+        # cred_expire: a requeued job waits this long before it may start again (default 120)
+        f"AuthInfo=socket={munge_socket},cred_expire={CRED_EXPIRE_SECONDS}",
         f"StateSaveLocation={b / 'state'}",
         f"SlurmdSpoolDir={b / 'spool'}",
         f"SlurmctldPidFile={b / 'run' / 'slurmctld.pid'}",

@@ -29,6 +29,8 @@ STEPS = 10
 # check (up to ~30 s), then the next attempt waits until the preempting job is done.
 PREEMPT_DEADLINE = 180.0
 HIGH_JOB_SECONDS = 6
+# Attempts of one to one and a half minutes (Slurm's limit and its 30 s sweep), a few of them.
+SLOW_DEADLINE = 600.0
 _JOBCOMP_FIELD = re.compile(r"(\w+)=(\S*)")
 
 
@@ -203,6 +205,7 @@ def test_daemon_killed_between_attempts_submits_each_attempt_once(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SLOW_DEADLINE + 60)
 def test_a_time_limit_shorter_than_the_run_resumes_until_complete(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:
@@ -226,7 +229,7 @@ def test_a_time_limit_shorter_than_the_run_resumes_until_complete(
     d.start()
     try:
         run_id = d.submit({"steps": STEPS, "step_seconds": 5.0}, template="limited")
-        final = d.wait_final(run_id, 8 * 120.0)
+        final = d.wait_final(run_id, SLOW_DEADLINE)
         assert final.status == "COMPLETED", final.error_message
         assert final.attempt is not None and final.attempt >= 2
         run_dir = _run_dir(d, run_id)
@@ -239,3 +242,31 @@ def test_a_time_limit_shorter_than_the_run_resumes_until_complete(
         _assert_one_job_per_attempt_never_two_at_once(d, run_id, final.attempt)
     finally:
         d.close()
+
+
+def test_a_job_requeued_by_an_administrator_is_not_over_while_it_lives(
+    daemon: ClusterDaemon,
+) -> None:
+    """--no-requeue makes `scontrol requeue` refuse; an administrator who overrides it puts the
+    job back in the queue: the run stays RUNNING on that job until it really ends."""
+    launches = daemon.tmp / "launches"
+    config = {"launches_file": str(launches), "per_launch": [{"sleep": 300}, {"sleep": 1}]}
+    run_id = daemon.submit(config, "cl")
+    running = daemon.wait_running(run_id)
+    job = running.external_id or ""
+    refused = daemon.cluster.run("scontrol", "requeue", job, check=False)
+    assert refused.returncode != 0  # --no-requeue: one job is one attempt
+    daemon.cluster.run("scontrol", "update", f"jobid={job}", "Requeue=1")
+    daemon.cluster.run("scontrol", "requeue", job)
+    wait_for(
+        "the job back in the queue",
+        lambda: daemon.cluster.job_state(job) == "PENDING",
+        JOB_DEADLINE,
+    )
+    assert daemon.run(run_id).status == "RUNNING"
+    # It starts again after the cluster's cred_expire (10 s here, 120 s by default).
+    final = daemon.wait_final(run_id, 2 * JOB_DEADLINE)
+    assert (final.status, final.exit_code, final.external_id) == ("COMPLETED", 0, job)
+    assert len(launches.read_text().splitlines()) == 2  # it ran twice, as one job
+    statuses = [e.to_status for e in daemon.store.events(run_id)]
+    assert statuses == ["PENDING", "RUNNING", "COMPLETED"], statuses  # submitted, started, ended

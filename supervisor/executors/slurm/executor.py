@@ -81,6 +81,9 @@ CLOSE_JOIN_SECONDS = 2.0
 
 # The worker wakes the loop when a query is due; never more often than this.
 MIN_WAKE_SECONDS = 0.05
+# A job seen alive that the cluster no longer lists is taken as gone only after this many
+# answers in a row without it (a requeue can hide it for a moment).
+PURGE_CONFIRM_QUERIES = 3
 # Stand-ins started at once when a query finds many jobs newly running.
 STANDIN_STARTERS = 8
 
@@ -352,7 +355,15 @@ class SlurmExecutor:
                 info = answers.get(job_id)
                 if info is None or self._slots.get(slot.run_id) is not slot:
                     continue
+                if self._vanishing(slot, info):
+                    continue  # not listed, just after it was seen alive: ask again
                 was_over = slot.over
+                if _requeued(slot.info, info):
+                    # Back in the queue: the exit status its keeper wrote when the job was
+                    # stopped is not this job's end (it may fail to start again, and never
+                    # run the script that would replace it).
+                    (slot.record_dir / EXIT_FILE).unlink(missing_ok=True)
+                    log.warning("slurm_job_requeued", run_id=slot.run_id, job_id=job_id)
                 slot.info = info
                 if slot.cancelled and slot.handle is None and not slot.cancel_decided:
                     continue  # the control lane is asking whether it still waits
@@ -367,6 +378,22 @@ class SlurmExecutor:
                         slot.standin = None
             self._tell(news)
         return to_start, to_end
+
+    @staticmethod
+    def _vanishing(slot: JobSlot, info: JobInfo) -> bool:
+        """Called with the lock held: True while a job last seen alive is missing from fewer
+        than PURGE_CONFIRM_QUERIES answers in a row. A job's record outlives its end by
+        MinJobAge (minutes), so a job seen running does not vanish at once; one being
+        requeued can be missing for a moment (it then waits in the queue again)."""
+        last = slot.info
+        if not info.purged or last is None or last.final or last.purged:
+            slot.missing = 0
+            return False
+        slot.missing += 1
+        if slot.missing < PURGE_CONFIRM_QUERIES:
+            log.info("slurm_job_not_listed", run_id=slot.run_id, job_id=info.job_id)
+            return True
+        return False
 
     def _start_run(self, slot: JobSlot) -> None:
         """The job was seen running (or ended): give it a stand-in and make its handle."""
@@ -427,7 +454,6 @@ class SlurmExecutor:
             log.warning("slurm_cancel_failed", job_id=job_id, error=str(exc))
         with self.lock:
             self._next_query = 0.0  # see the effect with the next poll
-
 
     def cancel_queued(self, slot: JobSlot) -> None:
         """A cancel while the job is launched: remove it if the cluster says it still waits
@@ -612,6 +638,16 @@ class SlurmExecutor:
         for lane in (self._submits, self._queries, self._control):
             lane.stop(CLOSE_JOIN_SECONDS)
         self._starter.shutdown(wait=False)
+
+
+def _requeued(last: JobInfo | None, now: JobInfo) -> bool:
+    """True when a job seen started is seen waiting in the queue again (requeued)."""
+    return (
+        last is not None
+        and job_started(last)
+        and not last.final
+        and (now.state is JobState.PENDING)
+    )
 
 
 def _lead_seconds(seconds: float | None) -> int | None:

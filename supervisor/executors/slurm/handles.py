@@ -72,6 +72,7 @@ class JobSlot:
     cancel_decided: bool = False  # the cluster said whether it still waited (see removed)
     exit: ExitStatus | None = None  # decided once, when the job is over
     submit_attempts: int = 0
+    missing: int = 0  # answers in a row that no longer listed the job (see the executor)
 
     @property
     def over(self) -> bool:

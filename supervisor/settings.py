@@ -23,6 +23,8 @@ ENV_CONFIG = "RUNSUP_CONFIG"
 ENV_DATABASE = "RUNSUP_DATABASE"
 ENV_RUNS_DIR = "RUNSUP_RUNS_DIR"
 ENV_MAX_CONCURRENT = "RUNSUP_MAX_CONCURRENT"
+# The variables that choose the configuration, the database or the runs directory.
+SETTINGS_VARIABLES = (ENV_CONFIG, ENV_DATABASE, ENV_RUNS_DIR, ENV_MAX_CONCURRENT)
 
 DEFAULT_CANCEL_GRACE_SECONDS = 10.0
 DEFAULT_RESCAN_INTERVAL_SECONDS = 2.0
@@ -59,6 +61,8 @@ MAX_CHECKPOINT_SECONDS = 65535  # Slurm's --signal keeps it in 16 bits
 # Above 128 the keeper's shell reads an exit status as a death by signal (128+N).
 MAX_CHECKPOINT_EXIT_CODE = 128
 DEFAULT_RETRY_DELAY_SECONDS = 10.0
+# SPEC section 15: what `runsup results` reads in a run's directory.
+DEFAULT_RESULTS_FILE = "results.json"
 
 # SPEC section 9: a cluster executor.
 EXECUTOR_KINDS = ("slurm",)
@@ -109,11 +113,7 @@ class Template:
     checkpoint_signal: str | None = None
     checkpoint_seconds: float | None = None  # set (default 60) when checkpoint_signal is
     checkpoint_exit_code: int | None = None
-
-    @property
-    def config_filename(self) -> str:
-        """The name of the config file written into the run directory."""
-        return f"config.{self.config_format}"
+    results_file: str = DEFAULT_RESULTS_FILE  # SPEC 15: relative to the run directory
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
         """The argument list with placeholders filled in (never a shell string)."""
@@ -189,6 +189,14 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: final runs the daemon prunes once a day (`runsup db prune`); off by default."""
+
+    keep_days: float | None = None  # prune final runs that ended longer ago than this
+    files: bool = False  # their run directories too
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the daemon and the commands are configured with."""
 
@@ -210,6 +218,7 @@ class Settings:
     executors: Mapping[str, ExecutorSettings] = field(default_factory=dict)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def on_finish_for(self, template: Template) -> tuple[str, ...] | None:
         """The hook for a run of `template`: its own if it has one, else the global one."""
@@ -416,6 +425,7 @@ _TOP_KEYS = frozenset(
         "executors",
         "hooks",
         "metrics",
+        "retention",
     }
 )
 # One key a line, so that a change adding keys touches only its own lines.
@@ -439,6 +449,7 @@ _TEMPLATE_KEYS = frozenset(
         "checkpoint_signal",
         "checkpoint_seconds",
         "checkpoint_exit_code",
+        "results_file",
     }
 )
 _RESOURCES_KEYS = frozenset({"cpus", "gpus", "memory", "pin_cpus"})
@@ -456,6 +467,7 @@ _EXECUTOR_KEYS = frozenset(
 )
 _HOOKS_KEYS = frozenset({"on_finish", "timeout_seconds"})
 _METRICS_KEYS = frozenset({"listen"})
+_RETENTION_KEYS = frozenset({"keep_days", "files"})
 
 SIZE_EXPECTED = 'a size: whole bytes, or a number with K, M, G or T (as "8G")'
 DATABASE_EXPECTED = "a file path or an sqlite:/// URL naming a file"
@@ -513,6 +525,7 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
         executors=executors,
         hooks=_hooks(top.sub("hooks")),
         metrics=_metrics(top.sub("metrics")),
+        retention=_retention(top.sub("retention")),
     )
 
 
@@ -568,6 +581,7 @@ def _template(
         checkpoint_signal=signal_name,
         checkpoint_seconds=lead,
         checkpoint_exit_code=_checkpoint_exit_code(reader),
+        results_file=_results_file(reader),
     )
 
 
@@ -599,6 +613,18 @@ def _checkpoint_exit_code(reader: _Reader) -> int | None:
         expected = f"a whole number from 1 to {MAX_CHECKPOINT_EXIT_CODE}"
         raise reader.fail("checkpoint_exit_code", expected, code, "above it reads as a signal")
     return code
+
+
+
+def _results_file(reader: _Reader) -> str:
+    """A path inside the run directory: relative, without `..`."""
+    value = reader.string("results_file")
+    if value is None:
+        return DEFAULT_RESULTS_FILE
+    parts = Path(value).parts
+    if Path(value).is_absolute() or ".." in parts:
+        raise reader.fail("results_file", "a path inside the run directory", value)
+    return value
 
 
 def _template_executor(reader: _Reader, executors: Mapping[str, ExecutorSettings]) -> str:
@@ -721,6 +747,14 @@ def _metrics(reader: _Reader) -> MetricsSettings:
         return MetricsSettings(listen=parse_listen(listen))
     except ValueError as exc:
         raise reader.fail("listen", LISTEN_EXPECTED, listen, str(exc)) from None
+
+
+def _retention(reader: _Reader) -> RetentionSettings:
+    reader.check_keys(_RETENTION_KEYS)
+    return RetentionSettings(
+        keep_days=reader.number("keep_days", positive=True),
+        files=bool(reader.boolean("files")),
+    )
 
 
 def parse_size(value: object) -> int:

@@ -28,8 +28,32 @@ NEW_DATABASE_MODE = 0o644
 GROUP_READ_WRITE = stat.S_IRGRP | stat.S_IWGRP
 
 
+# The oldest SQLite whose SQL the store uses: the queue's index on an expression
+# (coalesce(priority, 0)) needs 3.9.0; the partial index of cancel requests 3.8.0, and
+# PRAGMA data_version and wal_checkpoint(TRUNCATE) 3.8.8. (No RETURNING, upsert, window
+# function or DROP COLUMN: Alembic's batch mode copies the table instead.)
+SQLITE_MINIMUM = (3, 9, 0)
+
+
+def sqlite_version_problem(
+    version: tuple[int, int, int] = sqlite3.sqlite_version_info,
+) -> str | None:
+    """Why this SQLite library cannot hold the store, in one line; None if it can."""
+    if tuple(version) >= SQLITE_MINIMUM:
+        return None
+    found = ".".join(map(str, version))
+    need = ".".join(map(str, SQLITE_MINIMUM))
+    return (
+        f"SQLite {found} is too old: runsup needs {need} or newer (indexes on expressions); "
+        "install a newer libsqlite3 or a Python built against one"
+    )
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An SQLite engine for `url`: WAL, synchronous=NORMAL, busy_timeout, BEGIN IMMEDIATE."""
+    problem = sqlite_version_problem()
+    if problem is not None:
+        raise DatabaseError(problem)
     # Settings refuse other databases already; a caller passing one gets a line, not a traceback.
     try:
         backend = make_url(url).get_backend_name()
@@ -66,6 +90,31 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def checkpoint(engine: Engine, busy_timeout_ms: int) -> bool:
+    """Fold the -wal file back into the database and truncate it; False if not done now.
+
+    Never waits: TRUNCATE calls the busy handler until every reader has left its old
+    snapshot, which with busy_timeout would stall the caller up to BUSY_TIMEOUT_MS per try
+    while some program keeps a read transaction open. So this runs with no busy timeout
+    (then puts `busy_timeout_ms` back) and reports "not now" instead; the caller tries again.
+    """
+    if engine.dialect.name != "sqlite":
+        return True
+    # Outside any transaction: a checkpoint cannot run inside one.
+    conn = engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = cursor.fetchone()
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    finally:
+        conn.close()
+    return row is not None and int(row[0]) == 0
 
 
 def _enable_wal(cursor: Any) -> None:

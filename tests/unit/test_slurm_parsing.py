@@ -237,7 +237,6 @@ def test_sbatch_argv_carries_the_whole_request() -> None:
     assert sbatch_argv(request) == [
         "--parsable",
         "--job-name=runsup-0123456789ab-3",
-        "--no-requeue",
         "--output=/shared/runs/0123456789ab/logs/sim.log",
         "--open-mode=append",
         "--chdir=/shared/runs/0123456789ab",
@@ -258,7 +257,6 @@ def test_sbatch_argv_minimal_request() -> None:
     assert sbatch_argv(request) == [
         "--parsable",
         "--job-name=runsup-r-1",
-        "--no-requeue",
         "--output=/l/x.log",
         "--open-mode=append",
         "--chdir=/r",

@@ -365,12 +365,13 @@ def sbatch_argv(request: SubmitRequest) -> list[str]:
     argv = [
         "--parsable",
         f"--job-name={job_name(request.run_id, request.attempt)}",
-        # One job is one attempt: a job the cluster would requeue (after a node failure or a
-        # preemption) ends instead, and the daemon decides about the next attempt.
-        "--no-requeue",
         f"--output={request.output_path}",
         "--open-mode=append",  # a log the daemon already wrote to is kept
         f"--chdir={request.run_dir}",
+        # One job is one attempt: a job the cluster would requeue (after a node failure or a
+        # preemption) would run the same attempt twice, unseen; it ends (NODE_FAIL, PREEMPTED)
+        # instead, and the run's retry_on decides about the next attempt (a new job).
+        "--no-requeue",
     ]
     if request.cpus is not None:
         argv.append(f"--cpus-per-task={request.cpus}")

@@ -277,6 +277,18 @@ def render(store: Store, settings: Settings) -> bytes:
     return generate_latest(registry_for(RunsCollector.from_settings(store, settings)))
 
 
+def samples_json(data: bytes) -> list[dict[str, object]]:
+    """`runsup metrics --json`: every sample of the text format as {name, labels, value},
+    read back with prometheus_client's own parser so the two outputs cannot disagree."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        {"name": sample.name, "labels": dict(sample.labels), "value": sample.value}
+        for family in text_string_to_metric_families(data.decode())
+        for sample in family.samples
+    ]
+
+
 def write_textfile(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (a temporary file in the same folder, then a rename).
 

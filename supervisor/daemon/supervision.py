@@ -14,13 +14,12 @@ from pathlib import Path
 import structlog
 
 from supervisor import outcome as outcomes
+from supervisor.daemon import checkpoints
 from supervisor.daemon.progressfeed import ProgressFeed
 from supervisor.daemon.resources import Held
-from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal
+from supervisor.daemon.runstate import CHECKPOINT_WHY, MarkTimedOut, Phase, RunState, SendSignal
 from supervisor.daemon.services import Services
 from supervisor.daemon.tracked import (
-    GROUP_CHECK_FIRST_SECONDS,
-    GROUP_CHECK_MAX_SECONDS,
     InFlight,
     TrackedRun,
     log_tail,
@@ -40,6 +39,7 @@ from supervisor.db import (
 from supervisor.executors.base import ExitStatus, RunHandle
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
 from supervisor.outcome import Outcome
+from supervisor.queue import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR, Template
 from supervisor.states import RunStatus
 
@@ -130,11 +130,17 @@ class Supervision:
         timeout_at = None
         if timeout is not None:
             timeout_at = now + max(0.0, timeout - self.run_age(record))
+        where = self._s.executors.get(executor or record.executor or LOCAL_EXECUTOR)
+        warn_at, warn_signal = checkpoints.warning_at(
+            template, timeout_at, sent_by_executor=where is None or where.signals_checkpoints
+        )
         state = RunState(
             grace_seconds=self._s.settings.cancel_grace_seconds,
             timeout_at=timeout_at,
             cause=stop_cause(record),
             stop_leftovers=not foreign,
+            checkpoint_at=warn_at,
+            checkpoint_signal=warn_signal,
         )
         tail, output = tails_for(record, run_dir, template)
         run = TrackedRun(
@@ -150,6 +156,7 @@ class Supervision:
             state=state,
             foreign=foreign,
             output=output,
+            attempt=attempt_number(record.attempt),
         )
         run.flushed = run.progress_update()
         self.runs[record.id] = run
@@ -192,9 +199,12 @@ class Supervision:
                     run.handle.signal_group(signal.SIGKILL)
                     log.warning("run_killed", run_id=run.run_id, pgid=run.handle.record.pgid)
                 if run.state.exit is not None:  # else the run's end wakes the loop
-                    self._schedule_group_check(run, reset=True)
+                    self._schedule_group_check(run)  # the handle's delay starts again
                 continue
             sent = run.handle.signal_group(action.signal)
+            if action.why == CHECKPOINT_WHY:  # a warning: the run goes on
+                log.info("run_checkpoint_signal", run_id=run.run_id, sent=sent)
+                continue
             log.info(
                 "run_terminating",
                 run_id=run.run_id,
@@ -253,18 +263,16 @@ class Supervision:
             if run.state.exit is None:
                 self.on_exit(run.run_id)
 
-    def _schedule_group_check(self, run: TrackedRun, *, reset: bool = False) -> None:
-        """Look at a lingering group again: when the leftover we watch ends, or on a timer."""
+    def _schedule_group_check(self, run: TrackedRun) -> None:
+        """Look at a lingering group again when the handle says: its fd (the leftover it
+        watches ended) or its delay (which grows while the group lingers), whichever is first."""
         self._unwatch_leftover(run)
         fd = run.handle.leftover_fileno()
         if fd is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._s.selector.register(fd, selectors.EVENT_READ, (_LEFTOVER, run.run_id))
                 run.leftover_fd = fd
-        if reset:
-            run.group_check_delay = GROUP_CHECK_FIRST_SECONDS
-        run.group_check_at = self._s.clock.monotonic() + run.group_check_delay
-        run.group_check_delay = min(run.group_check_delay * 2, GROUP_CHECK_MAX_SECONDS)
+        run.group_check_at = self._s.clock.monotonic() + run.handle.group_check_delay()
 
     def _try_settle(self, run: TrackedRun, *, group_alive: bool) -> None:
         """Decide the run's final status once its process and its whole group are gone."""
@@ -297,6 +305,9 @@ class Supervision:
             return outcomes.lost(
                 "exit status unknown: the run's keeper process ended without recording it"
             )
+        checkpointed = checkpoints.checkpointed(run.template, run.state, status)
+        if checkpointed is not None:
+            return checkpointed
         return outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,
@@ -311,6 +322,10 @@ class Supervision:
     def settle(self, run_id: str, out: Outcome, *, reason: str, peak: int | None = None) -> None:
         """Write the run's outcome: its next attempt if it has one, else its final status."""
         retry = self._retry(run_id, out, reason)  # its next attempt, if it has one
+        if retry is None and out.kind == outcomes.CHECKPOINTED:
+            out = checkpoints.as_plain_exit(out)  # it cannot go on: the exit it was
+            reason = out.reason
+            retry = self._retry(run_id, out, reason)
         if retry is not None:
             self._s.outbox.add(
                 retry, lambda applied: self._retried(run_id, out, reason, applied, peak)
@@ -322,10 +337,12 @@ class Supervision:
         self, run_id: str, out: Outcome, reason: str, applied: bool, peak: int | None
     ) -> None:
         if not applied:  # the row left RUNNING under us: settle it as any other run
-            self._settle_final(run_id, out, reason=reason, peak=peak)
+            out = checkpoints.as_plain_exit(out)
+            self._settle_final(run_id, out, reason=out.reason, peak=peak)
             return
         log.info("run_retry_queued", run_id=run_id)
         run = self.runs.get(run_id)
+        crash_point(f"retry_committed:{run.attempt if run is not None else 0}")
         if run is not None:
             run.state.settled()
             run.handle.release()

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 import supervisor.db.queue_sql as queue_sql
 import supervisor.db.run_reads as run_reads
+from supervisor.db import lookup
 from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RecordedProcess,
@@ -203,6 +204,11 @@ class Store:
         if record is None:
             raise NotFoundError(f"no run with id {run_id!r}")
         return record
+
+    def resolve_id(self, typed: str, *, sweep: bool = False) -> str:
+        """The run (or sweep) id that `typed` is or uniquely starts (supervisor.db.lookup)."""
+        with self._read() as conn:
+            return lookup.resolve(conn, typed, sweep=sweep)
 
     def list_runs(
         self, status: str | None = None, limit: int | None = None, sweep_id: str | None = None

@@ -92,6 +92,14 @@ class LaunchSpec:
     cpu_ids: tuple[int, ...] | None = None  # pin the run to these CPUs
     timeout_seconds: float | None = None
     gpus: int | None = None  # how many GPUs the template asks for (a cluster requests them)
+    attempt: int = 1  # the run's attempt this launch is (SPEC section 11)
+    # When the attempt was claimed: a cluster looks for its job by name only among jobs
+    # submitted since (a job of an earlier claim or attempt is never taken for this one).
+    claimed_at: datetime | None = None
+    # SPEC section 15: this signal (a name without SIG, e.g. "USR1") `checkpoint_seconds`
+    # before the attempt's time limit; an executor whose jobs send it themselves passes it on.
+    checkpoint_signal: str | None = None
+    checkpoint_seconds: float | None = None
 
 
 class RunHandle(Protocol):
@@ -118,6 +126,11 @@ class RunHandle(Protocol):
     def leftover_fileno(self) -> int | None:
         """After group_alive() said True: readable when the process it found ends; None if the
         executor cannot tell (the loop then looks again on a timer)."""
+        ...
+
+    def group_check_delay(self) -> float:
+        """After group_alive() said True: seconds until the group is worth another look (the
+        handle's backoff: it grows while the group lingers, and starts again after a SIGKILL)."""
         ...
 
     def release(self) -> None:
@@ -172,6 +185,8 @@ class RunRef:
     claimed: bool = False  # PENDING with a launch claim: it may or may not have started
     external_id: str | None = None  # a cluster job's id, once recorded
     host: str | None = None
+    attempt: int = 1  # the row's attempt
+    claimed_at: datetime | None = None  # the launch claim's time (a claim only)
 
 
 @dataclass(frozen=True)
@@ -183,10 +198,12 @@ class Adopted:
 
 @dataclass(frozen=True)
 class EndedWhileAway:
-    """The run ended while nobody watched and its exit status was kept."""
+    """The run ended while nobody watched and its exit status was kept; `leftover` watches
+    what is left of its group (stopped, then settled with `exit`)."""
 
     exit: ExitStatus
     record: ProcessRecord | None  # its process, when the row never got it (a claim)
+    leftover: RunHandle | None = None
 
 
 @dataclass(frozen=True)
@@ -226,17 +243,23 @@ class Lost:
     leftover: RunHandle | None = None
 
 
-Recovery = (
-    Adopted | EndedWhileAway | Queued | StillStarting | NeverStarted | FailedToStart | Lost
-)
+Recovery = Adopted | EndedWhileAway | Queued | StillStarting | NeverStarted | FailedToStart | Lost
 
 
 class Executor(Protocol):
     """Where runs run: starts them, looks at them, finds them again after a restart."""
 
     name: str
-    # Seconds between two batched looks at every run (poll()); None: the handles' fds tell.
-    poll_interval: float | None
+    # True when the executor's runs get `checkpoint_signal` from where they run (a cluster
+    # job's own --signal): the loop then sends none itself.
+    signals_checkpoints: bool
+
+    @property
+    def poll_interval(self) -> float | None:
+        """Seconds between two batched looks at its runs (poll()); None: the handles' fds tell
+        (read at every pass: it may change, as runs that only a timer can watch come and go)."""
+        ...
+
     # Where its runs' directories are (None: the daemon's runs_dir) and how many of its runs
     # may be launched or running at once (None: the daemon's local limits apply).
     runs_dir: Path | None

@@ -4,21 +4,19 @@ pid such a row names that now belongs to an unrelated process."""
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from bystander import Bystander
-from daemon_harness import READY, TEST_SIM, DaemonHarness, pid_alive, wait_for
+from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_for
+from foreign_runs import GuiRun, stamp
 
 from supervisor.db import new_run_id
-from supervisor.db.schema import TIMESTAMP_FORMAT
 
 GUI_FAILED_MESSAGE = "Server restarted while run was active"
 
@@ -31,10 +29,6 @@ def harness(tmp_path: Path) -> Iterator[DaemonHarness]:
     h.close()
 
 
-def stamp(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
 def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
     """What FUSION's GUI does at its start to a RUNNING row whose group it cannot signal."""
     with sqlite3.connect(h.db_path, isolation_level=None) as conn:
@@ -42,42 +36,6 @@ def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
             "UPDATE runs SET status='FAILED', error_message=?, completed_at=? WHERE id=?",
             (GUI_FAILED_MESSAGE, stamp(datetime.now(UTC)), run_id),
         )
-
-
-class GuiRun:
-    """A run the GUI starts itself: its own child in a session of its own, then RUNNING."""
-
-    def __init__(self, h: DaemonHarness, config: dict[str, object]) -> None:
-        self.run_id = new_run_id()
-        self.run_dir = h.runs_dir / self.run_id
-        self.run_dir.mkdir(parents=True)
-        (self.run_dir / "config.json").write_text(json.dumps(config))
-        started = datetime.now(UTC)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(TEST_SIM), str(self.run_dir / "config.json")],
-            cwd=self.run_dir,
-            start_new_session=True,
-            env={"RUNSUP_PROGRESS_FILE": str(self.run_dir / "progress.jsonl"), "PATH": "/bin"},
-        )
-        with sqlite3.connect(h.db_path, isolation_level=None) as conn:
-            conn.execute(
-                "INSERT INTO runs (id, status, config_json, template, created_at, started_at,"
-                " pid, pgid, run_dir) VALUES (?, 'RUNNING', ?, 'testsim', ?, ?, ?, ?, ?)",
-                (
-                    self.run_id,
-                    json.dumps(config),
-                    stamp(started),
-                    stamp(started),
-                    self.proc.pid,
-                    self.proc.pid,
-                    str(self.run_dir),
-                ),
-            )
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 def test_a_final_status_written_over_a_live_run_is_corrected(harness: DaemonHarness) -> None:
@@ -187,3 +145,55 @@ def test_a_reused_pid_is_never_signalled(harness: DaemonHarness) -> None:
         assert bystander.signals() == [], "an unrelated process was signalled"
     finally:
         bystander.close()
+
+
+def _adoptions(h: DaemonHarness, run_id: str) -> int:
+    return sum(
+        e["event"] == "foreign_run_adopted" and e.get("run_id") == run_id for e in h.log_events()
+    )
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_run_the_gui_started_is_adopted_again_after_a_restart(
+    harness: DaemonHarness, how: str
+) -> None:
+    harness.start()
+    gate = harness.tmp / "gate"
+    complete = {"type": "complete", "exit_code": 0}
+    gui = GuiRun(
+        harness,
+        {"wait_for_file": str(gate), "progress": [READY], "progress_after": [complete]},
+    )
+    try:
+        wait_for("its adoption", lambda: _adoptions(harness, gui.run_id) == 1)
+        if how == "stopped":
+            assert harness.stop() == 0  # on_stop = "detach": the GUI's run is left alone
+        else:
+            harness.kill()
+        harness.start()
+        wait_for("its adoption by the new daemon", lambda: _adoptions(harness, gui.run_id) == 2)
+        # The GUI's own process, never restarted by the daemon: it goes on to the gate.
+        assert harness.run(gui.run_id).pid == gui.proc.pid
+        gate.write_text("")
+        rec = harness.wait_final(gui.run_id)
+        assert rec.status == "COMPLETED", rec.error_message
+        assert gui.proc.wait(10) == 0
+    finally:
+        gui.close()
+
+
+def test_a_gui_killpg_while_the_daemon_is_down_is_recorded_at_its_return(
+    harness: DaemonHarness,
+) -> None:
+    """The first step of FUSION's delete, SIGTERM to the run's group, while no daemon runs:
+    the run's keeper keeps the true end, which the next daemon records."""
+    harness.start()
+    run_id = harness.submit({"sleep": 300, "progress": [READY]})
+    _, pgid = harness.wait_set_up(run_id)
+    harness.kill()
+    os.killpg(pgid, signal.SIGTERM)
+    wait_for("the run's group gone", lambda: not group_alive(pgid))
+    harness.start()
+    rec = harness.wait_final(run_id)
+    assert (rec.status, rec.exit_signal) == ("CANCELLED", signal.SIGTERM), rec.error_message
+    assert "another process" in (rec.error_message or "")

@@ -50,6 +50,8 @@ LAYERS: list[tuple[str, ...]] = [
     # what reads or serves beside the daemon
     (
         "supervisor.hooks",
+        "supervisor.hints",
+        "supervisor.cliopen",
         "supervisor.views",
         "supervisor.watchview",
         "supervisor.logview",
@@ -70,6 +72,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.wakeups",),
     ("supervisor.daemon.clock",),
     ("supervisor.daemon.runstate",),
+    ("supervisor.daemon.checkpoints",),
     ("supervisor.daemon.outbox",),
     ("supervisor.daemon.resources",),
     ("supervisor.daemon.launchprep",),

@@ -55,6 +55,7 @@ SLOW_CLI_SECONDS = 10.0
 PRUNE_SHARE = 0.9
 WRITER_GAP_SECONDS = 0.02
 READER_GAP_SECONDS = 0.005
+BASELINE_SECONDS = 30.0
 MIB = 1024 * 1024
 BASE = datetime(2025, 12, 1, tzinfo=UTC)
 STATUSES = ["COMPLETED"] * 16 + ["FAILED"] * 3 + ["CANCELLED"]
@@ -230,11 +231,9 @@ _PROBE = textwrap.dedent(
 )
 
 
-def prune_figures(d: BenchDaemon, n: int) -> dict[str, float]:
-    """`runsup db prune` of the oldest 90 % while a reader and a writer keep going."""
-    cutoff = BASE + timedelta(days=365) / n * int(n * PRUNE_SHARE)
-    stop = d.root / "probe.stop"
-    probes = {
+def _probes(d: BenchDaemon, stop: Path) -> dict[str, subprocess.Popen[str]]:
+    """The writer and reader processes, going until `stop` exists."""
+    return {
         kind: subprocess.Popen(
             [sys.executable, "-c", _PROBE, str(d.db), kind, str(gap), str(stop)],
             stdout=subprocess.PIPE,
@@ -242,6 +241,24 @@ def prune_figures(d: BenchDaemon, n: int) -> dict[str, float]:
         )
         for kind, gap in (("writer", WRITER_GAP_SECONDS), ("reader", READER_GAP_SECONDS))
     }
+
+
+def _waits(probes: dict[str, subprocess.Popen[str]], stop: Path) -> dict[str, list[float]]:
+    stop.touch()
+    waits = {kind: json.loads(p.communicate(timeout=60)[0]) for kind, p in probes.items()}
+    stop.unlink()
+    return waits
+
+
+def prune_figures(d: BenchDaemon, n: int) -> dict[str, float]:
+    """`runsup db prune` of the oldest 90 % while a reader and a writer keep going; first the
+    same probes for BASELINE_SECONDS without a prune (what the machine alone gives)."""
+    cutoff = BASE + timedelta(days=365) / n * int(n * PRUNE_SHARE)
+    stop = d.root / "probe.stop"
+    probes = _probes(d, stop)
+    time.sleep(BASELINE_SECONDS)
+    base = _waits(probes, stop)
+    probes = _probes(d, stop)
     try:
         t0 = now()
         done = subprocess.run(
@@ -261,14 +278,16 @@ def prune_figures(d: BenchDaemon, n: int) -> dict[str, float]:
         )
         took = now() - t0
     finally:
-        stop.touch()
-        waits = {kind: json.loads(p.communicate(timeout=60)[0]) for kind, p in probes.items()}
+        waits = _waits(probes, stop)
     report = json.loads(done.stdout)
     return {
+        "baseline_writer_max_ms": max(base["writer"]),
+        "baseline_writer_p99_ms": _p99(base["writer"]),
+        "baseline_reader_max_ms": max(base["reader"]),
         "runs": report["runs"],
         "seconds": took,
         "writer_max_ms": max(waits["writer"]),
-        "writer_p99_ms": sorted(waits["writer"])[int(len(waits["writer"]) * 0.99)],
+        "writer_p99_ms": _p99(waits["writer"]),
         "writer_n": len(waits["writer"]),
         "reader_max_ms": max(waits["reader"]),
         "reader_n": len(waits["reader"]),
@@ -293,6 +312,10 @@ def build_or_copy(d: BenchDaemon, n: int, cache: Path | None) -> float:
         [str(RUNSUP), "--config", str(d.config), "db", "upgrade"], check=True, capture_output=True
     )
     return now() - t0
+
+
+def _p99(values: list[float]) -> float:
+    return sorted(values)[int(len(values) * 0.99)]
 
 
 def measure(root: Path, n: int, with_prune: bool, cache: Path | None) -> dict[str, object]:
@@ -368,6 +391,9 @@ def main() -> int:
                 f" writer waited at most {p['writer_max_ms']:.1f} ms"
                 f" (p99 {p['writer_p99_ms']:.1f} ms, {p['writer_n']} commits),"
                 f" reader at most {p['reader_max_ms']:.1f} ms ({p['reader_n']} reads);"
+                f" without a prune ({BASELINE_SECONDS:.0f} s before): writer at most"
+                f" {p['baseline_writer_max_ms']:.1f} ms (p99 {p['baseline_writer_p99_ms']:.1f}),"
+                f" reader at most {p['baseline_reader_max_ms']:.1f} ms;"
                 f" `runsup metrics` after: {_s(r['metrics_after_prune_s'])}"
             )
     if args.json:

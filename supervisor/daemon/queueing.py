@@ -363,7 +363,10 @@ class QueueKeeper:
             log.info("run_checkpointed", run_id=run_id, next_attempt=current + 1)
             words = f"checkpointed: attempt {current} ({reason}); attempt {current + 1} now"
             now = d.clock.utcnow()
-            return make_retry_change(run_id, attempt=current + 1, not_before=now, reason=words)
+            # Not a failure (SPEC 15): the metrics count it nowhere.
+            return make_retry_change(
+                run_id, attempt=current + 1, not_before=now, reason=words, failed=False
+            )
         if template is None or template.max_attempts <= 1:
             return None
         # Attempts that checkpointed are not failures: only the others count.

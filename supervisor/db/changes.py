@@ -213,15 +213,22 @@ _ATTEMPT_COLUMNS_CLEARED = (
 
 
 def retry_change(
-    run_id: str, *, attempt: int, not_before: datetime, reason: str, out_of_memory: bool = False
+    run_id: str,
+    *,
+    attempt: int,
+    not_before: datetime,
+    reason: str,
+    failed: bool = True,
+    out_of_memory: bool = False,
 ) -> RowChange:
     """RUNNING -> PENDING as attempt `attempt`, not before `not_before`; the row forgets the last
     attempt's process and progress (its progress file and log are read from the start). The
     attempt ended FAILED (only failures are retried) and counts so in the metrics, as out of
-    memory with `out_of_memory`."""
+    memory with `out_of_memory`; `failed` False: it did not fail (a checkpoint, SPEC 15) and
+    counts nowhere."""
     values: dict[str, Any] = dict.fromkeys(_ATTEMPT_COLUMNS_CLEARED)
     values.update(attempt=attempt, not_before=not_before, progress_offset=0, progress_bad_lines=0)
-    ended = AttemptEnd(RunStatus.FAILED.value, out_of_memory)
+    ended = AttemptEnd(RunStatus.FAILED.value, out_of_memory) if failed else None
     return RowChange(
         run_id,
         frozenset({RunStatus.RUNNING}),

@@ -30,14 +30,18 @@ from supervisor.db.store import Store
 from supervisor.states import FINAL_STATUSES
 
 # A write transaction of the prune holds the lock about this long (the batch size adapts).
-PRUNE_BATCH_BUDGET_SECONDS = 0.01
+PRUNE_BATCH_BUDGET_SECONDS = 0.005
 # Runs in the first batch, and the bounds the size adapts within.
 PRUNE_BATCH_FIRST = 100
 PRUNE_BATCH_MIN = 10
 PRUNE_BATCH_MAX = 2000
-# Between two batches the lock is free this long: at least the busy handler's gap between
-# tries of a writer that started waiting within the last batch (10 ms at 8-18 ms of waiting).
+# Between two batches the lock is free at least this long, and PRUNE_PAUSE_FACTOR times what
+# the batch held it: a writer that waited through the batch sleeps in SQLite's busy handler in
+# steps that grow with its wait (10 ms at 8 ms, 15 at 18, 20 at 33, 25 at 53), and a free
+# window shorter than its step lets the next batch take the lock first, again and again
+# (bench/history.py, load 8: 138 ms waits with a fixed 12 ms pause).
 PRUNE_PAUSE_SECONDS = 0.012
+PRUNE_PAUSE_FACTOR = 2.5
 # Rows looked at by one read of candidates (a read transaction holds no lock).
 PRUNE_SCAN_ROWS = 5000
 
@@ -126,7 +130,7 @@ def prune(
         elif took < budget_seconds / 2:
             size = min(PRUNE_BATCH_MAX, size * 2)
         if not dry_run and pause_seconds > 0:
-            time.sleep(pause_seconds)
+            time.sleep(max(pause_seconds, PRUNE_PAUSE_FACTOR * took))
 
     def go_on() -> bool:
         return keep_going is None or keep_going()

@@ -517,3 +517,28 @@ def test_upgrade_to_0007_marks_the_final_statuses_no_event_says(tmp_path: Path) 
         store.close()
 
     assert found == {"a00000000002", "a00000000003"}
+
+
+def test_a_checkpointed_attempt_counts_nowhere_and_a_retried_one_as_failed(
+    store: Store, db_path: Path
+) -> None:
+    conn = sqlite3.connect(db_path)
+    with conn:
+        _insert(conn, "c00000000001", "PENDING", template="a")
+        _insert(conn, "c00000000002", "PENDING", template="a")
+    conn.close()
+    for run_id in ("c00000000001", "c00000000002"):
+        values = {"pid": 1, "pgid": 1, "started_at": datetime.now(UTC)}
+        assert store.transition(run_id, RunStatus.RUNNING, reason="launched", values=values)
+    later = datetime.now(UTC)
+    checkpoint = retry_change(
+        "c00000000001", attempt=2, not_before=later, reason="checkpointed", failed=False
+    )
+    retry = retry_change("c00000000002", attempt=2, not_before=later, reason="retry: signal")
+
+    assert store.commit_batch([checkpoint, retry]) == [True, True]
+
+    stats = store.run_stats(TEMPLATES, OTHER, datetime.now(UTC))
+    assert stats.finished == {("a", "FAILED"): 1}  # SPEC 15: a checkpoint is never FAILED
+    assert stats.durations["a"].count == 1
+    assert stats.status_counts == {"PENDING": 2}

@@ -712,10 +712,10 @@ def demo(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
 @click.pass_context
 def metrics(ctx: click.Context, textfile: str | None, as_json: bool) -> None:
     """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
-    from supervisor.logs import configure_logging
+    from supervisor.logs import configure_on_first_use
     from supervisor.metrics import render, samples_json, write_textfile
 
-    configure_logging(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
+    configure_on_first_use(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
 
     data = render(_stats_source(ctx), _settings(ctx))
     if as_json:

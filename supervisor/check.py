@@ -210,7 +210,7 @@ def check_sample_log(settings: Settings, template_name: str, log: Path) -> Sampl
                     report.matches.append(_shown(number, line, problem=result.problem))
                 elif result.records:
                     for rec in result.records:
-                        report.state = report.state.apply(rec)
+                        report.state = report.state.fold(rec)
                     report.matches.append(_shown(number, line, records=result.records))
     except OSError as exc:
         raise ValidationError(f"--sample-log {log}: cannot read it: {exc.strerror}") from None

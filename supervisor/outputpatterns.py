@@ -3,7 +3,7 @@
 Knows no database. `compile_patterns()` turns a template's patterns into an `OutputPatterns`
 (RE2: matching is linear in the line; a pattern that would need backtracking does not
 compile and is refused). `OutputPatterns.match()` turns one line into `ProgressRecord`s, the
-same records progress.jsonl gives, so `ProgressState.apply()` folds both sources alike.
+same records progress.jsonl gives, so `ProgressState.fold()` folds both sources alike.
 `OutputTail` reads the complete lines appended to `logs/sim.log` since the last call.
 
 How a match becomes a record (decided here; SPEC 12 leaves it open):

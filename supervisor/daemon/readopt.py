@@ -99,7 +99,7 @@ class Readoption:
             external_id=record.external_id,
             host=record.host,
         )
-        recovery.apply(_RunHost(self, run_dir), record, executor.recover(ref))
+        recovery.carry_out(_RunHost(self, run_dir), record, executor.recover(ref))
 
     def _settle_invalid(self, record: RunRecord, why: str) -> None:
         if record.status == RunStatus.PENDING:

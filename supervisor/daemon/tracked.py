@@ -89,9 +89,9 @@ def read_on(
     tail, output = tails_for(record, run_dir, template)
     state = progress_of(record)
     for rec in tail.read_to_end():
-        state = state.apply(rec)
+        state = state.fold(rec)
     for rec in output.read_to_end() if output is not None else ():
-        state = state.apply(rec)
+        state = state.fold(rec)
     update = update_of(record.id, state, tail, output)
     if output is None:  # patterns removed from the template since: keep where it was
         update = replace(update, output_offset=record.output_offset)

@@ -86,7 +86,7 @@ def fold(records: list[ProgressRecord]) -> ProgressState:
     """Fold records as the daemon does."""
     state = ProgressState()
     for rec in records:
-        state = state.apply(rec)
+        state = state.fold(rec)
     return state
 
 

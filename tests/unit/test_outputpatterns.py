@@ -39,7 +39,7 @@ def fold(records: list[ProgressRecord], state: ProgressState | None = None) -> P
     """Fold records into a state as the daemon does."""
     state = state or ProgressState()
     for rec in records:
-        state = state.apply(rec)
+        state = state.fold(rec)
     return state
 
 

@@ -40,7 +40,7 @@ from supervisor.executors.local.identity import (
     process_age_seconds,
     read_stat,
     readable,
-    reap,
+    reap_status,
 )
 from supervisor.executors.local.keeper import (
     BOOT_ID_FILE,
@@ -364,7 +364,7 @@ class LocalExecutor:
         if sim is not None:
             self._kill_group_of(sim, spec.run_id, "the launch failed")
         readable(keeper_fd, KEEPER_REAP_TIMEOUT)
-        result = reap(keeper_fd)
+        result = reap_status(keeper_fd)
         how = ""
         if result is not None and result.si_code == os.CLD_EXITED:
             how = f" (keeper exit code {result.si_status})"

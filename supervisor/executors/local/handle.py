@@ -22,7 +22,7 @@ from supervisor.executors.local.identity import (
     pidfd_group_signal,
     read_stat,
     readable,
-    reap,
+    reap_status,
 )
 from supervisor.executors.local.keeper import decode_shell_status, read_exit_file
 from supervisor.signames import signal_name
@@ -91,7 +91,7 @@ class LocalRunHandle:
         if not self._keeper_gone_at_start:
             if not readable(fd, 0):
                 return None
-            reaped = reap(fd)  # our child (launched by this process): no zombie; not ours: None
+            reaped = reap_status(fd)  # our child (launched here): no zombie; not ours: None
         status = read_exit_file(self._record_dir)
         if status is None and reaped is not None and reaped.si_code == os.CLD_EXITED:
             # The keeper could not write its record (disk full, record dir gone) but ended by

@@ -59,7 +59,7 @@ from supervisor.executors.slurm.standin import (
     StandInState,
     end_standin,
     find_standin,
-    reap,
+    reap_watcher,
     standin_state,
     start_standin,
     was_killed,
@@ -377,7 +377,7 @@ class SlurmExecutor:
             self._watchers.append(standin.watcher_pid)
 
     def _reap_watchers(self) -> None:
-        self._watchers = [pid for pid in self._watchers if not reap(pid)]
+        self._watchers = [pid for pid in self._watchers if not reap_watcher(pid)]
 
     def forget(self, slot: JobSlot) -> None:
         """Called with the lock held: stop tracking the slot's job."""

@@ -30,7 +30,7 @@ from supervisor.daemon.launcher import Launcher
 from supervisor.daemon.lockfile import acquire_lock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.progressfeed import ProgressFeed
-from supervisor.daemon.queueing import QueueKeeper, QueueView
+from supervisor.daemon.queuekeeper import QueueKeeper, QueueView
 from supervisor.daemon.readopt import Readoption
 from supervisor.daemon.services import Services
 from supervisor.daemon.status import StatusReport

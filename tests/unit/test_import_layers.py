@@ -73,7 +73,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.services",),
     ("supervisor.daemon.watching",),
     ("supervisor.daemon.status",),
-    ("supervisor.daemon.queueing",),
+    ("supervisor.daemon.queuekeeper",),
     ("supervisor.daemon.progressfeed",),
     ("supervisor.daemon.supervision",),
     ("supervisor.daemon.launcher",),
@@ -211,12 +211,12 @@ def test_no_import_runs_up_a_layer() -> None:
 def test_the_checks_find_what_they_look_for() -> None:
     # The checks themselves, on a made-up graph: a circle and an upward import are seen.
     edges = {
-        "supervisor.daemon.loop": {"supervisor.daemon.queueing"},
-        "supervisor.daemon.queueing": {"supervisor.daemon.loop"},
+        "supervisor.daemon.loop": {"supervisor.daemon.queuekeeper"},
+        "supervisor.daemon.queuekeeper": {"supervisor.daemon.loop"},
         "supervisor.errors": set(),
     }
-    assert circles(edges) == [["supervisor.daemon.loop", "supervisor.daemon.queueing"]]
-    assert upward(edges) == ["supervisor.daemon.queueing -> supervisor.daemon.loop"]
+    assert circles(edges) == [["supervisor.daemon.loop", "supervisor.daemon.queuekeeper"]]
+    assert upward(edges) == ["supervisor.daemon.queuekeeper -> supervisor.daemon.loop"]
     assert layer_of("supervisor.db.anything_new") == layer_of("supervisor.db")
 
 

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Final
 
 from supervisor.checks import CheckResult, Status, exit_code, run_checks
 from supervisor.errors import ValidationError
-from supervisor.progress import ProgressRecord, ProgressState
+from supervisor.progress.jsonl import ProgressRecord, ProgressState
 from supervisor.settings import (
     DEFAULT_TEMPLATE_CPUS,
     LOCAL_EXECUTOR,
@@ -187,7 +187,7 @@ class SampleReport:
 
 def check_sample_log(settings: Settings, template_name: str, log: Path) -> SampleReport:
     """Run a template's progress patterns over a saved log as the daemon would."""
-    from supervisor.outputpatterns import MAX_LINE_BYTES, compile_patterns
+    from supervisor.progress.patterns import MAX_LINE_BYTES, compile_patterns
 
     template = settings.templates.get(template_name)
     if template is None:

@@ -52,7 +52,7 @@ def run_checks(settings: Settings) -> list[CheckResult]:
 def _machine(settings: Settings) -> list[CheckResult]:
     from supervisor.checks.machine import cpus_check, gpus_check, memory_check
     from supervisor.executors.local import cgroups
-    from supervisor.gpus import resolve_gpus
+    from supervisor.queue.gpus import resolve_gpus
 
     return [
         cpus_check(settings, len(os.sched_getaffinity(0))),

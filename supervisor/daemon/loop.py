@@ -44,7 +44,7 @@ from supervisor.executors.base import Executor
 from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.registry import build_executors
 from supervisor.heartbeat import Heartbeat, heartbeat_path
-from supervisor.metrics_server import MetricsServer
+from supervisor.metrics.server import MetricsServer
 from supervisor.notify import Notifier
 from supervisor.settings import LOCAL_EXECUTOR, Settings, load_settings
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import structlog
 
-from supervisor import logcap, rundir
+from supervisor import rundir
 from supervisor.daemon.services import Services
 from supervisor.daemon.tracked import TrackedRun
-from supervisor.outputpatterns import MAX_READ_BYTES
+from supervisor.progress import logcap
+from supervisor.progress.patterns import MAX_READ_BYTES
 
 log = structlog.get_logger(__name__)
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
+from supervisor import rundir
 from supervisor.daemon.resources import Held
 from supervisor.daemon.runstate import RunState, StopCause
 from supervisor.db import ProgressUpdate, RowChange, RunRecord, running_change
 from supervisor.executors.base import Launch, ProcessRecord, RunHandle
-from supervisor.outputpatterns import OutputTail, tail_for
-from supervisor.progress import ProgressState, ProgressTail
+from supervisor.progress import logcap
+from supervisor.progress.jsonl import ProgressState, ProgressTail
+from supervisor.progress.patterns import OutputTail, tail_for
 from supervisor.settings import LOCAL_EXECUTOR, Template
 
 # A run that exited with processes left in its group: look at the group again after this long,

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from supervisor.db import Store
 from supervisor.heartbeat import Heartbeat
-from supervisor.metrics import (
+from supervisor.metrics.collector import (
     OTHER_TEMPLATE,
     TIME_BUCKETS_SECONDS,
     CachedCollector,

@@ -1,4 +1,4 @@
-"""Tests of supervisor.progress: parsing, folding and tailing progress.jsonl on real files."""
+"""Tests of supervisor.progress.jsonl: parsing, folding and tailing progress.jsonl on real files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.progress import (
+from supervisor.progress.jsonl import (
     MAX_MESSAGE_CHARS,
     NO_MESSAGE,
     ProgressRecord,

@@ -194,7 +194,7 @@ def submit(
     config = _deep_merge(_base_config(config_json, config_file), _parse_set(sets))
     store = _store(ctx)
     if sweeps:
-        from supervisor.queue import expand_sweep
+        from supervisor.queue.rules import expand_sweep
 
         points = expand_sweep(sweeps)
         new = [
@@ -347,7 +347,7 @@ def list_runs(
     if as_json:
         _print_json([r.to_json() for r in runs])
         return
-    from supervisor.views import pause_lines, runs_table
+    from supervisor.cli.views import pause_lines, runs_table
 
     for line in pause_lines(store.pauses()):
         click.echo(line)
@@ -374,7 +374,7 @@ def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
             }
         )
         return
-    from supervisor.views import dependency_lines, run_details
+    from supervisor.cli.views import dependency_lines, run_details
 
     click.echo(run_details(run, events))
     for line in dependency_lines(deps):
@@ -458,7 +458,7 @@ def check(ctx: click.Context, template: str | None, sample_log: str | None, as_j
 @click.pass_context
 def logs(ctx: click.Context, run_id: str, follow: bool) -> None:
     """Print a run's log (the simulation's stdout and stderr)."""
-    from supervisor.logview import print_log
+    from supervisor.cli.logview import print_log
 
     raise SystemExit(print_log(_store(ctx), run_id, follow=follow))
 
@@ -476,7 +476,7 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
     Plain lines when stdout is not a terminal. Exit status: 0 when every watched run
     COMPLETED, 1 when one FAILED or was CANCELLED, 130 on Ctrl-C (the runs go on).
     """
-    from supervisor.watchview import watch_runs
+    from supervisor.cli.watchview import watch_runs
 
     store = _store(ctx)
     if sweep_id is not None:
@@ -498,7 +498,7 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
 @click.pass_context
 def demo(ctx: click.Context, state_dir: str | None) -> None:
     """A self-contained tour: daemon, demo runs, live progress, results."""
-    from supervisor.demo import run_demo
+    from supervisor.cli.demo import run_demo
 
     raise SystemExit(run_demo(state_dir=state_dir, config_file=ctx.obj.get(CONFIG_OBJ_KEY)))
 
@@ -515,7 +515,7 @@ def demo(ctx: click.Context, state_dir: str | None) -> None:
 def metrics(ctx: click.Context, textfile: str | None) -> None:
     """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
     from supervisor.logs import configure_logging
-    from supervisor.metrics import render, write_textfile
+    from supervisor.metrics.collector import render, write_textfile
 
     configure_logging(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
 

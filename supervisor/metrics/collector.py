@@ -35,10 +35,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from supervisor.capacity import capacity_of
 from supervisor.db import Histogram, RunStats, Store, utcnow
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.heartbeat import heartbeat_path, last_beat
+from supervisor.queue.capacity import capacity_of
 from supervisor.settings import Settings
 from supervisor.states import FINAL_STATUSES, RunStatus
 

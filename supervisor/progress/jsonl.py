@@ -1,5 +1,5 @@
 """The one reader of progress.jsonl: its lines, bad lines (SPEC section 5); offsets, partial
-lines and odd files are supervisor.filetail's, as for the run's log.
+lines and odd files are supervisor.progress.filetail's, as for the run's log.
 
 Knows no database. `ProgressTail.read()` returns plain `ProgressRecord`s for the
 lines appended since the last call; `ProgressState.fold()` folds them into the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor.filetail import GrowingFileTail
+from supervisor.progress.filetail import GrowingFileTail
 
 MAX_LINE_BYTES: Final = 1024 * 1024
 """A longer line (without its newline) is skipped and counted."""

@@ -36,8 +36,8 @@ import re2
 import structlog
 
 from supervisor.errors import ConfigError
-from supervisor.filetail import GrowingFileTail
-from supervisor.progress import MAX_INT, MAX_MESSAGE_CHARS, ProgressRecord
+from supervisor.progress.filetail import GrowingFileTail
+from supervisor.progress.jsonl import MAX_INT, MAX_MESSAGE_CHARS, ProgressRecord
 
 MAX_LINE_BYTES: Final = 64 * 1024
 """A longer output line (without its newline) is skipped (SPEC 12), never held whole."""

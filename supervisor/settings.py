@@ -53,6 +53,8 @@ RETRY_EXIT_PREFIX = "exit:"
 MAX_EXIT_CODE = 255
 DEFAULT_RETRY_ON = ("signal", "lost", "node_failure")
 DEFAULT_RETRY_DELAY_SECONDS = 10.0
+# SPEC section 15: what `runsup results` reads in a run's directory.
+DEFAULT_RESULTS_FILE = "results.json"
 
 # SPEC section 9: a cluster executor.
 EXECUTOR_KINDS = ("slurm",)
@@ -97,6 +99,7 @@ class Template:
     retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
     on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
     progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.progress.patterns
+    results_file: str = DEFAULT_RESULTS_FILE  # SPEC 15: relative to the run directory
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
         """The argument list with placeholders filled in (never a shell string)."""
@@ -172,6 +175,14 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: final runs the daemon prunes once a day (`runsup db prune`); off by default."""
+
+    keep_days: float | None = None  # prune final runs that ended longer ago than this
+    files: bool = False  # their run directories too
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the daemon and the commands are configured with."""
 
@@ -193,6 +204,7 @@ class Settings:
     executors: Mapping[str, ExecutorSettings] = field(default_factory=dict)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def on_finish_for(self, template: Template) -> tuple[str, ...] | None:
         """The hook for a run of `template`: its own if it has one, else the global one."""
@@ -399,6 +411,7 @@ _TOP_KEYS = frozenset(
         "executors",
         "hooks",
         "metrics",
+        "retention",
     }
 )
 # One key a line, so that a change adding keys touches only its own lines.
@@ -418,6 +431,7 @@ _TEMPLATE_KEYS = frozenset(
         "retry_delay_seconds",
         "on_finish",
         "progress_patterns",
+        "results_file",
     }
 )
 _RESOURCES_KEYS = frozenset({"cpus", "gpus", "memory", "pin_cpus"})
@@ -435,6 +449,7 @@ _EXECUTOR_KEYS = frozenset(
 )
 _HOOKS_KEYS = frozenset({"on_finish", "timeout_seconds"})
 _METRICS_KEYS = frozenset({"listen"})
+_RETENTION_KEYS = frozenset({"keep_days", "files"})
 
 SIZE_EXPECTED = 'a size: whole bytes, or a number with K, M, G or T (as "8G")'
 DATABASE_EXPECTED = "a file path or an sqlite:/// URL naming a file"
@@ -492,6 +507,7 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
         executors=executors,
         hooks=_hooks(top.sub("hooks")),
         metrics=_metrics(top.sub("metrics")),
+        retention=_retention(top.sub("retention")),
     )
 
 
@@ -541,7 +557,19 @@ def _template(
         retry_delay_seconds=_or(reader.number("retry_delay_seconds"), DEFAULT_RETRY_DELAY_SECONDS),
         on_finish=reader.argv("on_finish", HOOK_PLACEHOLDERS),
         progress_patterns=patterns,
+        results_file=_results_file(reader),
     )
+
+
+def _results_file(reader: _Reader) -> str:
+    """A path inside the run directory: relative, without `..`."""
+    value = reader.string("results_file")
+    if value is None:
+        return DEFAULT_RESULTS_FILE
+    parts = Path(value).parts
+    if Path(value).is_absolute() or ".." in parts:
+        raise reader.fail("results_file", "a path inside the run directory", value)
+    return value
 
 
 def _template_executor(reader: _Reader, executors: Mapping[str, ExecutorSettings]) -> str:
@@ -664,6 +692,14 @@ def _metrics(reader: _Reader) -> MetricsSettings:
         return MetricsSettings(listen=parse_listen(listen))
     except ValueError as exc:
         raise reader.fail("listen", LISTEN_EXPECTED, listen, str(exc)) from None
+
+
+def _retention(reader: _Reader) -> RetentionSettings:
+    reader.check_keys(_RETENTION_KEYS)
+    return RetentionSettings(
+        keep_days=reader.number("keep_days", positive=True),
+        files=bool(reader.boolean("files")),
+    )
 
 
 def parse_size(value: object) -> int:

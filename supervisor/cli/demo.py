@@ -11,7 +11,9 @@ What it does, for real and with nothing faked:
    once so that some wait PENDING;
 4. shows them with the `runsup watch` view until they end;
 5. reads each run's `results.json` and prints simulated blocking (mean and 95% confidence
-   interval) against the exact Erlang B value, per load;
+   interval) against the exact Erlang B value, per load, and, with the `plot` extra
+   (matplotlib), draws the same comparison into a PNG it names (PLOT_FILENAME in the state
+   directory it keeps, else in the current directory);
 6. stops the daemon (SIGTERM) and waits for it.
 
 Ctrl-C (or SIGTERM, SIGHUP) at any moment asks for a cancel of every demo run, stops the daemon,
@@ -36,10 +38,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from supervisor.cli.views import table
 from supervisor.notify import scrub_environment
@@ -84,6 +86,9 @@ DAEMON_LOG_TAIL_LINES: Final = 15
 CONFIG_FILENAME: Final = "demo-config.toml"
 DAEMON_LOG_FILENAME: Final = "daemon.log"
 RESULTS_FILENAME: Final = "results.json"
+# The picture of simulated blocking against the Erlang B curve (with matplotlib).
+PLOT_FILENAME: Final = "erlang-b.png"
+TEMPORARY_PLOT_FILENAME: Final = "runsup-demo-erlang-b.png"  # when the state dir goes away
 MARKER_VARIABLE: Final = "RUNSUP_DEMO_TOKEN"
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG: Final = 1
@@ -136,7 +141,7 @@ def read_results(run_dir: Path) -> list[LoadRow]:
     """The rows of one run's results.json (written by the erlang-demo simulation)."""
     path = run_dir / RESULTS_FILENAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))["loads"]
         return [
             LoadRow(
                 load=float(item["erlang"]),
@@ -213,9 +218,15 @@ class _Signals:
 # ----------------------------------------------------------------- the demo
 
 
+class _Text:
+    """Where the tour's words go: stdout, or stderr when stdout carries `--json`'s document."""
+
+    stream: TextIO = sys.stdout
+
+
 def _say(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    _Text.stream.write(text + "\n")
+    _Text.stream.flush()
 
 
 def _set_parent_death_signal() -> None:
@@ -237,8 +248,9 @@ def daemon_environment(environ: Mapping[str, str], token: str) -> dict[str, str]
 class Demo:
     """One demo: a state directory, a daemon, the runs, the results."""
 
-    def __init__(self, root: Path, signals: _Signals) -> None:
+    def __init__(self, root: Path, signals: _Signals, plot_path: Path | None = None) -> None:
         self.root = root
+        self.plot_path = plot_path if plot_path is not None else root / PLOT_FILENAME
         self.signals = signals
         self.token = secrets.token_hex(8)
         self.config_path = root / CONFIG_FILENAME
@@ -247,6 +259,7 @@ class Demo:
         self.log_path = root / DAEMON_LOG_FILENAME
         self.daemon: subprocess.Popen[bytes] | None = None
         self.run_ids: list[str] = []
+        self.results: dict[str, Any] | None = None  # for --json, once the runs completed
 
     # -- setup --------------------------------------------------------------
 
@@ -340,6 +353,7 @@ class Demo:
                     not self.signals.stop and self.daemon_alive() and time.monotonic() < deadline
                 ),
                 header=header,
+                out=_Text.stream,
             )
             if code == EXIT_STOPPED:
                 if self.signals.stop:
@@ -377,7 +391,31 @@ class Demo:
         )
         _say()
         _say(results_table(rows))
+        self.draw(rows)
+        self.results = {
+            "runs": [r.to_json() for r in records],
+            "results": [{**asdict(row), "within": row.within} for row in rows],
+        }
         return EXIT_OK
+
+    def draw(self, rows: Sequence[LoadRow]) -> Path | None:
+        """The comparison as a picture, through the same plotting code as `runsup results
+        --plot`; says where it went, or how to get it (never fails the demo)."""
+        from supervisor.demo_sim import erlang_b
+        from supervisor.errors import SupervisorError
+        from supervisor.plot import INSTALL_HINT, BlockingPoint, PlotUnavailable, plot_erlang_b
+
+        points = [BlockingPoint(r.load, r.mean, r.ci_low, r.ci_high) for r in rows]
+        try:
+            path = plot_erlang_b(points, DEMO_CHANNELS, erlang_b, self.plot_path)
+        except PlotUnavailable:
+            _say(f"\n(With matplotlib this is also drawn as a picture: {INSTALL_HINT})")
+            return None
+        except SupervisorError as exc:
+            _say(f"\n(The picture was not drawn: {exc})")
+            return None
+        _say(f"\npicture: {path}")
+        return path
 
     def interrupted(self) -> int:
         signum = self.signals.first or signal.SIGINT
@@ -517,8 +555,14 @@ def _command_name() -> str:
     return f"{sys.executable} -m supervisor"
 
 
-def run_demo(state_dir: str | None, config_file: str | None) -> int:
-    """Run the demo; the exit code (0 when every run completed and the table was printed)."""
+def run_demo(state_dir: str | None, config_file: str | None, as_json: bool = False) -> int:
+    """Run the demo; the exit code (0 when every run completed and the table was printed).
+
+    `as_json`: the tour goes to stderr and stdout gets one JSON object, the runs and the
+    results table's rows.
+    """
+    if as_json:
+        _Text.stream = sys.stderr
     if config_file is not None:
         sys.stderr.write(
             f"runsup demo: not using {config_file}: the demo brings its own configuration, "
@@ -529,7 +573,8 @@ def run_demo(state_dir: str | None, config_file: str | None) -> int:
         kept = "removed at the end; keep it with --state-dir DIR" if temporary else "kept"
         _say("run-supervisor demo")
         _say(f"state:   {root}\n         ({kept})")
-        demo = Demo(root, signals)
+        plot_path = Path.cwd() / TEMPORARY_PLOT_FILENAME if temporary else root / PLOT_FILENAME
+        demo = Demo(root, signals, plot_path)
         code = EXIT_FAILED
         try:
             code = demo.run()
@@ -545,6 +590,8 @@ def run_demo(state_dir: str | None, config_file: str | None) -> int:
                 sys.stderr.write(f"runsup demo: killed {killed} leftover processes\n")
             if left:
                 sys.stderr.write(f"runsup demo: {left} processes would not die\n")
+        if as_json and demo.results is not None:
+            sys.stdout.write(json.dumps(demo.results, indent=2, sort_keys=True) + "\n")
         if code == EXIT_OK and not temporary:
             me = _command_name()
             _say(

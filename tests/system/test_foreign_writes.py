@@ -4,20 +4,18 @@ pid such a row names that now belongs to an unrelated process."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_harness import READY, TEST_SIM, DaemonHarness, pid_alive, wait_for
+from bystander import Bystander
+from daemon_harness import READY, DaemonHarness, pid_alive, wait_for
+from foreign_runs import GuiRun, stamp
 
 from supervisor.db import new_run_id
-from supervisor.db.schema import TIMESTAMP_FORMAT
 
 GUI_FAILED_MESSAGE = "Server restarted while run was active"
 
@@ -30,10 +28,6 @@ def harness(tmp_path: Path) -> Iterator[DaemonHarness]:
     h.close()
 
 
-def stamp(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
 def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
     """What FUSION's GUI does at its start to a RUNNING row whose group it cannot signal."""
     with sqlite3.connect(h.db_path, isolation_level=None) as conn:
@@ -43,49 +37,12 @@ def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
         )
 
 
-class GuiRun:
-    """A run the GUI starts itself: its own child in a session of its own, then RUNNING."""
-
-    def __init__(self, h: DaemonHarness, config: dict[str, object]) -> None:
-        self.run_id = new_run_id()
-        self.run_dir = h.runs_dir / self.run_id
-        self.run_dir.mkdir(parents=True)
-        (self.run_dir / "config.json").write_text(json.dumps(config))
-        started = datetime.now(UTC)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(TEST_SIM), str(self.run_dir / "config.json")],
-            cwd=self.run_dir,
-            start_new_session=True,
-            env={"RUNSUP_PROGRESS_FILE": str(self.run_dir / "progress.jsonl"), "PATH": "/bin"},
-        )
-        with sqlite3.connect(h.db_path, isolation_level=None) as conn:
-            conn.execute(
-                "INSERT INTO runs (id, status, config_json, template, created_at, started_at,"
-                " pid, pgid, run_dir) VALUES (?, 'RUNNING', ?, 'testsim', ?, ?, ?, ?, ?)",
-                (
-                    self.run_id,
-                    json.dumps(config),
-                    stamp(started),
-                    stamp(started),
-                    self.proc.pid,
-                    self.proc.pid,
-                    str(self.run_dir),
-                ),
-            )
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
 def test_a_final_status_written_over_a_live_run_is_corrected(harness: DaemonHarness) -> None:
     harness.start()
     gate = harness.tmp / "gate"
     run_id = harness.submit({"wait_for_file": str(gate), "progress": [READY], "exit_code": 0})
     pid, _ = harness.wait_set_up(run_id)
     gui_marks_failed(harness, run_id)
-    assert harness.run(run_id).status == "FAILED"
     assert pid_alive(pid), "the run goes on: the daemon supervises it still"
     gate.write_text("")
     rec = wait_for(
@@ -93,6 +50,8 @@ def test_a_final_status_written_over_a_live_run_is_corrected(harness: DaemonHarn
         lambda: r if (r := harness.run(run_id)).status == "COMPLETED" else None,
     )
     assert rec.exit_code == 0 and rec.error_message is None
+    # Written over the GUI's FAILED as a correction, which the daemon says.
+    harness.wait_logged("run_outcome_corrected", run_id=run_id, was="FAILED", now="COMPLETED")
     reasons = [e.reason or "" for e in harness.store.events(run_id)]
     assert any("another program had written FAILED" in r for r in reasons), reasons
 
@@ -160,7 +119,7 @@ def test_a_gui_run_that_ended_unseen_fails_with_unknown_status(harness: DaemonHa
 
 def test_a_reused_pid_is_never_signalled(harness: DaemonHarness) -> None:
     """The row names a pid that now belongs to a process born after the run started."""
-    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    bystander = Bystander(harness.tmp / "signals")
     try:
         run_id = new_run_id()
         long_ago = datetime.now(UTC) - timedelta(hours=1)
@@ -181,8 +140,7 @@ def test_a_reused_pid_is_never_signalled(harness: DaemonHarness) -> None:
         harness.start()
         rec = harness.wait_final(run_id)
         assert rec.status in ("FAILED", "CANCELLED")
-        assert bystander.poll() is None, "an unrelated process was signalled"
-        assert pid_alive(bystander.pid)
+        # The row is final, so the daemon has decided: what it sent has arrived by now.
+        assert bystander.signals() == [], "an unrelated process was signalled"
     finally:
-        bystander.kill()
-        bystander.wait()
+        bystander.close()

@@ -34,7 +34,7 @@ class Outcome:
     error_message: str | None
     reason: str
     # The outcome's name in a template's `retry_on` (SPEC section 11): "signal", "lost",
-    # "timeout", "exit:N", ... (see supervisor.queue); None for what is never retried.
+    # "timeout", "exit:N", ... (see supervisor.queue.rules); None for what is never retried.
     kind: str | None = None
 
 

@@ -57,7 +57,7 @@ def _machine(settings: Settings) -> list[CheckResult]:
     from supervisor.db.engine import SQLITE_MINIMUM
     from supervisor.executors.local import cgroups
     from supervisor.executors.local.means import probe as detect_means
-    from supervisor.gpus import resolve_gpus
+    from supervisor.queue.gpus import resolve_gpus
 
     support = cgroups.detect()
     return [

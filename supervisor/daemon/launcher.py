@@ -22,7 +22,7 @@ from supervisor.db import RunRecord, external_id_change, final_change
 from supervisor.errors import LaunchCancelled, LaunchError, SupervisorError
 from supervisor.executors.base import Launch
 from supervisor.outcome import Outcome
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
 

@@ -31,7 +31,7 @@ from supervisor.daemon.lockfile import acquire_lock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.progressfeed import ProgressFeed
 from supervisor.daemon.pruning import Pruner
-from supervisor.daemon.queueing import QueueKeeper, QueueView
+from supervisor.daemon.queuekeeper import QueueKeeper, QueueView
 from supervisor.daemon.readopt import Readoption
 from supervisor.daemon.services import Services
 from supervisor.daemon.status import StatusReport
@@ -45,7 +45,7 @@ from supervisor.executors.base import Executor
 from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.registry import build_executors
 from supervisor.heartbeat import Heartbeat, heartbeat_path
-from supervisor.metrics_server import MetricsServer
+from supervisor.metrics.server import MetricsServer
 from supervisor.notify import Notifier
 from supervisor.settings import LOCAL_EXECUTOR, Settings, load_settings
 

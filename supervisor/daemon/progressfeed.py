@@ -9,10 +9,11 @@ from pathlib import Path
 
 import structlog
 
-from supervisor import logcap, rundir
+from supervisor import rundir
 from supervisor.daemon.services import Services
 from supervisor.daemon.tracked import TrackedRun
-from supervisor.outputpatterns import MAX_READ_BYTES
+from supervisor.progress import logcap
+from supervisor.progress.patterns import MAX_READ_BYTES
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +69,7 @@ class ProgressFeed:
             if run is not None and run.output is not None:
                 self._progress_read.add(run_id)
                 for record in run.output.read():
-                    run.progress = run.progress.apply(record)
+                    run.progress = run.progress.fold(record)
                 if run.output.more:
                     self._read_again.add(run_id)
 
@@ -76,10 +77,10 @@ class ProgressFeed:
         """Read the run's tails: one read each, or (`to_end`) all there is."""
         self._progress_read.add(run.run_id)
         for record in run.tail.read_to_end() if to_end else run.tail.read():
-            run.progress = run.progress.apply(record)
+            run.progress = run.progress.fold(record)
         if run.output is not None:
             for record in run.output.read_to_end() if to_end else run.output.read():
-                run.progress = run.progress.apply(record)
+                run.progress = run.progress.fold(record)
         if run.tail.more or (run.output is not None and run.output.more):
             self._read_again.add(run.run_id)  # a burst: go on next pass, without waiting
 

@@ -22,7 +22,7 @@ from supervisor.daemon.tracked import log_tail, read_on, record_dir_of, running,
 from supervisor.db import RunRecord, claim_released_change, final_change, standin_change
 from supervisor.executors.base import ExitStatus, Launch, ProcessRecord, RunHandle, RunRef
 from supervisor.executors.local.identity import current_boot_id
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
 
@@ -102,7 +102,7 @@ class Readoption:
             attempt=attempt_number(record.attempt),
             claimed_at=record.launch_claimed_at,
         )
-        recovery.apply(_RunHost(self, run_dir), record, executor.recover(ref))
+        recovery.carry_out(_RunHost(self, run_dir), record, executor.recover(ref))
 
     def _settle_invalid(self, record: RunRecord, why: str) -> None:
         if record.status == RunStatus.PENDING:

@@ -1,7 +1,7 @@
 """What local runs hold and may take (SPEC section 10): the loop's side of scheduling.
 
 The rule itself (queue order, a reserving head per kind of wait, backfill) is the pure
-`supervisor.scheduling`; this module builds its inputs from the configuration and the runs the
+`supervisor.queue.scheduling`; this module builds its inputs from the configuration and the runs the
 loop holds, and turns its grants into row values, launch parameters and pinned CPUs. What a run
 holds is in its row (`cpus`, `gpu_ids`, `memory_max_bytes`) from its claim on, so a restarted
 daemon rebuilds it from the rows and never hands one GPU to two runs.
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from supervisor import gpus, scheduling
-from supervisor.capacity import capacity_of
 from supervisor.db import Claim, RunRecord
 from supervisor.executors.local import pinning
-from supervisor.scheduling import Grant, Request
+from supervisor.queue import gpus, scheduling
+from supervisor.queue.capacity import capacity_of
+from supervisor.queue.scheduling import Grant, Request
 from supervisor.settings import LOCAL_EXECUTOR, Settings, Template
 
 

@@ -39,7 +39,7 @@ from supervisor.db import (
 from supervisor.executors.base import ExitStatus, RunHandle
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
 from supervisor.outcome import Outcome
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR, Template
 from supervisor.states import RunStatus
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
+from supervisor import rundir
 from supervisor.daemon.resources import Held
 from supervisor.daemon.runstate import RunState, StopCause
 from supervisor.db import ProgressUpdate, RowChange, RunRecord, running_change
 from supervisor.executors.base import Launch, ProcessRecord, RunHandle
-from supervisor.outputpatterns import OutputTail, tail_for
-from supervisor.progress import ProgressState, ProgressTail
+from supervisor.progress import logcap
+from supervisor.progress.jsonl import ProgressState, ProgressTail
+from supervisor.progress.patterns import OutputTail, tail_for
 from supervisor.settings import LOCAL_EXECUTOR, Template
 
 
@@ -83,9 +84,9 @@ def read_on(
     tail, output = tails_for(record, run_dir, template)
     state = progress_of(record)
     for rec in tail.read_to_end():
-        state = state.apply(rec)
+        state = state.fold(rec)
     for rec in output.read_to_end() if output is not None else ():
-        state = state.apply(rec)
+        state = state.fold(rec)
     update = update_of(record.id, state, tail, output)
     if output is None:  # patterns removed from the template since: keep where it was
         update = replace(update, output_offset=record.output_offset)

@@ -245,7 +245,7 @@ def hook_done_change(run_id: str) -> RowChange:
     return RowChange(run_id, FINAL_STATUSES, {"hook_done_at": utcnow()})
 
 
-def apply_change(conn: Connection, change: RowChange) -> bool:
+def write_change(conn: Connection, change: RowChange) -> bool:
     """Apply one RowChange inside the caller's transaction; True if the row matched."""
     values = dict(change.values)
     if change.to is not None:
@@ -334,7 +334,7 @@ _PROGRESS_QMARK_SQL = (
 )
 
 
-def apply_batch(
+def write_batch(
     conn: Connection, changes: Sequence[RowChange], progress: Sequence[ProgressUpdate]
 ) -> list[bool]:
     """Apply changes and progress updates in the caller's transaction; whether each applied."""
@@ -345,11 +345,11 @@ def apply_batch(
     results = [False] * len(changes)
     for i in range(len(changes)):
         if i not in final_set:
-            results[i] = apply_change(conn, changes[i])
+            results[i] = write_change(conn, changes[i])
     if progress:
         write_progress(conn, progress)
     for i in finals:
-        results[i] = apply_change(conn, changes[i])
+        results[i] = write_change(conn, changes[i])
     return results
 
 

@@ -19,14 +19,14 @@ from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RecordedProcess,
     RowChange,
-    apply_batch,
-    apply_change,
     claim_released_change,
     claim_runs,
     final_change,
     insert_runs,
     running_change,
     timed_out_change,
+    write_batch,
+    write_change,
     write_progress,
 )
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, checkpoint, make_engine
@@ -294,7 +294,7 @@ class Store:
         if expect is not None:
             sources = sources & frozenset(expect)
         change = RowChange(run_id, sources, dict(values or {}), to=to, reason=reason)
-        return self._write(lambda conn: apply_change(conn, change))
+        return self._write(lambda conn: write_change(conn, change))
 
     def commit_batch(
         self, changes: Sequence[RowChange], progress: Sequence[ProgressUpdate] = ()
@@ -308,7 +308,7 @@ class Store:
             return []
 
         return self._write(
-            lambda conn: apply_batch(conn, changes, progress), progress_only=not changes
+            lambda conn: write_batch(conn, changes, progress), progress_only=not changes
         )
 
     def claim_many(self, claims: Sequence[str | Claim]) -> list[str]:

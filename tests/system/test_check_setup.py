@@ -20,7 +20,7 @@ from daemon_harness import DaemonHarness
 
 from supervisor.db import HEAD_REVISION
 from supervisor.executors.local import cgroups
-from supervisor.gpus import resolve_gpus
+from supervisor.queue.gpus import resolve_gpus
 
 if TYPE_CHECKING:
     from conftest import Runsup

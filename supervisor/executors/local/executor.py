@@ -35,7 +35,7 @@ from supervisor.executors.local.identity import (
     parse_stat,
     read_stat,
     readable,
-    reap,
+    reap_status,
 )
 from supervisor.executors.local.keeper import (
     BOOT_ID_FILE,
@@ -459,7 +459,7 @@ def _reap_child(pid: int, pidfd: int | None, timeout: float) -> os.waitid_result
     if not _child_ended(pid, pidfd, timeout):
         return None
     if pidfd is not None:
-        return reap(pidfd)
+        return reap_status(pidfd)
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
     except ChildProcessError:

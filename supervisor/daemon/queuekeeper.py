@@ -8,7 +8,7 @@ retries, and on_finish hooks. The loop calls in at a few points:
 - `poll_hooks()` on every pass: records hooks that ended;
 - `due(now)` / `next_due()`: the earliest `not_before` to come, so the loop looks again then.
 
-Decisions that need no database live in supervisor.queue; SQL in the store.
+Decisions that need no database live in supervisor.queue.rules; SQL in the store.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from supervisor.db import QUEUE_ALL, RowChange, RunRecord, Store, final_change, 
 from supervisor.db import retry_change as make_retry_change
 from supervisor.hooks import HookRunner, hook_call
 from supervisor.outcome import CHECKPOINTED, KIND_OUT_OF_MEMORY, Outcome
-from supervisor.queue import attempt_number, find_cycles, plan_retry
+from supervisor.queue.rules import attempt_number, find_cycles, plan_retry
 from supervisor.settings import Settings, Template
 from supervisor.states import RunStatus
 

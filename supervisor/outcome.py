@@ -151,9 +151,7 @@ def cluster_failure(verdict: str, detail: str | None = None) -> Outcome:
 FOREIGN_UNKNOWN = "exit status unknown: started by another program"
 
 
-def foreign_end(
-    *, completed_ok: bool, last_error: str | None, cancelled: bool = False
-) -> Outcome:
+def foreign_end(*, completed_ok: bool, last_error: str | None, cancelled: bool = False) -> Outcome:
     """A run another program started, once its whole group is gone (SPEC section 3)."""
     if cancelled:
         message = f"cancelled on request ({FOREIGN_UNKNOWN})"

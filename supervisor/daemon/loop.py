@@ -32,13 +32,14 @@ from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.progressfeed import ProgressFeed
 from supervisor.daemon.queueing import QueueKeeper, QueueView
 from supervisor.daemon.readopt import Readoption
+from supervisor.daemon.runstate import Phase
 from supervisor.daemon.services import Services
 from supervisor.daemon.status import StatusReport
 from supervisor.daemon.supervision import Supervision
 from supervisor.daemon.tracked import InFlight, TrackedRun
 from supervisor.daemon.wakeups import _EXIT, _LAUNCH, _LEFTOVER, _WAKE
 from supervisor.daemon.watching import Watchers
-from supervisor.db import Store
+from supervisor.db import Store, cancel_requested_change
 from supervisor.errors import ConfigError, DatabaseBusy
 from supervisor.executors.base import Executor
 from supervisor.executors.local.executor import LocalExecutor
@@ -52,6 +53,8 @@ log = structlog.get_logger(__name__)
 
 # After an error in one pass of the loop, wait this long before the next (no hot spin).
 ERROR_BACKOFF_SECONDS = 1.0
+# Phases of a run whose whole group is gone (only its final write may be left to do).
+_ENDED = (Phase.EXITED, Phase.SETTLED)
 # On the way out, keep trying to commit what is left for at most this long.
 SHUTDOWN_FLUSH_SECONDS = 5.0
 
@@ -205,7 +208,10 @@ class Daemon:
             return False
         if self._forced or self.settings.on_stop == "detach":
             return True
-        return not self.runs and not self.launching
+        # Every run has ended: what is left to write, _shutdown flushes within its own bound
+        # (a database locked by another program does not keep the daemon up until it is
+        # killed; the next daemon settles any run whose outcome did not get written).
+        return not self.launching and all(r.state.phase in _ENDED for r in self.runs.values())
 
     def _guarded(self, step: Any) -> None:
         try:
@@ -326,12 +332,21 @@ class Daemon:
             "daemon_stopping", signal=signal.Signals(signum).name, on_stop=self.settings.on_stop
         )
         if self.settings.on_stop == "cancel":
-            for run in self.runs.values():
-                self.store.request_cancel(run.run_id)
-                self.supervision.request_cancel(run)
-            for flight in list(self.launching.values()):
-                self.store.request_cancel(flight.record.id)
-                self.launcher.cancel(flight.record.id, "cancelled: the daemon stopped")
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        """on_stop = "cancel": stop every run and launch now; the requests are recorded with
+        the pass's other writes (a locked database or a deleted row stops nothing here)."""
+        for run in list(self.runs.values()):
+            if not run.state.cancel_requested:
+                self.outbox.add(cancel_requested_change(run.run_id))
+            self.supervision.request_cancel(run)
+        for run_id in list(self.launching):
+            self.outbox.add(cancel_requested_change(run_id))
+            try:
+                self.launcher.cancel(run_id, "cancelled: the daemon stopped")
+            except Exception as exc:  # one launch that cannot be cancelled stops no other
+                log.error("launch_cancel_failed", run_id=run_id, error=str(exc), exc_info=True)
 
     def _reload(self) -> None:
         self.notifier.reloading()

@@ -448,7 +448,6 @@ class Store:
             conn.close()
         return row is not None and int(row[0]) == 0
 
-
     # -- the queue (SPEC section 11): its SQL is in queue_sql ------------------
 
     def pending_runs(
@@ -529,7 +528,6 @@ class Store:
         """The newest run_events id (0 when there is none)."""
         with self._read() as conn:
             return int(conn.execute(select(func.max(run_events.c.id))).scalar() or 0)
-
 
     def next_not_before(self, now: datetime) -> datetime | None:
         """The earliest not_before still to come of an unclaimed PENDING run, if any."""

@@ -226,9 +226,7 @@ class Lost:
     leftover: RunHandle | None = None
 
 
-Recovery = (
-    Adopted | EndedWhileAway | Queued | StillStarting | NeverStarted | FailedToStart | Lost
-)
+Recovery = Adopted | EndedWhileAway | Queued | StillStarting | NeverStarted | FailedToStart | Lost
 
 
 class Executor(Protocol):

@@ -4,13 +4,22 @@ Each test here failed on the code before its fix (see each test's docstring)."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import READY, RUNSUP, DaemonHarness
+from daemon_harness import (
+    DEFAULT_DEADLINE,
+    READY,
+    RUNSUP,
+    DaemonHarness,
+    group_alive,
+    wait_for,
+)
 
 POISON_ID = "bad0000000ff"
 
@@ -59,3 +68,69 @@ def test_poison_row_blocks_neither_starts_nor_cancels_nor_list(harness: DaemonHa
     assert listed.returncode == 0, listed.stderr
     assert POISON_ID in listed.stdout and good in listed.stdout
     assert "loop_error" not in harness.log_text()
+
+
+LOCKER = """\
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+class Locker:
+    """Another program holding the database's write lock until told to let go."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(db_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "locked\n"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.wait(DEFAULT_DEADLINE)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_stop_with_cancel_under_a_lock_and_a_deleted_row_cancels_every_run(
+    tmp_path: Path,
+) -> None:
+    """Defect 7: before the fix the first synchronous cancel write raised (database locked,
+    or the deleted row not found): no run got its SIGTERM and the daemon never exited."""
+    harness = DaemonHarness(tmp_path, on_stop="cancel")
+    locker: Locker | None = None
+    try:
+        harness.start()
+        ids = [harness.submit({"sleep": 120, "progress": [READY]}) for _ in range(3)]
+        groups = {run_id: harness.wait_set_up(run_id)[1] for run_id in ids}
+        gone = ids[0]
+        conn = sqlite3.connect(harness.db_path, timeout=30)
+        with conn:
+            conn.execute("DELETE FROM run_events WHERE run_id = ?", (gone,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (gone,))
+        conn.close()
+        locker = Locker(harness.db_path)
+        assert harness.proc is not None
+        harness.proc.send_signal(signal.SIGTERM)
+        wait_for("every run's group gone", lambda: not any(map(group_alive, groups.values())))
+        locker.release()
+        assert harness.wait_exit() == 0
+        for run_id in ids[1:]:
+            assert harness.wait_final(run_id).status == "CANCELLED"
+    finally:
+        if locker is not None:
+            locker.close()
+        harness.close()

@@ -578,8 +578,13 @@ class LocalLaunch:
             if line is None:
                 grace = KEEPER_EXIT_GRACE if why == KEEPER_ENDED else 0.0
                 raise self._executor.abort(
-                    self._spec, self._record_dir, self._keeper_pid, keeper_fd, why,
-                    self._log_start, grace,
+                    self._spec,
+                    self._record_dir,
+                    self._keeper_pid,
+                    keeper_fd,
+                    why,
+                    self._log_start,
+                    grace,
                 )
             handle = self._executor.handle_for(
                 self._spec, self._record_dir, self._keeper_pid, keeper_fd, line, self._log_start

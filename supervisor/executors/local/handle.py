@@ -213,8 +213,10 @@ class LocalRunHandle:
         if self._member_fd is not None:
             if not readable(self._member_fd, 0) and self._member is not None:
                 found = read_stat(self._member.pid)
-                if found is not None and found.start_ticks == self._member.start_ticks and (
-                    found.pgrp == self.record.pgid and found.state not in EXITED_STATES
+                if (
+                    found is not None
+                    and found.start_ticks == self._member.start_ticks
+                    and (found.pgrp == self.record.pgid and found.state not in EXITED_STATES)
                 ):
                     return True
             os.close(self._member_fd)

@@ -241,14 +241,40 @@ def _base_config(config_json: str | None, config_file: str | None) -> dict[str, 
 
 @cli.command()
 @config_option
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Change one config key.")
+@click.option(
+    "--sweep",
+    "sweep_id",
+    default=None,
+    metavar="ID",
+    help="With --failed: that sweep's runs that FAILED (each point once), again in the same sweep.",
+)
+@click.option("--failed", is_flag=True, help="With --sweep ID: resubmit its failed runs.")
 @json_option
 @click.pass_context
-def resubmit(ctx: click.Context, run_id: str, sets: tuple[str, ...], as_json: bool) -> None:
-    """Queue a new PENDING run with the same template and config as RUN_ID (sets applied)."""
+def resubmit(
+    ctx: click.Context,
+    run_id: str | None,
+    sets: tuple[str, ...],
+    sweep_id: str | None,
+    failed: bool,
+    as_json: bool,
+) -> None:
+    """Queue a new PENDING run with the same template and config as RUN_ID (sets applied), or
+    with --sweep ID --failed, the failed runs of a sweep again; prints the new run ids."""
     from supervisor.db import NewRun, check_config_json
 
+    if sweep_id is not None or failed:
+        if run_id is not None or sets or sweep_id is None or not failed:
+            raise click.UsageError("give RUN_ID [--set ...], or --sweep ID --failed")
+        from supervisor.resultsview import resubmit_failed
+
+        for line in resubmit_failed(_settings(ctx), sweep_id, as_json):
+            click.echo(line)
+        return
+    if run_id is None:
+        raise click.UsageError("name the RUN_ID to resubmit (or --sweep ID --failed)")
     store = _store(ctx)
     old = store.get(run_id)
     config = _deep_merge(check_config_json(old.config_json), _parse_set(sets))
@@ -326,32 +352,104 @@ def resume(ctx: click.Context, template: str | None, as_json: bool) -> None:
 @click.option("--status", "-s", default=None, help="Only runs with this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Every run (default: every waiting or running run and the 20 that ended last).",
+)
+@click.option(
     "--sweep", "sweep_id", default=None, metavar="ID", help="Only the runs of this sweep."
 )
 @json_option
 @click.pass_context
 def list_runs(
-    ctx: click.Context, status: str | None, limit: int | None, sweep_id: str | None, as_json: bool
+    ctx: click.Context,
+    status: str | None,
+    limit: int | None,
+    show_all: bool,
+    sweep_id: str | None,
+    as_json: bool,
 ) -> None:
-    """List runs, newest first."""
-    from supervisor.states import RunStatus
+    """List runs, newest first: every PENDING and RUNNING run and the 20 that ended last, and
+    how many more there are (--limit N or --all for others)."""
+    from supervisor.db.clientstore import ClientStore
+    from supervisor.resultsview import check_status
 
-    if status is not None:
-        status = status.upper()
-        if status not in RunStatus.__members__:
-            raise ValidationError(
-                f"unknown status {status!r} (one of {', '.join(RunStatus.__members__)})"
-            )
+    if limit is not None and show_all:
+        raise click.UsageError("give --limit N or --all, not both")
+    status = check_status(status)
     store = _store(ctx)
-    runs = store.list_runs(status=status, limit=limit, sweep_id=sweep_id)
+    more = 0
+    if limit is None and not show_all:
+        bounded = ClientStore(store).bounded_list(status=status, sweep_id=sweep_id)
+        runs, more = bounded.runs, bounded.more
+    else:
+        runs = store.list_runs(status=status, limit=limit, sweep_id=sweep_id)
     if as_json:
         _print_json([r.to_json() for r in runs])
-        return
-    from supervisor.views import pause_lines, runs_table
+    else:
+        from supervisor.views import pause_lines, runs_table
 
-    for line in pause_lines(store.pauses()):
-        click.echo(line)
-    click.echo(runs_table(runs) if runs else "no runs")
+        for line in pause_lines(store.pauses()):
+            click.echo(line)
+        click.echo(runs_table(runs) if runs else "no runs")
+    if more:
+        click.echo(
+            f"... and {more} more (--all shows every run, --limit N the N newest)", err=as_json
+        )
+
+
+@cli.command()
+@config_option
+@click.argument("run_ids", nargs=-1, metavar="[ID ...]")
+@click.option("--sweep", "sweep_id", default=None, metavar="ID", help="The runs of this sweep.")
+@click.option("--status", "-s", default=None, help="Only runs with this status.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, with a header line.")
+@json_option
+@click.option("--plot", default=None, metavar="X:Y", help="Draw column Y against X into a PNG.")
+@click.option("--out", default=None, metavar="F.png", help="The PNG --plot writes (results.png).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Without IDs: at most this many of the newest runs (default 20).",
+)
+@click.option("--all", "show_all", is_flag=True, help="Without IDs: every run.")
+@click.pass_context
+def results(
+    ctx: click.Context,
+    run_ids: tuple[str, ...],
+    sweep_id: str | None,
+    status: str | None,
+    as_csv: bool,
+    as_json: bool,
+    plot: str | None,
+    out: str | None,
+    limit: int | None,
+    show_all: bool,
+) -> None:
+    """One row a run: its parameters (the config keys that differ) and its results file's
+    values (SPEC section 15)."""
+    from supervisor.resultsview import print_results
+
+    if as_csv and as_json:
+        raise click.UsageError("give --csv or --json, not both")
+    if out is not None and plot is None:
+        raise click.UsageError("--out names the picture --plot X:Y draws")
+    fmt = "csv" if as_csv else "json" if as_json else "table"
+    raise SystemExit(
+        print_results(
+            _settings(ctx),
+            run_ids,
+            sweep_id,
+            status,
+            fmt,
+            plot=plot,
+            out=out,
+            limit=limit,
+            show_all=show_all,
+        )
+    )
 
 
 @cli.command()

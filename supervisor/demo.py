@@ -11,7 +11,9 @@ What it does, for real and with nothing faked:
    once so that some wait PENDING;
 4. shows them with the `runsup watch` view until they end;
 5. reads each run's `results.json` and prints simulated blocking (mean and 95% confidence
-   interval) against the exact Erlang B value, per load;
+   interval) against the exact Erlang B value, per load, and, with the `plot` extra
+   (matplotlib), draws the same comparison into a PNG it names (PLOT_FILENAME in the state
+   directory it keeps, else in the current directory);
 6. stops the daemon (SIGTERM) and waits for it.
 
 Ctrl-C (or SIGTERM, SIGHUP) at any moment asks for a cancel of every demo run, stops the daemon,
@@ -35,12 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.notify import scrub_environment
+from supervisor.settings import SETTINGS_VARIABLES
 from supervisor.states import FINAL_STATUSES
 from supervisor.views import table
 
@@ -82,20 +86,10 @@ DAEMON_LOG_TAIL_LINES: Final = 15
 CONFIG_FILENAME: Final = "demo-config.toml"
 DAEMON_LOG_FILENAME: Final = "daemon.log"
 RESULTS_FILENAME: Final = "results.json"
+# The picture of simulated blocking against the Erlang B curve (with matplotlib).
+PLOT_FILENAME: Final = "erlang-b.png"
+TEMPORARY_PLOT_FILENAME: Final = "runsup-demo-erlang-b.png"  # when the state dir goes away
 MARKER_VARIABLE: Final = "RUNSUP_DEMO_TOKEN"
-# Variables that would point the demo's daemon at another configuration or database.
-SCRUBBED_VARIABLES: Final = (
-    "RUNSUP_CONFIG",
-    "RUNSUP_DATABASE",
-    "RUNSUP_RUNS_DIR",
-    "RUNSUP_MAX_CONCURRENT",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-)
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG: Final = 1
 
@@ -147,7 +141,7 @@ def read_results(run_dir: Path) -> list[LoadRow]:
     """The rows of one run's results.json (written by the erlang-demo simulation)."""
     path = run_dir / RESULTS_FILENAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))["loads"]
         return [
             LoadRow(
                 load=float(item["erlang"]),
@@ -235,11 +229,22 @@ def _set_parent_death_signal() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
+def daemon_environment(environ: Mapping[str, str], token: str) -> dict[str, str]:
+    """The demo daemon's environment: nothing that points it at another configuration or
+    database, nor lets it speak for a service that started this command; with its marker."""
+    env = scrub_environment(environ)
+    for name in SETTINGS_VARIABLES:
+        env.pop(name, None)
+    env[MARKER_VARIABLE] = token
+    return env
+
+
 class Demo:
     """One demo: a state directory, a daemon, the runs, the results."""
 
-    def __init__(self, root: Path, signals: _Signals) -> None:
+    def __init__(self, root: Path, signals: _Signals, plot_path: Path | None = None) -> None:
         self.root = root
+        self.plot_path = plot_path if plot_path is not None else root / PLOT_FILENAME
         self.signals = signals
         self.token = secrets.token_hex(8)
         self.config_path = root / CONFIG_FILENAME
@@ -263,8 +268,7 @@ class Demo:
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start_daemon(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
-        env[MARKER_VARIABLE] = self.token
+        env = daemon_environment(os.environ, self.token)
         argv = [sys.executable, "-m", "supervisor", "--config", str(self.config_path), "daemon"]
         with self.log_path.open("ab") as log:
             self.daemon = subprocess.Popen(
@@ -379,7 +383,27 @@ class Demo:
         )
         _say()
         _say(results_table(rows))
+        self.draw(rows)
         return EXIT_OK
+
+    def draw(self, rows: Sequence[LoadRow]) -> Path | None:
+        """The comparison as a picture, through the same plotting code as `runsup results
+        --plot`; says where it went, or how to get it (never fails the demo)."""
+        from supervisor.demo_sim import erlang_b
+        from supervisor.errors import SupervisorError
+        from supervisor.plot import INSTALL_HINT, BlockingPoint, PlotUnavailable, plot_erlang_b
+
+        points = [BlockingPoint(r.load, r.mean, r.ci_low, r.ci_high) for r in rows]
+        try:
+            path = plot_erlang_b(points, DEMO_CHANNELS, erlang_b, self.plot_path)
+        except PlotUnavailable:
+            _say(f"\n(With matplotlib this is also drawn as a picture: {INSTALL_HINT})")
+            return None
+        except SupervisorError as exc:
+            _say(f"\n(The picture was not drawn: {exc})")
+            return None
+        _say(f"\npicture: {path}")
+        return path
 
     def interrupted(self) -> int:
         signum = self.signals.first or signal.SIGINT
@@ -531,7 +555,8 @@ def run_demo(state_dir: str | None, config_file: str | None) -> int:
         kept = "removed at the end; keep it with --state-dir DIR" if temporary else "kept"
         _say("run-supervisor demo")
         _say(f"state:   {root}\n         ({kept})")
-        demo = Demo(root, signals)
+        plot_path = Path.cwd() / TEMPORARY_PLOT_FILENAME if temporary else root / PLOT_FILENAME
+        demo = Demo(root, signals, plot_path)
         code = EXIT_FAILED
         try:
             code = demo.run()

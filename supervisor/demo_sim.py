@@ -19,6 +19,7 @@ key                type    default   meaning
 ``erlang_start``   float   2.0       first offered load, erlangs (> 0)
 ``erlang_stop``    float   12.0      last offered load, included (>= start)
 ``erlang_step``    float   2.0       load increment (> 0); at most 10000 loads
+``erlang``         float   -         one offered load: start and stop both (> 0)
 ``iterations``     int     10        independent iterations per load (>= 2)
 ``requests``       int     20000     call arrivals per iteration (>= 1)
 ``seed``           int     1         base seed; same config and seed, same results
@@ -32,7 +33,12 @@ Progress goes to ``$RUNSUP_PROGRESS_FILE`` (else ``progress.jsonl`` in the
 working directory), one JSON object a line, each flushed with a single
 ``write``: ``start``, then per load ``erlang_start``, ``iteration`` (1-based)
 and ``erlang_complete``, and finally ``complete``. Results are written to
-``results.json`` in the working directory just before ``complete``.
+``results.json`` in the working directory just before ``complete``: a JSON
+object (SPEC section 15) with ``channels``, ``iterations``, ``requests``,
+``seed`` and ``loads``, a list of one object per load (``erlang``,
+``mean_blocking``, ``ci_low``, ``ci_high``, ``ci_half_width``,
+``exact_blocking``, ...); a run of one load also has that load's values at the
+top level, so that ``runsup results`` shows them as columns of a sweep.
 
 Exit codes:
 
@@ -141,6 +147,7 @@ _CONFIG_KEYS: Final = (
     "erlang_start",
     "erlang_stop",
     "erlang_step",
+    "erlang",
     "iterations",
     "requests",
     "seed",
@@ -379,10 +386,16 @@ def parse_config(raw: object, warn: TextIO | None = None) -> DemoConfig:
             f"(known: {', '.join(_CONFIG_KEYS)})",
             file=warn,
         )
+    start = _float_value(raw, "erlang_start", DEFAULT_ERLANG_START, positive=True)
+    stop = _float_value(raw, "erlang_stop", DEFAULT_ERLANG_STOP, positive=True)
+    if "erlang" in raw:
+        if "erlang_start" in raw or "erlang_stop" in raw:
+            raise DemoConfigError("give 'erlang' (one load) or 'erlang_start'/'erlang_stop'")
+        start = stop = _float_value(raw, "erlang", DEFAULT_ERLANG_START, positive=True)
     config = DemoConfig(
         channels=_int_value(raw, "channels", DEFAULT_CHANNELS, 1, MAX_CHANNELS),
-        erlang_start=_float_value(raw, "erlang_start", DEFAULT_ERLANG_START, positive=True),
-        erlang_stop=_float_value(raw, "erlang_stop", DEFAULT_ERLANG_STOP, positive=True),
+        erlang_start=start,
+        erlang_stop=stop,
         erlang_step=_float_value(raw, "erlang_step", DEFAULT_ERLANG_STEP, positive=True),
         iterations=_int_value(raw, "iterations", DEFAULT_ITERATIONS, MIN_ITERATIONS, None),
         requests=_int_value(raw, "requests", DEFAULT_REQUESTS, MIN_REQUESTS, None),
@@ -601,10 +614,26 @@ def run(
     return results
 
 
-def write_results(path: Path, results: Sequence[LoadResult]) -> None:
+def results_object(config: DemoConfig, results: Sequence[LoadResult]) -> dict[str, Any]:
+    """What results.json holds: the run's settings and one object per load; a run of one load
+    also has that load's values at the top level (columns of `runsup results`)."""
+    out: dict[str, Any] = {
+        "channels": config.channels,
+        "iterations": config.iterations,
+        "requests": config.requests,
+        "seed": config.seed,
+        "loads": [r._asdict() for r in results],
+    }
+    if len(results) == 1:
+        out.update(results[0]._asdict())
+    return out
+
+
+def write_results(path: Path, config: DemoConfig, results: Sequence[LoadResult]) -> None:
     """Write results.json atomically: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([r._asdict() for r in results], indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(results_object(config, results), indent=2) + "\n"
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -632,7 +661,7 @@ def _execute(config_path: Path | None, progress: ProgressWriter, flag: CancelFla
     try:
         started = time.monotonic()
         results = run(config, progress, flag.check, sys.stdout)
-        write_results(Path.cwd() / RESULTS_FILE, results)
+        write_results(Path.cwd() / RESULTS_FILE, config, results)
         progress.write("complete", exit_code=EXIT_OK)
         print(
             f"{PROG}: done in {time.monotonic() - started:.2f} s, results in {RESULTS_FILE}",

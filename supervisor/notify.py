@@ -145,7 +145,15 @@ class Notifier:
         if address is None:
             _log.warning("sd_notify_unsupported_socket", notify_socket=notify_socket)
             return cls()
-        return cls(address, watchdog_interval_from(env, os.getpid()))
+        interval = watchdog_interval_from(env, os.getpid())
+        # The decision, logged: whether the daemon pings is otherwise seen only by its silence.
+        _log.info(
+            "sd_notify_enabled",
+            watchdog_ping_seconds=interval,
+            watchdog_usec=env.get(WATCHDOG_USEC_VAR),
+            watchdog_pid=env.get(WATCHDOG_PID_VAR),
+        )
+        return cls(address, interval)
 
     @property
     def enabled(self) -> bool:

@@ -27,7 +27,6 @@ import functools
 import math
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import re2
 import structlog
 
 from supervisor.errors import ConfigError
+from supervisor.filetail import GrowingFileTail
 from supervisor.progress import MAX_INT, MAX_MESSAGE_CHARS, ProgressRecord
 
 MAX_LINE_BYTES: Final = 64 * 1024
@@ -60,7 +60,6 @@ KNOWN_GROUPS: Final = frozenset(
 )
 """The group names SPEC 12 gives a meaning (see _FIELDS for what each fills)."""
 
-_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 # logcap's marker (not imported: logcap loads libc through ctypes; a test checks they agree).
 LOGCAP_MARKER: Final = (
     b"\n\n[... runsup cut output here to keep this log under its max_log_bytes;"
@@ -331,14 +330,12 @@ def _record(
     return ProgressRecord(type=kind, **values)
 
 
-class OutputTail:
+class OutputTail(GrowingFileTail[ProgressRecord]):
     """Incremental reader of a run's log that turns matching lines into progress records.
 
-    `offset` is the byte offset of the first line not yet consumed; a new tail created with
-    it (after a daemon restart) resumes there. Reads are bounded (`max_read_bytes` a call;
-    `more` says whether bytes are waiting); an incomplete last line waits for its newline;
-    a line longer than `max_line_bytes` is dropped as it streams by and counted in
-    `long_lines`; a line a pattern matched with a non-number is counted in `bad_lines`.
+    A GrowingFileTail (offsets, bounded reads, partial lines, missing, replaced and refused
+    files as it says); a line longer than `max_line_bytes` is counted in `long_lines`; a
+    line a pattern matched with a non-number is counted in `bad_lines`.
 
     The log can be rewritten under us: the daemon's logcap cuts its middle (a block-aligned
     range) once it passes max_log_bytes. Before reading on, the last `ANCHOR_BYTES` read are
@@ -352,10 +349,9 @@ class OutputTail:
        after it, past the few bytes of the anchor that may sit right after it;
     3. else (a foreign rewrite, or a saved offset that is no line start after a restart):
        go on from the next line that starts after the current end.
-
-    A file replaced by another inode is a new log: read from 0. A symlink, FIFO or device
-    is never opened (`refused` says why).
     """
+
+    LOG_NAME = "output_log"
 
     def __init__(
         self,
@@ -368,119 +364,57 @@ class OutputTail:
         run_id: str | None = None,
     ) -> None:
         """Prepare to read `path` from `offset`; touches nothing on disk. `run_id`: for logs."""
-        if offset < 0 or max_line_bytes < 1 or max_read_bytes < 1:
-            raise ValueError("offset must be >= 0 and limits >= 1")
-        self.path = path
+        super().__init__(
+            path,
+            offset,
+            max_line_bytes=max_line_bytes,
+            max_read_bytes=max_read_bytes,
+            run_id=run_id,
+        )
         self.patterns = patterns
-        self.run_id = run_id
-        self.offset = offset
         self.bad_lines = 0
         self.long_lines = 0
         self.resyncs = 0
-        self.restarts = 0  # the file was replaced by another inode and read from 0
-        self.refused: str | None = None
-        self._max_line = max_line_bytes
-        self._max_read = max_read_bytes
-        self._pos = offset  # next byte to read (>= offset)
-        self._pending = b""  # the incomplete last line, offset.._pos (at most max_line)
-        self._discarding = False  # inside an over-long line: drop bytes until a newline
-        self._count_discard = True  # False when skipping a line we saw only part of
         self._anchor = b""  # the last bytes before _pos, as read
-        self._ident: tuple[int, int] | None = None
         self._verify_resume = offset > 0  # fresh from a saved offset: check it is a line start
-        self._more = False
 
-    @property
-    def more(self) -> bool:
-        """True when the last read stopped at max_read_bytes and more bytes are waiting."""
-        return self._more
-
-    def read_to_end(self) -> list[ProgressRecord]:
-        """Records of everything appended so far, in as many bounded reads as that takes."""
-        out = self.read()
-        while self._more:
-            out += self.read()
-        return out
-
-    def read(self) -> list[ProgressRecord]:
-        """Records of the complete lines appended since the last call; never raises for files."""
-        self._more = False
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            self.refused = None
-            return []
-        except OSError as exc:
-            return self._refuse(f"lstat failed: {exc.strerror}")
-        if not stat.S_ISREG(st.st_mode):
-            return self._refuse(f"not a regular file (mode {stat.filemode(st.st_mode)})")
-        self.refused = None
-        if (st.st_dev, st.st_ino) == self._ident and st.st_size == self._pos:
-            return []  # fast path: nothing appended (a cut always changes the size)
-        try:
-            fd = os.open(self.path, _OPEN_FLAGS)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            return self._refuse(f"open failed: {exc.strerror}")
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode):
-                return self._refuse(f"not a regular file (mode {stat.filemode(fst.st_mode)})")
-            return self._read_fd(fd, fst)
-        except OSError as exc:
-            return self._refuse(f"read failed: {exc.strerror}")
-        finally:
-            os.close(fd)
-
-    def _refuse(self, reason: str) -> list[ProgressRecord]:
-        if reason != self.refused:  # once per condition: a rescan every 2 s must not flood
-            log.warning("output_log_refused", run_id=self.run_id, path=str(self.path), why=reason)
-        self.refused = reason
-        return []
-
-    def _read_fd(self, fd: int, fst: os.stat_result) -> list[ProgressRecord]:
-        """Check our place is intact, then read at most max_read_bytes and consume them."""
-        ident = (fst.st_dev, fst.st_ino)
-        if self._ident is not None and ident != self._ident:
-            self._jump(0, 0)  # another file now: all of it is new
-            self.restarts += 1
-            log.info("output_log_replaced", run_id=self.run_id, path=str(self.path))
-        self._ident = ident
+    def _read_new(self, fd: int, fst: os.stat_result) -> bytes:
+        """Check our place is intact, then read at most max_read_bytes from it."""
         size = fst.st_size
-        block = max(fst.st_blksize, _LOGCAP_MIN_BLOCK)
         if self._verify_resume:
             self._verify_resume = False
             if not self._resume_ok(fd, size):
-                self._resync(fd, size, block)
+                self._resync(fd, size, _block(fst))
         if size < self._pos:
-            self._resync(fd, size, block)
+            self._shrunk(fd, fst)
         want = min(size - self._pos, self._max_read)
         if want <= 0:
-            return []
+            return b""
         keep = len(self._anchor)
         # One pread for the anchor and the new bytes: the check costs no extra call.
         data = os.pread(fd, keep + want, self._pos - keep)
         if data[:keep] != self._anchor:
-            self._resync(fd, size, block)
+            self._resync(fd, size, _block(fst))
             want = min(size - self._pos, self._max_read)
             if want <= 0:
-                return []
+                return b""
             data = os.pread(fd, want, self._pos)
         elif keep:
             data = data[keep:]
-        records = self._consume(data)
-        self._more = self._pos < size
-        return records
+        if len(data) >= ANCHOR_BYTES:
+            self._anchor = data[-ANCHOR_BYTES:]
+        else:
+            self._anchor = (self._anchor + data)[-ANCHOR_BYTES:]
+        return data
+
+    def _shrunk(self, fd: int, fst: os.stat_result) -> None:
+        """Cut by logcap (or rewritten): find our place again rather than read it all again."""
+        self._resync(fd, fst.st_size, _block(fst))
 
     # -- finding our place again -------------------------------------------------------
 
     def _jump(self, pos: int, offset: int) -> None:
-        self._pos = pos
-        self.offset = offset
-        self._pending = b""
-        self._discarding = False
-        self._count_discard = True
+        super()._jump(pos, offset)
         self._anchor = b""
 
     def _resume_ok(self, fd: int, size: int) -> bool:
@@ -562,55 +496,15 @@ class OutputTail:
 
     # -- lines ---------------------------------------------------------------------------
 
-    def _consume(self, data: bytes) -> list[ProgressRecord]:
-        """Split freshly read bytes into lines, keep the incomplete tail, match the rest."""
-        base = self._pos
-        self._pos += len(data)
-        if len(data) >= ANCHOR_BYTES:
-            self._anchor = data[-ANCHOR_BYTES:]
-        else:
-            self._anchor = (self._anchor + data)[-ANCHOR_BYTES:]
-        start = 0
-        records: list[ProgressRecord] = []
-        if self._discarding or self._pending:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self._hold(data)
-                return records
-            if self._discarding:
-                self._discarding = False
-                self.long_lines += self._count_discard
-                self._count_discard = True
-            else:
-                self._line(self._pending + data[:nl], records)
-                self._pending = b""
-            start = nl + 1
-            self.offset = base + start
-        last = data.rfind(b"\n", start)
-        if last >= 0:
-            block = data[start:last]
-            lines = self.patterns.candidate_lines(block, self._max_line)
-            for line in block.split(b"\n") if lines is None else lines:
-                self._line(line, records)
-            start = last + 1
-            self.offset = base + start
-        self._hold(data[start:])
-        return records
+    def _lines(self, block: bytes, records: list[ProgressRecord]) -> None:
+        lines = self.patterns.candidate_lines(block, self._max_line)
+        for line in block.split(b"\n") if lines is None else lines:
+            self._line(line, records)
 
-    def _hold(self, tail: bytes) -> None:
-        if self._discarding:
-            return
-        pending = self._pending + tail if self._pending else tail
-        if len(pending) > self._max_line:
-            self._pending = b""
-            self._discarding = True  # counted when its newline arrives
-        else:
-            self._pending = pending
+    def _long_line(self) -> None:
+        self.long_lines += 1
 
-    def _line(self, line: bytes, records: list[ProgressRecord]) -> None:
-        if len(line) > self._max_line:
-            self.long_lines += 1
-            return
+    def _record_line(self, line: bytes, records: list[ProgressRecord]) -> None:
         result = self.patterns.match(line)
         if result.problem is not None:
             self.bad_lines += 1
@@ -625,6 +519,11 @@ def tail_for(
     if not patterns:
         return None
     return OutputTail(log_path, compile_patterns(patterns), offset, run_id=run_id)
+
+
+def _block(fst: os.stat_result) -> int:
+    """The unit logcap cuts this file in: max(st_blksize, 512)."""
+    return max(fst.st_blksize, _LOGCAP_MIN_BLOCK)
 
 
 def _overlap(head: bytes, anchor: bytes) -> int:

@@ -1,4 +1,5 @@
-"""The one reader of progress.jsonl: offsets, partial lines, bad lines (SPEC section 5).
+"""The one reader of progress.jsonl: its lines, bad lines (SPEC section 5); offsets, partial
+lines and odd files are supervisor.filetail's, as for the run's log.
 
 Knows no database. `ProgressTail.read()` returns plain `ProgressRecord`s for the
 lines appended since the last call; `ProgressState.apply()` folds them into the
@@ -20,17 +21,14 @@ Line classification (decided here, see SPEC 5):
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
+from supervisor.filetail import GrowingFileTail
 
 MAX_LINE_BYTES: Final = 1024 * 1024
 """A longer line (without its newline) is skipped and counted."""
@@ -42,21 +40,9 @@ MAX_MESSAGE_CHARS: Final = 8192
 """An error message is cut to this many characters; the rest is noise for a column."""
 NO_MESSAGE: Final = "simulation reported an error without a message"
 """`last_error` for an `error` record that has no `message`."""
-MAX_REFUSAL_LOGS: Final = 20
-"""Refusals one tail logs; a simulation flipping its file's type on purpose cannot flood the log."""
-
-log = structlog.get_logger(__name__)
-
 KNOWN_TYPES: Final = frozenset(
     {"start", "erlang_start", "iteration", "erlang_complete", "complete", "error"}
 )
-
-_GONE: Final = (-1, -1)
-"""`_ident` once the file read was seen gone: equal to no real (st_dev, st_ino)."""
-
-# O_NONBLOCK: a FIFO swapped in between lstat and open must not block the open.
-# O_NOCTTY: a terminal swapped in must never become our controlling tty.
-_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,40 +235,19 @@ def _from_object(obj: dict[str, Any]) -> ProgressRecord | object:
     )
 
 
-_KINDS: Final = (
-    (stat.S_ISLNK, "symlink"),
-    (stat.S_ISFIFO, "fifo"),
-    (stat.S_ISDIR, "directory"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-    (stat.S_ISSOCK, "socket"),
-)
-
-
-def _file_kind(mode: int) -> str:
-    """What a non-regular file is, in words for the log."""
-    for test, kind in _KINDS:
-        if test(mode):
-            return kind
-    return "special file"
-
-
 def parse_line(line: bytes) -> ProgressRecord | None:
     """One line (newline optional) as a record; None if bad, blank or carrying nothing we use."""
     result = _classify(line)
     return result if isinstance(result, ProgressRecord) else None
 
 
-class ProgressTail:
-    """Incremental reader of one progress.jsonl; open, read, close on every call.
-
-    `offset` is the byte offset of the first byte not yet consumed as a complete
-    line; a new tail created with it resumes exactly (bytes of an incomplete last
-    line are kept in memory, not re-read, but are not counted in `offset`).
-    A file that shrank below what was read, or was replaced by another inode,
-    is read again from 0. A file that is not a regular one (symlink, FIFO, ...) is
-    refused on every read and logged once per condition, again after it was readable.
+class ProgressTail(GrowingFileTail[ProgressRecord]):
+    """Incremental reader of one progress.jsonl (a GrowingFileTail: offsets, partial lines,
+    missing, replaced, cut and refused files as it says); each complete line is classified
+    (see the module docstring) and bad ones counted in `bad_lines`, over-long ones too.
     """
+
+    LOG_NAME = "progress_file"
 
     def __init__(
         self,
@@ -294,183 +259,20 @@ class ProgressTail:
         run_id: str | None = None,
     ) -> None:
         """Prepare to read `path` from `offset`; touches nothing on disk. `run_id` is for logs."""
-        if offset < 0 or max_line_bytes < 1 or max_read_bytes < 1:
-            raise ValueError("offset must be >= 0 and limits >= 1")
-        self.path = path
-        self.run_id = run_id
-        self.offset = offset
+        super().__init__(
+            path,
+            offset,
+            max_line_bytes=max_line_bytes,
+            max_read_bytes=max_read_bytes,
+            run_id=run_id,
+        )
         self.bad_lines = 0
-        self.refused: str | None = None  # why the last read() refused the file, else None
-        self.refusals = 0  # reads refused so far (symlink, FIFO, device, OS error)
-        self.restarts = 0  # times the file shrank or was replaced and was re-read from 0
-        self._max_line = max_line_bytes
-        self._max_read = max_read_bytes
-        self._pos = offset  # next byte to read from disk (>= offset)
-        self._pending = b""  # bytes of the incomplete last line, from offset to _pos
-        self._discarding = False  # inside an over-long line: drop bytes until a newline
-        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) last read
-        self._more = False
-        # The refusal last logged; a missing file in between keeps it (same condition).
-        self._condition: str | None = None
-        self._refusal_logs = 0
 
-    @property
-    def more(self) -> bool:
-        """True when the last read stopped at max_read_bytes and more bytes are waiting."""
-        return self._more
+    def _long_line(self) -> None:
+        self.bad_lines += 1
 
-    def read_to_end(self) -> list[ProgressRecord]:
-        """Records of everything appended so far, in as many bounded reads as that takes."""
-        out = self.read()
-        while self._more:
-            out += self.read()
-        return out
-
-    def read(self) -> list[ProgressRecord]:
-        """Records of the complete lines appended since the last call; never raises for files."""
-        self._more = False
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            self.refused = None  # not there yet: normal before the run writes
-            self._forget_file()
-            return []
-        except OSError as exc:
-            return self._refuse("lstat failed", exc.strerror)
-        if not stat.S_ISREG(st.st_mode):
-            # lstat first so that a symlink, FIFO or device is never even opened.
-            return self._refuse_type(st.st_mode)
-        self._readable()
-        ident = (st.st_dev, st.st_ino)
-        if ident == self._ident and st.st_size == self._pos:
-            return []  # fast path: nothing appended, no open needed
-        try:
-            fd = os.open(self.path, _OPEN_FLAGS)
-        except FileNotFoundError:
-            self._forget_file()
-            return []
-        except OSError as exc:  # ELOOP: replaced by a symlink since lstat
-            if exc.errno == errno.ELOOP:
-                return self._refuse_type(stat.S_IFLNK)
-            return self._refuse("open failed", exc.strerror)
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode):
-                return self._refuse_type(fst.st_mode)
-            return self._read_fd(fd, fst)
-        except OSError as exc:
-            return self._refuse("read failed", exc.strerror)
-        finally:
-            os.close(fd)
-
-    def _refuse_type(self, mode: int) -> list[ProgressRecord]:
-        """Refuse a file that is not a regular one, naming what it is."""
-        kind = _file_kind(mode)
-        self._forget_file()
-        return self._refuse(kind, f"not a regular file (mode {stat.filemode(mode)})")
-
-    def _refuse(self, condition: str, detail: str | None) -> list[ProgressRecord]:
-        """Record a refused read, log it if the condition is new, and return no records."""
-        reason = f"{condition}: {detail}"
-        self.refused = reason
-        self.refusals += 1
-        if condition != self._condition:
-            self._condition = condition
-            self._log_refusal(reason)
-        return []
-
-    def _forget_file(self) -> None:
-        """The file read so far is gone from the path: the next regular file there is new."""
-        # Even with the same (st_dev, st_ino): a freed inode number is soon handed out again.
-        if self._ident is not None:
-            self._ident = _GONE
-
-    def _log_refusal(self, reason: str) -> None:
-        """One warning per new condition, up to MAX_REFUSAL_LOGS, then one line saying so."""
-        self._refusal_logs += 1
-        ids = {} if self.run_id is None else {"run_id": self.run_id}
-        if self._refusal_logs <= MAX_REFUSAL_LOGS:
-            log.warning("progress_file_refused", **ids, path=str(self.path), reason=reason)
-        elif self._refusal_logs == MAX_REFUSAL_LOGS + 1:
-            log.warning("progress_file_refusals_muted", **ids, path=str(self.path))
-
-    def _readable(self) -> None:
-        """The file is a regular one again: a later refusal is a new condition."""
-        self.refused = None
-        if self._condition is not None:
-            self._condition = None
-            if self._refusal_logs <= MAX_REFUSAL_LOGS:
-                ids = {} if self.run_id is None else {"run_id": self.run_id}
-                log.info("progress_file_readable_again", **ids, path=str(self.path))
-
-    def _restart(self) -> None:
-        """Forget everything read: the file shrank or is another file now."""
-        self.offset = 0
-        self._pos = 0
-        self._pending = b""
-        self._discarding = False
-        self.restarts += 1
-
-    def _read_fd(self, fd: int, fst: os.stat_result) -> list[ProgressRecord]:
-        """Read at most max_read_bytes from the open regular file and consume them."""
-        ident = (fst.st_dev, fst.st_ino)
-        replaced = self._ident is not None and ident != self._ident
-        self._ident = ident
-        if replaced or fst.st_size < self._pos:
-            self._restart()
-        want = min(fst.st_size - self._pos, self._max_read)
-        if want <= 0:
-            return []
-        data = os.pread(fd, want, self._pos)
-        records = self._consume(data)
-        self._more = self._pos < fst.st_size
-        return records
-
-    def _consume(self, data: bytes) -> list[ProgressRecord]:
-        """Split freshly read bytes into lines, keep the incomplete tail, classify the rest."""
-        base = self._pos
-        self._pos += len(data)
-        start = 0
-        records: list[ProgressRecord] = []
-        if self._discarding or self._pending:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self._hold(data)
-                return records
-            if self._discarding:
-                self._discarding = False
-                self.bad_lines += 1
-            else:
-                self._line(self._pending + data[:nl], records)
-                self._pending = b""
-            start = nl + 1
-            self.offset = base + start
-        last = data.rfind(b"\n", start)
-        if last >= 0:
-            for line in data[start:last].split(b"\n"):
-                self._line(line, records)
-            start = last + 1
-            self.offset = base + start
-        self._hold(data[start:])
-        return records
-
-    def _hold(self, tail: bytes) -> None:
-        """Keep bytes of an incomplete line, or drop them once the line is over-long."""
-        if self._discarding:
-            return
-        pending = self._pending + tail if self._pending else tail
-        if len(pending) > self._max_line:
-            # Counted when its newline arrives, so chunking never changes the count.
-            self._pending = b""
-            self._discarding = True
-        else:
-            self._pending = pending
-
-    def _line(self, line: bytes, records: list[ProgressRecord]) -> None:
-        """Classify one complete line (without its newline) into records or bad_lines."""
-        if len(line) > self._max_line:
-            self.bad_lines += 1
-            return
+    def _record_line(self, line: bytes, records: list[ProgressRecord]) -> None:
+        """Classify one complete line into records or bad_lines."""
         result = _classify(line)
         if result is None:
             self.bad_lines += 1

@@ -23,6 +23,8 @@ ENV_CONFIG = "RUNSUP_CONFIG"
 ENV_DATABASE = "RUNSUP_DATABASE"
 ENV_RUNS_DIR = "RUNSUP_RUNS_DIR"
 ENV_MAX_CONCURRENT = "RUNSUP_MAX_CONCURRENT"
+# The variables that choose the configuration, the database or the runs directory.
+SETTINGS_VARIABLES = (ENV_CONFIG, ENV_DATABASE, ENV_RUNS_DIR, ENV_MAX_CONCURRENT)
 
 DEFAULT_CANCEL_GRACE_SECONDS = 10.0
 DEFAULT_RESCAN_INTERVAL_SECONDS = 2.0
@@ -50,6 +52,8 @@ RETRY_EXIT_PREFIX = "exit:"
 MAX_EXIT_CODE = 255
 DEFAULT_RETRY_ON = ("signal", "lost", "node_failure")
 DEFAULT_RETRY_DELAY_SECONDS = 10.0
+# SPEC section 15: what `runsup results` reads in a run's directory.
+DEFAULT_RESULTS_FILE = "results.json"
 
 # SPEC section 9: a cluster executor.
 EXECUTOR_KINDS = ("slurm",)
@@ -94,11 +98,7 @@ class Template:
     retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
     on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
     progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.outputpatterns
-
-    @property
-    def config_filename(self) -> str:
-        """The name of the config file written into the run directory."""
-        return f"config.{self.config_format}"
+    results_file: str = DEFAULT_RESULTS_FILE  # SPEC 15: relative to the run directory
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
         """The argument list with placeholders filled in (never a shell string)."""
@@ -420,6 +420,7 @@ _TEMPLATE_KEYS = frozenset(
         "retry_delay_seconds",
         "on_finish",
         "progress_patterns",
+        "results_file",
     }
 )
 _RESOURCES_KEYS = frozenset({"cpus", "gpus", "memory", "pin_cpus"})
@@ -543,7 +544,19 @@ def _template(
         retry_delay_seconds=_or(reader.number("retry_delay_seconds"), DEFAULT_RETRY_DELAY_SECONDS),
         on_finish=reader.argv("on_finish", HOOK_PLACEHOLDERS),
         progress_patterns=patterns,
+        results_file=_results_file(reader),
     )
+
+
+def _results_file(reader: _Reader) -> str:
+    """A path inside the run directory: relative, without `..`."""
+    value = reader.string("results_file")
+    if value is None:
+        return DEFAULT_RESULTS_FILE
+    parts = Path(value).parts
+    if Path(value).is_absolute() or ".." in parts:
+        raise reader.fail("results_file", "a path inside the run directory", value)
+    return value
 
 
 def _template_executor(reader: _Reader, executors: Mapping[str, ExecutorSettings]) -> str:

@@ -39,7 +39,7 @@ ISOLATED_VARIABLES = (
 
 
 # The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
-pytest_plugins = ("slurm_fixtures",)
+pytest_plugins = ("slurm_fixtures", "leaks", "tiers")
 
 
 def sqlite_url(path: Path) -> str:

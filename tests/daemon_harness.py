@@ -16,6 +16,13 @@ from typing import Any, TypeVar
 import psutil
 
 from supervisor.db import RunRecord, Store
+from supervisor.executors.slurm.standin import (
+    StandInState,
+    end_standin,
+    find_standin,
+    standin_state,
+)
+from supervisor.rundir import RECORD_DIRNAME
 
 RUNSUP = Path(sys.executable).parent / "runsup"
 TEST_SIM = Path(__file__).parent / "sims" / "testsim.py"
@@ -23,6 +30,8 @@ DEFAULT_DEADLINE = 30.0
 # The test simulation writes this first, after installing its signal handlers.
 READY = {"type": "start", "config": {"total_erlangs": 1, "total_iterations": 3}}
 POLL_SECONDS = 0.01
+# How long a daemon, a run's group or a stand-in gets to go after being told, at teardown.
+STOP_SECONDS = 10.0
 T = TypeVar("T")
 
 
@@ -119,7 +128,12 @@ class DaemonHarness:
                     )
                 return self._logged("daemon_ready", start_at)
 
-            wait_for("daemon_ready in the daemon's log", ready)
+            try:
+                wait_for("daemon_ready in the daemon's log", ready)
+            except BaseException:
+                # A fixture that calls start() before its `yield` never reaches its teardown.
+                self._end_daemon()
+                raise
 
     def _logged(self, event: str, start_at: int = 0) -> bool:
         with self.log_path.open("rb") as fh:
@@ -213,13 +227,39 @@ class DaemonHarness:
         """Wait until the run has ended."""
         return self.wait_status(run_id, {"COMPLETED", "FAILED", "CANCELLED"}, deadline)
 
-    def close(self) -> None:
-        """Stop the daemon if it runs, kill what runs left behind, close the store."""
-        if self.proc is not None and self.proc.poll() is None:
+    def _end_daemon(self) -> None:
+        """SIGTERM (the daemon detaches from its runs and exits), SIGKILL if it does not."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(DEFAULT_DEADLINE)
+
+    def close(self) -> None:
+        """Stop the daemon if it runs, end what its runs left behind, close the store."""
+        self._end_daemon()
         for record in self.store.list_runs():
-            if record.pgid and record.status == "RUNNING":
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(record.pgid, signal.SIGKILL)
+            end_run_processes(record)
         self.store.close()
+
+
+def end_run_processes(record: RunRecord) -> None:
+    """End a run's processes, whatever its status: a cluster run's stand-in is told to go (a
+    daemon killed before ending it leaves it waiting), a RUNNING local run's group gets
+    SIGTERM, then SIGKILL."""
+    if record.external_id and record.run_dir:
+        standin = find_standin(record.external_id, Path(record.run_dir) / RECORD_DIRNAME)
+        if standin is not None and standin_state(standin) is StandInState.ALIVE:
+            end_standin(standin, timeout=STOP_SECONDS)
+        return
+    if not record.pgid or record.status != "RUNNING":
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(record.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        while group_alive(record.pgid) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        os.killpg(record.pgid, signal.SIGKILL)

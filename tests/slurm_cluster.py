@@ -31,6 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marker import MARKER_VARIABLE, marker_env
+
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "sacct")
 ACCOUNTING_BINARIES = ("slurmdbd", "mariadbd", "mariadb-install-db", "mariadb", "sacctmgr")
 
@@ -304,7 +306,11 @@ def start_cluster(base: Path, *, accounting: bool = False) -> SlurmCluster:
 
 def _client_env(base: Path) -> dict[str, str]:
     steering = ("SLURM_", "SBATCH_", "SQUEUE_", "SACCT_", "SCANCEL_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(steering)}
+    # Without the test marker: a process started with this environment later must carry the
+    # marker of the test that starts it, not that of the session fixture that made the cluster.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(steering) and k != MARKER_VARIABLE
+    }
     env["SLURM_CONF"] = str(base / "etc" / "slurm.conf")
     env["PATH"] = env.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
     return env
@@ -315,7 +321,7 @@ def _spawn(cluster: SlurmCluster, name: str, argv: list[str]) -> None:
     with open(log_path, "ab") as out:
         cluster.processes[name] = subprocess.Popen(
             argv,
-            env=cluster.env,
+            env={**cluster.env, **marker_env()},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

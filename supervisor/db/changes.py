@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import func, insert, text, update
 from sqlalchemy.engine import Connection
 
 from supervisor.db.records import Claim, NewRun, ProgressUpdate, utcnow
@@ -88,10 +88,11 @@ def running_change(
     run_id: str, process: RecordedProcess, *, run_dir: str, reason: str = "launched"
 ) -> RowChange:
     """PENDING -> RUNNING with the process identity a restarted daemon will need (and, for a
-    cluster job, the node it runs on and its id)."""
+    cluster job, the node it runs on and its id). A first start makes the row attempt 1
+    (SPEC section 3); a retry's row already names its attempt."""
     now = utcnow()
     values = process_columns(process)
-    values.update(run_dir=run_dir, started_at=now)
+    values.update(run_dir=run_dir, started_at=now, attempt=func.coalesce(runs.c.attempt, 1))
     return RowChange(run_id, frozenset({RunStatus.PENDING}), values, RunStatus.RUNNING, reason, now)
 
 
@@ -209,12 +210,13 @@ _ATTEMPT_COLUMNS_CLEARED = (
     "total_iterations",
     "erlang_index",
     "progress_updated_at",
+    "output_offset",  # the next attempt's log is a new file: read from its first line
 )
 
 
 def retry_change(run_id: str, *, attempt: int, not_before: datetime, reason: str) -> RowChange:
     """RUNNING -> PENDING as attempt `attempt`, not before `not_before`; the row forgets the last
-    attempt's process and progress (the progress file is read from offset 0 again)."""
+    attempt's process and progress (its progress file and log are read from the start)."""
     values: dict[str, Any] = dict.fromkeys(_ATTEMPT_COLUMNS_CLEARED)
     values.update(attempt=attempt, not_before=not_before, progress_offset=0, progress_bad_lines=0)
     return RowChange(

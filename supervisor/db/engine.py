@@ -77,6 +77,31 @@ def decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def checkpoint(engine: Engine, busy_timeout_ms: int) -> bool:
+    """Fold the -wal file back into the database and truncate it; False if not done now.
+
+    Never waits: TRUNCATE calls the busy handler until every reader has left its old
+    snapshot, which with busy_timeout would stall the caller up to BUSY_TIMEOUT_MS per try
+    while some program keeps a read transaction open. So this runs with no busy timeout
+    (then puts `busy_timeout_ms` back) and reports "not now" instead; the caller tries again.
+    """
+    if engine.dialect.name != "sqlite":
+        return True
+    # Outside any transaction: a checkpoint cannot run inside one.
+    conn = engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = cursor.fetchone()
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    finally:
+        conn.close()
+    return row is not None and int(row[0]) == 0
+
+
 def _enable_wal(cursor: Any) -> None:
     """PRAGMA journal_mode=WAL, retried: switching a file to WAL needs it alone, and SQLite
     answers "database is locked" at once (no busy handler) while another connection, such as a

@@ -7,7 +7,7 @@ The Store opens the read transaction and calls these; nothing here owns a connec
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, func, insert, literal, or_, select, text
@@ -17,7 +17,6 @@ from supervisor.db.records import Dependency, Pause, RunRecord, record_of
 from supervisor.db.schema import (
     QUEUE_ORDER,
     TIMESTAMP_FORMAT,
-    parse_timestamp,
     queue_pauses,
     run_dependencies,
     run_events,
@@ -68,14 +67,12 @@ def pending_runs(
     `room` bounds how many runs of a template are returned. The walk follows ix_runs_queue
     and stops after `limit` usable rows (no sort of every PENDING row).
     """
-    when = now.strftime(TIMESTAMP_FORMAT)
     query = (
         select(runs)
         .where(
             runs.c.status == RunStatus.PENDING.value,
             runs.c.launch_claimed_at.is_(None),
-            # Other programs may write ISO's "T"; SQLAlchemy's text form has a space.
-            or_(runs.c.not_before.is_(None), func.replace(runs.c.not_before, "T", " ") <= when),
+            or_(runs.c.not_before.is_(None), _instant(runs.c.not_before) <= _day_of(now)),
             ~_unmet_dependency().exists(),
         )
         .order_by(*QUEUE_ORDER)
@@ -219,13 +216,19 @@ def queue_marker(conn: Connection) -> tuple[int, int]:
 
 def next_not_before(conn: Connection, now: datetime) -> datetime | None:
     """The earliest not_before still to come of an unclaimed PENDING run, if any."""
-    when = now.strftime(TIMESTAMP_FORMAT)
-    query = select(func.min(func.replace(runs.c.not_before, "T", " "))).where(
-        runs.c.status == RunStatus.PENDING.value,
-        runs.c.launch_claimed_at.is_(None),
-        func.replace(runs.c.not_before, "T", " ") > when,
+    query = (
+        select(runs.c.not_before)
+        .where(
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.launch_claimed_at.is_(None),
+            _instant(runs.c.not_before) > _day_of(now),
+        )
+        .order_by(_instant(runs.c.not_before))
+        .limit(1)
     )
-    return parse_timestamp(conn.execute(query).scalar())
+    # The column's type reads the text as the same instant (microseconds kept, unlike days).
+    found: datetime | None = conn.execute(query).scalar()
+    return found
 
 
 def unhooked_runs(
@@ -241,6 +244,23 @@ def unhooked_runs(
     if templates is not None:
         query = query.where(runs.c.template.in_(sorted(templates)))
     return [record_of(r) for r in conn.execute(query)]
+
+
+def _instant(column: Any) -> Any:
+    """SQL: a DATETIME column as the instant it means, in (Julian) days.
+
+    SPEC section 3: other programs may write ISO 8601 with a `T` or a UTC offset
+    (`...T10:00:00+01:00`), which must compare as the instant, never as text; SQLite's date
+    functions read all these forms (and give NULL for text that is no time, which never starts
+    and is never waited for).
+    """
+    return func.julianday(column)
+
+
+def _day_of(moment: datetime) -> Any:
+    """SQL: a datetime (naive means UTC) in the days `_instant` compares in."""
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return func.julianday(utc.strftime(TIMESTAMP_FORMAT))
 
 
 def _status_of(run_id: Any) -> Any:

@@ -134,6 +134,12 @@ CANCEL_REQUESTED_SQL = "cancel_requested_at IS NOT NULL AND status IN ('PENDING'
 CANCEL_INDEX_NAME = "ix_runs_cancel_requested"
 cancel_index = Index(CANCEL_INDEX_NAME, runs.c.id, sqlite_where=text(CANCEL_REQUESTED_SQL))
 
+# A long history read in bounded time (migration 0005): the newest runs (`runsup results`), the
+# runs that ended last (`runsup list`), the runs of one sweep.
+created_index = Index("ix_runs_created_at", runs.c.created_at)
+completed_index = Index("ix_runs_completed_at", runs.c.completed_at)
+sweep_index = Index("ix_runs_sweep_id", runs.c.sweep_id)
+
 run_events = Table(
     "run_events",
     metadata,

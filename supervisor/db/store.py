@@ -8,11 +8,12 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 import supervisor.db.queue_sql as queue_sql
+import supervisor.db.run_reads as run_reads
 from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RecordedProcess,
@@ -27,7 +28,7 @@ from supervisor.db.changes import (
     timed_out_change,
     write_progress,
 )
-from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, make_engine
+from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, checkpoint, make_engine
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.queue_sql import check_dependencies_exist, dependency_kinds
 from supervisor.db.records import (
@@ -40,13 +41,12 @@ from supervisor.db.records import (
     RunRecord,
     check_config_json,
     new_run_id,
-    record_of,
     utcnow,
 )
-from supervisor.db.schema import CANCEL_INDEX_NAME, CANCEL_REQUESTED_SQL, run_events, runs
+from supervisor.db.schema import runs
 from supervisor.db.stats import RunStats, read_run_stats
 from supervisor.errors import DatabaseBusy, DatabaseError, NotFoundError, ValidationError
-from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
+from supervisor.states import RunStatus, sources_of
 
 # A write that still finds the database locked after busy_timeout is tried again this often.
 WRITE_ATTEMPTS = 3
@@ -114,11 +114,6 @@ class Store:
         """A function of a connection, run in one read transaction."""
         with self._read() as conn:
             return query(conn)
-
-    def _records(self, query: Any) -> list[RunRecord]:
-        """The runs a SELECT of whole rows returns, as records."""
-        with self._read() as conn:
-            return [record_of(r) for r in conn.execute(query)]
 
     def _write(self, work: Callable[[Connection], T], *, progress_only: bool = False) -> T:
         """Run `work` in one write transaction; retry if another process held the lock too long.
@@ -200,9 +195,7 @@ class Store:
 
     def find(self, run_id: str) -> RunRecord | None:
         """The run with this id, or None."""
-        with self._read() as conn:
-            row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
-        return None if row is None else record_of(row)
+        return self._reading(lambda conn: run_reads.find_run(conn, run_id))
 
     def get(self, run_id: str) -> RunRecord:
         """The run with this id; NotFoundError if there is none."""
@@ -215,56 +208,30 @@ class Store:
         self, status: str | None = None, limit: int | None = None, sweep_id: str | None = None
     ) -> list[RunRecord]:
         """Runs, newest first, optionally of one status and of one sweep."""
-        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id)
-        if status is not None:
-            query = query.where(runs.c.status == status)
-        if sweep_id is not None:
-            query = query.where(runs.c.sweep_id == sweep_id)
-        if limit is not None:
-            query = query.limit(limit)
-        return self._records(query)
+        return self._reading(lambda conn: run_reads.list_runs(conn, status, limit, sweep_id))
 
     def get_many(self, run_ids: Iterable[str]) -> list[RunRecord]:
         """The runs with these ids (missing ones are left out)."""
         ids = list(run_ids)
-        if not ids:
-            return []
-        return self._records(select(runs).where(runs.c.id.in_(ids)))
+        return self._reading(lambda conn: run_reads.get_many(conn, ids)) if ids else []
 
     def events(self, run_id: str) -> list[RunEvent]:
         """A run's status history, oldest first."""
-        query = select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
-        with self._read() as conn:
-            return [
-                RunEvent(
-                    id=int(r.id),
-                    run_id=str(r.run_id),
-                    at=r.at,
-                    from_status=r.from_status,
-                    to_status=str(r.to_status),
-                    reason=r.reason,
-                )
-                for r in conn.execute(query)
-            ]
+        return self._reading(lambda conn: run_reads.events(conn, run_id))
 
     def count_status(self, status: RunStatus) -> int:
         """How many runs have this status."""
-        query = select(func.count()).select_from(runs).where(runs.c.status == status.value)
-        with self._read() as conn:
-            return int(conn.execute(query).scalar() or 0)
+        return self._reading(lambda conn: run_reads.count_status(conn, status))
 
     def counts(self) -> dict[str, int]:
         """How many runs there are of each status."""
-        query = select(runs.c.status, func.count()).group_by(runs.c.status)
-        with self._read() as conn:
-            return {str(status): int(n) for status, n in conn.execute(query)}
+        return self._reading(run_reads.counts)
 
     def run_stats(
         self, templates: Iterable[str], other: str, bounds: Sequence[float], now: datetime
     ) -> RunStats:
         """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
-        with self._read() as conn:
-            return read_run_stats(conn, templates, other, bounds, now)
+        return self._reading(lambda conn: read_run_stats(conn, templates, other, bounds, now))
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""
@@ -283,60 +250,24 @@ class Store:
 
     def active_runs(self) -> list[RunRecord]:
         """Runs the daemon is responsible for: RUNNING, or PENDING and claimed for launch."""
-        query = select(runs).where(
-            (runs.c.status == RunStatus.RUNNING.value)
-            | ((runs.c.status == RunStatus.PENDING.value) & runs.c.launch_claimed_at.is_not(None))
-        )
-        return self._records(query)
+        return self._reading(run_reads.active_runs)
 
     def foreign_running(self) -> list[RunRecord]:
-        """RUNNING rows the daemon did not start: another program wrote their pid and pgid
-        (the daemon's own RUNNING rows always carry their keeper's pid)."""
-        query = select(runs).where(
-            runs.c.status == RunStatus.RUNNING.value, runs.c.keeper_pid.is_(None)
-        )
-        return self._records(query)
+        """RUNNING rows the daemon did not start (see run_reads.foreign_running)."""
+        return self._reading(run_reads.foreign_running)
 
     def overturned_runs(self, boot_id: str) -> list[RunRecord]:
-        """Runs the daemon started in this boot whose final status another program wrote: the
-        row is final, but its last run_events row (every status change of ours has one) is not
-        that status. Their processes may still live; their true outcome is still to come."""
-        last = (
-            select(run_events.c.to_status)
-            .where(run_events.c.run_id == runs.c.id)
-            .order_by(run_events.c.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        query = select(runs).where(
-            runs.c.status.in_([s.value for s in FINAL_STATUSES]),
-            runs.c.keeper_pid.is_not(None),
-            runs.c.keeper_pid != 0,
-            runs.c.boot_id == boot_id,
-            func.coalesce(last, "") != runs.c.status,
-        )
-        return self._records(query)
+        """Runs started in this boot whose final status another program wrote (see
+        run_reads.overturned_runs): their true outcome is still to come."""
+        return self._reading(lambda conn: run_reads.overturned_runs(conn, boot_id))
 
     def cancel_requests(self) -> list[RunRecord]:
-        """PENDING or RUNNING runs somebody asked to cancel (read through a partial index)."""
-        # INDEXED BY: without ANALYZE statistics the planner prefers the status index, which
-        # walks every waiting run.
-        query = text(
-            f"SELECT * FROM runs INDEXED BY {CANCEL_INDEX_NAME} WHERE {CANCEL_REQUESTED_SQL}"
-        ).columns(*runs.c)
-        return self._records(query)
+        """PENDING or RUNNING runs somebody asked to cancel."""
+        return self._reading(run_reads.cancel_requests)
 
     def claim_launch(self, run_id: str) -> bool:
         """Claim a PENDING run for launch (compare-and-set); False if it was not free."""
-        return self._update_one(
-            run_id,
-            [
-                runs.c.status == RunStatus.PENDING.value,
-                runs.c.launch_claimed_at.is_(None),
-                runs.c.cancel_requested_at.is_(None),
-            ],
-            launch_claimed_at=utcnow(),
-        )
+        return self.claim_many([run_id]) == [run_id]
 
     def release_claim(self, run_id: str) -> bool:
         """Undo a launch claim on a run that is provably not started, so it is launched again."""
@@ -425,28 +356,9 @@ class Store:
         return self._write(lambda conn: write_progress(conn, updates), progress_only=True)
 
     def checkpoint(self) -> bool:
-        """Fold the -wal file back into the database and truncate it; False if not done now.
-
-        Never waits: TRUNCATE calls the busy handler until every reader has left its old
-        snapshot, which with busy_timeout would stall the caller up to BUSY_TIMEOUT_MS per try
-        while some program keeps a read transaction open. So this call runs with no busy
-        timeout and reports "not now" instead; the caller tries again later.
-        """
-        if self.engine.dialect.name != "sqlite":
-            return True
-        # Outside any transaction: a checkpoint cannot run inside one.
-        conn = self.engine.raw_connection()
-        try:
-            cursor = conn.cursor()
-            cursor.execute("PRAGMA busy_timeout=0")
-            try:
-                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                row = cursor.fetchone()
-            finally:
-                cursor.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-        finally:
-            conn.close()
-        return row is not None and int(row[0]) == 0
+        """Fold the -wal file back into the database and truncate it; False if not done now
+        (never waits: see engine.checkpoint)."""
+        return checkpoint(self.engine, self.busy_timeout_ms)
 
     # -- the queue (SPEC section 11): its SQL is in queue_sql ------------------
 
@@ -461,10 +373,11 @@ class Store:
         """Up to `limit` unclaimed PENDING runs that may start now, in queue order (see
         queue_sql.pending_runs)."""
         when = now or utcnow()
-        with self._read() as conn:
-            return queue_sql.pending_runs(
+        return self._reading(
+            lambda conn: queue_sql.pending_runs(
                 conn, limit, now=when, skip_templates=skip_templates, room=room
             )
+        )
 
     def running_templates(self) -> dict[str, str]:
         """Run id -> template of every RUNNING run (for max_concurrent)."""
@@ -526,8 +439,7 @@ class Store:
 
     def last_event_id(self) -> int:
         """The newest run_events id (0 when there is none)."""
-        with self._read() as conn:
-            return int(conn.execute(select(func.max(run_events.c.id))).scalar() or 0)
+        return self._reading(run_reads.last_event_id)
 
     def next_not_before(self, now: datetime) -> datetime | None:
         """The earliest not_before still to come of an unclaimed PENDING run, if any."""

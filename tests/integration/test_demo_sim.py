@@ -147,7 +147,7 @@ def test_progress_protocol_is_complete_and_in_order(tmp_path: Path) -> None:
     stamps = [datetime.fromisoformat(r["ts"]) for r in records]
     assert stamps == sorted(stamps)
 
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())["loads"]
     assert [r["erlang"] for r in results] == loads
     assert all(r["channels"] == 5 for r in results)
     assert [r["mean_blocking"] for r in results] == [

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from supervisor import progress
+from supervisor import filetail
 from supervisor.progress import ProgressTail
 
 if TYPE_CHECKING:
@@ -123,10 +123,10 @@ def test_a_file_flipping_on_purpose_cannot_flood_the_log(tmp_path: Path, json_lo
     decoy = tmp_path / "decoy.jsonl"
     decoy.write_bytes(b"")
     tail = ProgressTail(path)
-    for i in range(progress.MAX_REFUSAL_LOGS + 5):
+    for i in range(filetail.MAX_REFUSAL_LOGS + 5):
         make_symlink(path, decoy)
         assert iterations(tail) == []
         make_regular(path, line(i))
         assert iterations(tail) == [i]
-    assert len(json_log.events(REFUSED)) == progress.MAX_REFUSAL_LOGS
+    assert len(json_log.events(REFUSED)) == filetail.MAX_REFUSAL_LOGS
     assert len(json_log.events("progress_file_refusals_muted")) == 1

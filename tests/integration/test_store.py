@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from supervisor.db import ProgressUpdate, Store
+from supervisor.db import ProgressUpdate, Store, retry_change, utcnow
 from supervisor.errors import NotFoundError
 from supervisor.executors.base import ProcessRecord
 from supervisor.states import ALLOWED_TRANSITIONS, RunStatus
@@ -185,6 +185,20 @@ def test_mark_running_writes_pid_and_pgid_in_the_same_commit(store: Store, db_pa
     assert row["run_dir"] == f"/tmp/runs/{run_id}"
     assert TIMESTAMP_TEXT.match(row["started_at"])
     assert [e["to_status"] for e in raw_events(db_path, run_id)] == ["PENDING", "RUNNING"]
+
+
+def test_a_run_is_attempt_1_once_it_starts_and_a_retry_keeps_its_number(
+    store: Store, db_path: Path
+) -> None:
+    # SPEC section 3: attempt is NULL until the run first starts, 1 once it has started.
+    run_id = run_in(store, PENDING)
+    assert raw_row(db_path, run_id)["attempt"] is None
+    assert launch(store, run_id)
+    assert raw_row(db_path, run_id)["attempt"] == 1
+    retry = retry_change(run_id, attempt=2, not_before=utcnow(), reason="attempt 1 failed")
+    assert store.commit_batch([retry]) == [True]
+    assert launch(store, run_id)
+    assert raw_row(db_path, run_id)["attempt"] == 2
 
 
 @pytest.fixture
@@ -450,6 +464,32 @@ def test_foreign_rows_with_garbage_read_without_raising(store: Store, db_path: P
     pending = store.pending_runs(limit=10)
     assert [r.id for r in pending] == ["bbbbbbbbbbbb"]
     assert pending[0].created_at == datetime(2024, 5, 6, 5, 8, 9, tzinfo=UTC)
+
+
+def test_not_before_written_with_an_offset_or_a_t_reads_as_its_instant(
+    store: Store, db_path: Path
+) -> None:
+    # SPEC section 3: ISO text with a T or a UTC offset means that instant, never text.
+    now = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+    rows = {
+        "aaaaaaaaaaaa": "2026-12-07T12:50:00+01:00",  # 11:50 UTC: past, though "12:50" > "12:00"
+        "bbbbbbbbbbbb": "2026-12-07 11:10:00-01:00",  # 12:10 UTC: to come, though "11:10" < now
+        "cccccccccccc": "2026-12-07T12:05:00Z",  # 12:05 UTC: to come, the earliest
+        "dddddddddddd": "2026-12-07T11:59:59.500000",  # no offset: UTC, past
+    }
+    with raw_connect(db_path) as conn:
+        for run_id, when in rows.items():
+            conn.execute(
+                "INSERT INTO runs (id, status, config_json, template, created_at, not_before)"
+                " VALUES (?, 'PENDING', '{}', 'erlang-demo', '2026-12-07 10:00:00', ?)",
+                (run_id, when),
+            )
+    startable = {r.id for r in store.pending_runs(limit=10, now=now)}
+    assert startable == {"aaaaaaaaaaaa", "dddddddddddd"}
+    assert store.next_not_before(now) == datetime(2026, 12, 7, 12, 5, tzinfo=UTC)
+    later = datetime(2026, 12, 7, 12, 6, tzinfo=UTC)
+    assert store.next_not_before(later) == datetime(2026, 12, 7, 12, 10, tzinfo=UTC)
+    assert len(store.pending_runs(limit=10, now=later)) == 3
 
 
 # -- cancel requests ---------------------------------------------------------

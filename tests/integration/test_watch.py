@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 DEADLINE_S = 5.0  # generous: a loaded CI machine, while a change normally lands in ~40 ms
 READY_TIMEOUT_S = 5.0
-STOP_PROMPT_S = 0.5  # stop() must return well within this (the step is 20 ms)
 QUICK_RESTART_S = 0.05  # a test's restart backoff: the default waits seconds
 
 
@@ -124,13 +123,12 @@ def test_drain_hands_out_each_path_once(
 
 
 def test_stop_returns_promptly(watcher: DirectoryWatcher) -> None:
-    """stop() ends the thread within a few steps; a second stop() is harmless."""
+    """stop() ends the thread (by the stop event it checks every step: the join's timeout would
+    leave it alive and log watch_stop_timeout); a second stop() is harmless. How long it takes
+    is a figure: bench/mechanism_speeds.py."""
     thread = watcher._thread  # this watcher's own thread: other tests may run watchers too
     assert thread is not None and thread.is_alive()
-    started = time.monotonic()
     watcher.stop()
-    elapsed = time.monotonic() - started
-    assert elapsed < STOP_PROMPT_S
     assert not thread.is_alive()
     assert watcher.failed is None
     watcher.stop()
@@ -233,7 +231,5 @@ def test_stop_ends_a_dead_watcher_waiting_to_restart(runs: Path, collector: Coll
     assert thread is not None
     shutil.rmtree(runs)
     assert wait_for(lambda: w.failed is not None)
-    started = time.monotonic()
     w.stop()
-    assert time.monotonic() - started < STOP_PROMPT_S
     assert not thread.is_alive()

@@ -6,7 +6,9 @@ children (how many sleeping children to fork into its group), signal_self (a sig
 number to kill itself with), stdout (text), wait_for_file (a path to wait for),
 launches_file (append one line per launch, to count them), progress_after (lines written
 after the wait), per_launch (a list: launch N, counted in launches_file, also takes the keys
-of item N-1; for retries).
+of item N-1; for retries), results (an object written to results.json as it is, with
+"echo": the config's values of the keys listed in echo), fail_unless_exists (a path: exit 3
+without writing results while it does not exist).
 """
 
 from __future__ import annotations
@@ -54,7 +56,22 @@ def main() -> int:
             fh.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
     if config.get("signal_self"):
         os.kill(os.getpid(), int(config["signal_self"]))
+    gate = config.get("fail_unless_exists")
+    if gate and not os.path.exists(gate):
+        return 3
+    write_results(config)
     return int(config.get("exit_code", 0))
+
+
+def write_results(config: dict[str, object]) -> None:
+    """results.json from the keys `results` and `echo`, when the config has either."""
+    if "results" not in config and "echo" not in config:
+        return
+    results = dict(config.get("results", {}))  # type: ignore[call-overload]
+    echo = config.get("echo")
+    if isinstance(echo, list):
+        results["echo"] = {key: config.get(key) for key in echo}
+    Path("results.json").write_text(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ import shutil
 import socket
 import sqlite3
 import stat
+import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from daemon_harness import DaemonHarness
 
 from supervisor.db import HEAD_REVISION
 from supervisor.executors.local import cgroups
@@ -24,6 +24,8 @@ from supervisor.gpus import resolve_gpus
 
 if TYPE_CHECKING:
     from conftest import Runsup
+
+RUNSUP_TIMEOUT_SECONDS = 60
 
 CHECK_NAMES = {
     "configuration", "cpus", "gpus", "memory caps", "runs_dir", "database",
@@ -136,22 +138,48 @@ def test_a_template_asking_for_a_gpu_this_machine_lacks_fails(
     assert text.stdout.splitlines()[-1].startswith("NOT READY: 1 failed check(s): gpus")
 
 
-def test_memory_max_passes_exactly_where_this_machine_can_cap(
-    runsup: Runsup, tmp_path: Path
-) -> None:
-    # The command inherits this process's cgroup, so both see the same support.
-    support = cgroups.detect()
+def check_json_in_namespace(
+    runsup: Runsup, conf: Path, setup: str
+) -> tuple[int, dict[str, Any]]:
+    """As check_json, in a mount namespace of its own after the shell commands `setup` (so
+    what they mount or unmount is gone with the command)."""
+    namespace = ["unshare", "--mount", "--propagation", "private"]
+    shell = ["/bin/sh", "-c", f'{setup} && exec "$@"', "sh"]
+    result = subprocess.run(
+        [*namespace, *shell, str(runsup.command), "check", "--json", "--config", str(conf)],
+        env=runsup.env,
+        capture_output=True,
+        text=True,
+        timeout=RUNSUP_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.stderr == "", result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+@pytest.mark.tier("cgroup")
+def test_memory_max_passes_where_this_machine_can_cap(runsup: Runsup, tmp_path: Path) -> None:
+    if not cgroups.detect().enforced:
+        pytest.skip("this machine offers no memory caps (the cgroup tier needs them)")
     conf = write_config(tmp_path, template='memory_max = "64M"')
     status, report = check_json(runsup, conf)
     caps = by_name(report)["memory caps"]
-    assert caps["facts"]["enforced"] is support.enforced
-    if support.enforced:
-        assert (status, caps["status"]) == (0, "ok")
-        assert caps["facts"]["cgroup"] == str(support.base)
-    else:
-        assert (status, caps["status"]) == (1, "fail")
-        assert "sim set memory_max" in caps["detail"]
-        assert "Delegate=yes" in caps["fix"]
+    assert (status, caps["status"]) == (0, "ok"), caps
+    assert caps["facts"]["enforced"] is True
+    # The cgroup it names is one the kernel caps memory in (v1 or v2 interface file).
+    base = Path(caps["facts"]["cgroup"])
+    assert (base / "memory.limit_in_bytes").exists() or (base / "memory.max").exists(), base
+
+
+@pytest.mark.tier("mount", "root")
+def test_memory_max_fails_where_no_cgroup_is_mounted(runsup: Runsup, tmp_path: Path) -> None:
+    conf = write_config(tmp_path, template='memory_max = "64M"')
+    status, report = check_json_in_namespace(runsup, conf, "umount -R /sys/fs/cgroup")
+    caps = by_name(report)["memory caps"]
+    assert (status, caps["status"]) == (1, "fail"), caps
+    assert caps["facts"]["enforced"] is False
+    assert "sim set memory_max" in caps["detail"]
+    assert "Delegate=yes" in caps["fix"]
 
 
 def slurm_config(tmp_path: Path, used: bool, timeout: float | None = None) -> Path:
@@ -192,6 +220,7 @@ def test_an_unused_slurm_executor_only_warns(
     assert by_name(report)["executor cluster"]["status"] == "warn"
 
 
+@pytest.mark.tier("slurm")
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="Slurm's client is not installed")
 def test_a_controller_that_does_not_answer_is_reported_within_the_timeout(
     runsup: Runsup, tmp_path: Path
@@ -255,16 +284,28 @@ def test_a_runs_dir_that_cannot_be_made_fails(runsup: Runsup, tmp_path: Path) ->
     assert runs_dir["detail"] == expected
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
-def test_a_runs_dir_without_write_permission_fails(runsup: Runsup, tmp_path: Path) -> None:
+@pytest.mark.tier("mount", "root")
+def test_a_runs_dir_that_cannot_be_written_fails(runsup: Runsup, tmp_path: Path) -> None:
+    """Root writes through permission bits: as root the runs_dir is a read-only bind mount
+    (in a mount namespace of the command's own); as anyone else, a directory mode 0500."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    runs.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        status, report = check_json(runsup, write_config(tmp_path))
-    finally:
-        runs.chmod(0o755)
-    assert (status, by_name(report)["runs_dir"]["status"]) == (1, "fail")
+    conf = write_config(tmp_path)
+    if os.geteuid() == 0:
+        setup = f"mount --bind {runs} {runs} && mount -o remount,bind,ro {runs}"
+        status, report = check_json_in_namespace(runsup, conf, setup)
+    else:
+        runs.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            status, report = check_json(runsup, conf)
+        finally:
+            runs.chmod(0o755)
+    runs_dir = by_name(report)["runs_dir"]
+    assert (status, runs_dir["status"]) == (1, "fail"), runs_dir
+    assert str(runs) in runs_dir["detail"]
+    # The same directory, writable again: the check passes (the failure was the permission).
+    status, report = check_json(runsup, conf)
+    assert by_name(report)["runs_dir"]["status"] == "ok"
 
 
 def test_a_missing_hook_program_fails(runsup: Runsup, tmp_path: Path) -> None:
@@ -287,35 +328,24 @@ def test_a_metrics_port_another_program_holds_is_a_warning(runsup: Runsup, tmp_p
     assert metrics["detail"].startswith(f"127.0.0.1:{port}: the port is taken by another program")
 
 
-class _Metrics(BaseHTTPRequestHandler):
-    """Answers /metrics as a runsup daemon's endpoint does (SPEC 14's names)."""
-
-    def do_GET(self) -> None:
-        body = b'# TYPE runsup_runs gauge\nrunsup_runs{status="RUNNING"} 0\n'
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        """Quiet."""
-
-
-def test_a_metrics_port_a_runsup_endpoint_serves_is_fine(runsup: Runsup, tmp_path: Path) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Metrics)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def test_a_metrics_port_a_runsup_daemon_serves_is_fine(runsup: Runsup, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon_dir = tmp_path / "daemon"
+    daemon_dir.mkdir()
+    harness = DaemonHarness(daemon_dir)
+    harness.write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"')
     try:
-        port = server.server_address[1]
+        harness.start()
+        harness.wait_logged("metrics_serving", address=f"127.0.0.1:{port}")
         conf = write_config(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{port}"')
         status, report = check_json(runsup, conf)
+        metrics = by_name(report)["metrics"]
+        assert (status, metrics["status"]) == (0, "ok"), metrics
+        assert metrics["detail"] == f"127.0.0.1:{port} is served by a running runsup daemon"
     finally:
-        server.shutdown()
-        server.server_close()
-    metrics = by_name(report)["metrics"]
-    assert (status, metrics["status"]) == (0, "ok")
-    assert metrics["detail"] == f"127.0.0.1:{port} is served by a running runsup daemon"
+        harness.close()
 
 
 def test_a_real_slurm_controller_answers(

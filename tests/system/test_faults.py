@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,12 +127,10 @@ def test_write_lock_held_for_seconds_loses_no_update(harness: DaemonHarness) -> 
         for run_id in (ok, bad):
             assert harness.run(run_id).status == "RUNNING", "nothing can be written under the lock"
         assert locker.stdout.readline().strip() == "released"
-        released = time.monotonic()
     finally:
         locker.wait(30)
     rec_ok = harness.wait_final(ok)
     rec_bad = harness.wait_final(bad)
-    settled_after = time.monotonic() - released
     assert rec_ok.status == "COMPLETED" and rec_ok.exit_code == 0
     assert rec_ok.current_iteration == 5 and rec_ok.current_erlang == 2.5
     assert rec_bad.status == "FAILED" and rec_bad.exit_code == 3
@@ -144,8 +141,7 @@ def test_write_lock_held_for_seconds_loses_no_update(harness: DaemonHarness) -> 
     for run_id in (ok, bad, queued):
         history = [e.to_status for e in harness.store.events(run_id)]
         assert history[:2] == ["PENDING", "RUNNING"] and len(history) == 3, history
-    print(f"runs settled {settled_after:.2f} s after a {LOCK_SECONDS:g} s write lock ended")
-    assert settled_after < 5
+    # How soon after the lock they settle is a figure: bench/mechanism_speeds.py.
     no_loop_errors(harness)
 
 
@@ -191,17 +187,14 @@ def test_long_reader_does_not_stall_writes_and_wal_shrinks_after(harness: Daemon
     try:
         assert reader.stdout is not None and reader.stdin is not None
         assert reader.stdout.readline().strip() == "holding"
-        started = time.monotonic()
         ids = [harness.submit({}, template="progressive") for _ in range(3)]
+        # Every run ends, with all of its progress, while the reader still holds its
+        # snapshot: the daemon's writes did not wait for it.
         for run_id in ids:
             rec = harness.wait_final(run_id, deadline=60)
             assert rec.status == "COMPLETED" and rec.current_iteration == n
-        took = time.monotonic() - started
-        grown = wal.stat().st_size
-        print(f"3 runs x {n} progress lines under an open reader: {took:.2f} s, -wal {grown} B")
-        assert took < 15, "the daemon stalled behind the reader"
-        assert grown > WAL_LIMIT, "the reader should have kept the -wal from being reset"
-        assert reader.poll() is None
+        assert reader.poll() is None, "the reader let go before the runs ended"
+        assert wal.stat().st_size > WAL_LIMIT, "the reader should have kept the -wal from reset"
         reader.stdin.write("\n")
         reader.stdin.flush()
         assert reader.stdout.readline().strip() == "released"
@@ -210,14 +203,15 @@ def test_long_reader_does_not_stall_writes_and_wal_shrinks_after(harness: Daemon
             if reader.stdin is not None:
                 reader.stdin.close()
         reader.wait(30)
-    wait_for("the -wal checkpointed back down", lambda: wal.stat().st_size <= WAL_LIMIT, 15)
-    wait_for("wal_checkpointed in the log", lambda: "wal_checkpointed" in harness.log_text(), 5)
+    wait_for("the -wal checkpointed back down", lambda: wal.stat().st_size <= WAL_LIMIT)
+    wait_for("wal_checkpointed in the log", lambda: "wal_checkpointed" in harness.log_text())
     no_loop_errors(harness)
 
 
 # -- the runs directory ------------------------------------------------------------------------
 
 
+@pytest.mark.tier("mount", "root")
 def test_read_only_runs_dir_fails_runs_and_recovers(harness: DaemonHarness) -> None:
     harness.start()
     runs = harness.runs_dir
@@ -266,6 +260,7 @@ def fill_up(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.tier("mount", "root")
 def test_full_disk_fails_new_runs_keeps_running_ones_and_recovers(
     harness: DaemonHarness,
 ) -> None:
@@ -320,35 +315,30 @@ def inotify_fds(pid: int) -> int:
     return count
 
 
-def step_progress(h: DaemonHarness, run_id: str, steps: range, deadline: float) -> list[float]:
-    """Open the appender's gates one by one; how long each step took to reach the row."""
+def step_progress(h: DaemonHarness, run_id: str, steps: range, deadline: float) -> None:
+    """Open the appender's gates one by one, each once the step before is in the row."""
     run_dir = h.runs_dir / run_id
-    took = []
     for i in steps:
-        start = time.monotonic()
         (run_dir / f"go{i}").write_text("")
         wait_for(
             f"iteration {i} in the row",
             lambda i=i: h.run(run_id).current_iteration == i,  # type: ignore[misc]
             deadline,
         )
-        took.append(time.monotonic() - start)
-    return took
 
 
 def test_forced_polling_still_delivers_progress(harness: DaemonHarness) -> None:
     script = harness.tmp / "appender.sh"
     script.write_text(APPENDER)
-    harness.settings.update(force_polling=True, poll_delay_ms=100, rescan_interval_seconds=30)
+    # A rescan once an hour: within the test only the poller can deliver progress.
+    harness.settings.update(force_polling=True, poll_delay_ms=100, rescan_interval_seconds=3600)
     harness.write_config(f'[templates.appender]\ncommand = ["/bin/sh", "{script}"]\n')
     harness.start()
     assert harness.proc is not None
     assert inotify_fds(harness.proc.pid) == 0, "force_polling must not use inotify"
     run_id = harness.submit({}, template="appender")
     harness.wait_status(run_id, {"RUNNING"})
-    took = step_progress(harness, run_id, range(1, 4), 10)
-    print("progress latency with polling:", ", ".join(f"{t:.2f} s" for t in took))
-    assert max(took) < 5, "with a 30 s rescan, only the poller can have been this fast"
+    step_progress(harness, run_id, range(1, 4), 10)
     assert harness.wait_final(run_id).status == "COMPLETED"
     no_loop_errors(harness)
 
@@ -359,13 +349,13 @@ def test_dead_watcher_leaves_the_rescan_to_keep_progress_right(harness: DaemonHa
     # Another folder beside runs/ and runs.db: the daemon then watches runs/ on its own (in the
     # default layout one watch of their folder sees both and outlives runs/ being replaced).
     (harness.tmp / "elsewhere").mkdir()
-    rescan = 1.0
+    rescan = 0.5
     harness.settings["rescan_interval_seconds"] = rescan
     harness.write_config(f'[templates.appender]\ncommand = ["/bin/sh", "{script}", "5"]\n')
     harness.start()
     run_id = harness.submit({}, template="appender")
     harness.wait_status(run_id, {"RUNNING"})
-    took = step_progress(harness, run_id, range(1, 2), 10)
+    step_progress(harness, run_id, range(1, 2), 10)
     # Replace the watched runs directory: the watch on the old one sees nothing any more.
     runs, old = harness.runs_dir, harness.tmp / "runs.old"
     runs.rename(old)
@@ -374,14 +364,11 @@ def test_dead_watcher_leaves_the_rescan_to_keep_progress_right(harness: DaemonHa
     (old / run_id / "poke").write_text("")  # an event on the old watch: the watcher notices
     wait_for("watcher_died in the log", lambda: "watcher_died" in harness.log_text(), 10)
     # Steps 2-4 while the run goes on (step 5 also ends it, and an exit is read at once).
-    # The watcher watches the new directory again after its restart backoff (seconds);
-    # until then only the rescan can deliver these steps.
-    took += step_progress(harness, run_id, range(2, 6), 10)
-    print(
-        f"progress latency (rescan every {rescan:g} s): watcher alive {took[0]:.2f} s;"
-        f" watcher dead {', '.join(f'{t:.2f} s' for t in took[1:])}"
-    )
-    assert max(took[1:4]) <= rescan + 1.0
+    step_progress(harness, run_id, range(2, 3), 10)
+    # In the row while the watcher was still dead (it comes back after RESTART_FIRST_S, twice
+    # the rescan interval): only the rescan can have delivered it.
+    assert "watcher_restarted" not in harness.log_text(), "the watcher came back first"
+    step_progress(harness, run_id, range(3, 6), 10)
     assert harness.wait_final(run_id).status == "COMPLETED"
     assert harness.run(run_id).current_iteration == 5
     # New runs go on in the new directory, their progress from the rescan.
@@ -408,6 +395,7 @@ def failures_after_exit(h: DaemonHarness, run_id: str) -> int:
     return sum(e["event"] in WRITE_FAILURES for e in events[ends[0] + 1 :])
 
 
+@pytest.mark.tier("mount", "root")
 def test_full_disk_under_the_database_loses_no_update(tmp_path: Path) -> None:
     """The database itself on the full filesystem: nothing can be written, the daemon keeps
     trying, and once space returns the run's end is recorded as it happened."""

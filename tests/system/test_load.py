@@ -27,6 +27,7 @@ SUBMITTERS = 20
 CLI_SUBMITTERS = 4  # of the 20, these submit some of their runs through `runsup submit`
 CLI_SUBMITS_EACH = 5
 READERS = 8
+READERS_STOP_SECONDS = 30.0  # readers see the stop file within a query or two
 RUN_SECONDS = 0.3  # each run sleeps this long, so that 100 are really running at once
 DEADLINE_SECONDS = 150
 RSS_SAMPLE_SECONDS = 0.25
@@ -146,12 +147,27 @@ def mark_template(launches: Path) -> str:
 
 def start_readers(h: DaemonHarness, stop: Path) -> list[subprocess.Popen[bytes]]:
     """READERS processes querying the database in a loop until `stop` exists."""
-    procs = []
-    for i in range(READERS):
-        out = h.tmp / f"reader{i}.json"
-        args = [str(h.db_path), str(stop), str(out), str(FOREIGN_TIMEOUT_SECONDS)]
-        procs.append(subprocess.Popen([sys.executable, "-c", READER, *args]))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(READERS):
+            out = h.tmp / f"reader{i}.json"
+            args = [str(h.db_path), str(stop), str(out), str(FOREIGN_TIMEOUT_SECONDS)]
+            procs.append(subprocess.Popen([sys.executable, "-c", READER, *args]))
+    except BaseException:
+        end_all(procs, 0.0)
+        raise
     return procs
+
+
+def end_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Wait up to `timeout` for each process to exit by itself, then kill what is left."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def submit_all(h: DaemonHarness) -> list[dict[str, Any]]:
@@ -163,8 +179,11 @@ def submit_all(h: DaemonHarness) -> list[dict[str, Any]]:
         args = [str(h.db_path), str(RUNS // SUBMITTERS), str(cli), str(RUNSUP), str(h.config)]
         args += [str(out), str(FOREIGN_TIMEOUT_SECONDS), str(SUBMIT_PAUSE_SECONDS)]
         procs.append(subprocess.Popen([sys.executable, "-c", SUBMITTER, *args]))
-    for proc in procs:
-        assert proc.wait(DEADLINE_SECONDS) == 0
+    try:
+        for proc in procs:
+            assert proc.wait(DEADLINE_SECONDS) == 0
+    finally:
+        end_all(procs, 0.0)
     return [json.loads((h.tmp / f"submitter{i}.json").read_text()) for i in range(SUBMITTERS)]
 
 
@@ -205,8 +224,9 @@ def test_thousand_runs_hundred_at_once_many_writers_and_readers(tmp_path: Path) 
     assert harness.proc is not None
     sampler = RssSampler(harness.proc.pid)
     stop = tmp_path / "stop-readers"
-    readers = start_readers(harness, stop)
+    readers: list[subprocess.Popen[bytes]] = []
     try:
+        readers = start_readers(harness, stop)
         sampler.start()
         started = time.monotonic()
         results = submit_all(harness)
@@ -219,8 +239,7 @@ def test_thousand_runs_hundred_at_once_many_writers_and_readers(tmp_path: Path) 
         finished_in = time.monotonic() - started
     finally:
         stop.write_text("")
-        for proc in readers:
-            proc.wait(30)
+        end_all(readers, READERS_STOP_SECONDS)
         sampler.stop()
         daemon_log = harness.log_text()
         harness.close()

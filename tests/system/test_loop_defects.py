@@ -81,29 +81,34 @@ def test_claim_found_after_restart_under_a_locked_database(harness: DaemonHarnes
     harness.write_config()
     gate, marks = harness.tmp / "gate", harness.tmp / "launches"
     first = harness.submit({"wait_for_file": str(gate), "launches_file": str(marks)})
-    harness.start(env={CRASH_POINT_VARIABLE: "launch_spawned"}, wait_ready=False)
-    assert harness.wait_exit() == -signal.SIGKILL
-    wait_for("the first run's process", lambda: launches(marks) == 1)
-    second = harness.submit({"launches_file": str(marks)})
-    locker = Locker(harness.db_path)
+    # The first run waits for the gate: opened on the way out whatever happens, or a run the
+    # harness cannot see (PENDING, spawned) would wait for ever.
     try:
-        harness.start()
-        harness.wait_logged("database_writes_waiting")
-        assert harness.run(first).status == "PENDING"  # nothing could be written
-        locker.release()
+        harness.start(env={CRASH_POINT_VARIABLE: "launch_spawned"}, wait_ready=False)
+        assert harness.wait_exit() == -signal.SIGKILL
+        wait_for("the first run's process", lambda: launches(marks) == 1)
+        second = harness.submit({"launches_file": str(marks)})
+        locker = Locker(harness.db_path)
+        try:
+            harness.start()
+            harness.wait_logged("database_writes_waiting")
+            assert harness.run(first).status == "PENDING"  # nothing could be written
+            locker.release()
+        finally:
+            locker.close()
+        rec = harness.wait_status(first, {"RUNNING"})
+        assert rec.pid is not None and pid_alive(rec.pid)
+        # A full pass of the loop after the release: it cancels a PENDING run, then takes work.
+        probe = harness.submit({})
+        harness.store.request_cancel(probe)
+        harness.wait_status(probe, {"CANCELLED"})
+        assert harness.run(second).status == "PENDING", "the recovered run's slot was given away"
+        gate.write_text("")
+        assert harness.wait_final(first).status == "COMPLETED"
+        assert harness.wait_final(second).status == "COMPLETED"
+        assert launches(marks) == 2, "each run started exactly once"
     finally:
-        locker.close()
-    rec = harness.wait_status(first, {"RUNNING"})
-    assert rec.pid is not None and pid_alive(rec.pid)
-    # A full pass of the loop after the release: it cancels a PENDING run, then picks up work.
-    probe = harness.submit({})
-    harness.store.request_cancel(probe)
-    harness.wait_status(probe, {"CANCELLED"})
-    assert harness.run(second).status == "PENDING", "the recovered run's slot was given away"
-    gate.write_text("")
-    assert harness.wait_final(first).status == "COMPLETED"
-    assert harness.wait_final(second).status == "COMPLETED"
-    assert launches(marks) == 2, "each run started exactly once"
+        gate.write_text("")
 
 
 def test_cancel_shortly_before_the_timeout_ends_cancelled(harness: DaemonHarness) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from supervisor.db import utcnow
+from supervisor.executors.local import cgroups
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -116,16 +118,42 @@ def test_each_metric_moves_as_runs_move(harness: DaemonHarness, tmp_path: Path) 
     assert value(done, "runsup_progress_age_seconds") == 0
     assert value(done, "runsup_out_of_memory_total", template="testsim") == 0
 
-    # A run killed for its memory cap, as the daemon records it (SPEC section 6).
-    insert_row(harness, "00000000000a", "FAILED", error_message="out of memory: cap 1 GiB")
-    failed = metrics(harness)
-    assert value(failed, "runsup_out_of_memory_total", template="testsim") == 1
-    assert value(failed, "runsup_runs_finished_total", template="testsim", status="FAILED") == 1
+    # A run killed for its memory cap: test_a_run_killed_by_its_memory_cap_is_counted below.
 
     # Counters come from final rows: a restarted daemon's figures go on from where they were.
     assert harness.stop() == 0
     assert value(metrics(harness), "runsup_runs_finished_total", template="testsim",
                  status="COMPLETED") == 1  # fmt: skip
+
+
+HOG = (
+    "import sys\n"
+    "chunks = []\n"
+    "for _ in range(int(sys.argv[1])):\n"
+    "    chunks.append(bytearray(1024 * 1024))\n"
+    "    chunks[-1][::4096] = b'x' * len(chunks[-1][::4096])\n"
+)
+HOG_MIB = 400  # what the hog allocates, well past its cap
+HOG_CAP = "64M"
+
+
+@pytest.mark.tier("cgroup")
+def test_a_run_killed_by_its_memory_cap_is_counted(harness: DaemonHarness) -> None:
+    """The real path: a capped run the kernel kills, the daemon's verdict, the scrape."""
+    if not cgroups.detect().enforced:
+        pytest.skip("this machine offers no memory caps (the cgroup tier needs them)")
+    script = harness.tmp / "hog.py"
+    script.write_text(HOG)
+    command = json.dumps([sys.executable, str(script), str(HOG_MIB)])
+    harness.write_config(f'[templates.hog]\ncommand = {command}\nmemory_max = "{HOG_CAP}"\n')
+    harness.start()
+    rec = harness.wait_final(harness.submit({}, template="hog"))
+    assert rec.status == "FAILED" and rec.exit_signal == signal.SIGKILL, rec
+    assert (rec.error_message or "").startswith("out of memory"), rec.error_message
+    killed = metrics(harness)
+    assert value(killed, "runsup_out_of_memory_total", template="hog") == 1
+    assert value(killed, "runsup_runs_finished_total", template="hog", status="FAILED") == 1
+    assert value(killed, "runsup_out_of_memory_total", template="testsim") == 0
 
 
 def test_reserved_resources_of_running_rows(harness: DaemonHarness) -> None:

@@ -5,6 +5,7 @@ the middle of a run."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,36 @@ def _log(h: DaemonHarness, run_id: str) -> bytes:
         return (h.runs_dir / run_id / "logs" / "sim.log").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_retry_reads_its_own_output_from_the_first_line(harness: DaemonHarness) -> None:
+    # Issue 20 defect 10: the retry kept the failed attempt's output_offset, so the new
+    # attempt's log was read from there and its first lines (here the only one giving
+    # erlang and total_erlangs) were skipped.
+    marker, gate = harness.tmp / "attempted", harness.tmp / "gate"
+    sim = [sys.executable, str(SIM), "--iterations", "3"]
+    first = shlex.join([*sim, "--loads", *LOADS, "--wait-for", str(gate), "--error", "diverged"])
+    second = shlex.join([*sim, "--loads", "500.0"])
+    script = f"if [ -e {marker} ]; then exec {second}; fi; touch {marker}; exec {first}"
+    patterns = json.dumps([START_PATTERN, ITERATION_PATTERN, ERROR_PATTERN])
+    harness.write_config(
+        "[templates.fusion]\n"
+        f"command = {json.dumps(['/bin/sh', '-c', script])}\n"
+        f"progress_patterns = {patterns}\n"
+        'max_attempts = 2\nretry_on = ["exit:any"]\nretry_delay_seconds = 0.1\n'
+    )
+    harness.start()
+    run_id = harness.submit({}, template="fusion")
+    harness.wait_status(run_id, {"RUNNING"})
+    assert harness.store.pause("fusion")  # the retry waits, so its row can be looked at
+    gate.write_text("100")
+    waiting = wait_for(
+        "the retry to wait as attempt 2",
+        lambda: r if (r := harness.run(run_id)).status == "PENDING" and r.attempt == 2 else None,
+    )
+    assert not waiting.output_offset  # the failed attempt's log is not the next one's
+    assert harness.store.resume("fusion")
+    rec = harness.wait_final(run_id)
+    assert rec.status == "COMPLETED", rec.error_message
+    assert (rec.attempt, rec.current_erlang, rec.total_erlangs) == (2, 500.0, 1)
+    assert (rec.current_iteration, rec.total_iterations) == (3, 3)

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,26 @@ def test_not_before_holds_a_run_until_its_time(harness: DaemonHarness) -> None:
     )
     rec = harness.wait_final(run_id)
     assert rec.status == "COMPLETED" and rec.started_at is not None and rec.started_at >= when
+
+
+def test_a_not_before_with_a_utc_offset_reads_as_its_instant(harness: DaemonHarness) -> None:
+    # Issue 20 defect 1: 10 minutes ago written as +01:00 compared as text reads 50 minutes
+    # ahead; the daemon span on it (due now by the parsed value, not startable by the text).
+    harness.start()
+    run_id = new_run_id()
+    plus_one = timezone(timedelta(hours=1))
+    when = (utcnow() - timedelta(minutes=10)).astimezone(plus_one)
+    raw(
+        harness,
+        "INSERT INTO runs (id, status, config_json, template, created_at, not_before)"
+        " VALUES (?, 'PENDING', '{}', 'testsim', ?, ?)",
+        run_id,
+        utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),
+        when.isoformat(),
+    )
+    rec = harness.wait_final(run_id)
+    assert rec.status == "COMPLETED"
+    assert rec.not_before == when
 
 
 # -- hooks ----------------------------------------------------------------------

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bystander import Bystander
 from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_for
 
 from supervisor.daemon import CRASH_POINT_VARIABLE
@@ -154,7 +154,7 @@ def test_daemon_killed_at_each_point_of_a_run_life(
 def test_run_from_an_earlier_boot_fails_saying_the_machine_restarted(
     harness: DaemonHarness,
 ) -> None:
-    sleeper = subprocess.Popen(["sleep", "120"])
+    sleeper = Bystander(harness.tmp / "signals")
     try:
         ident = identify(sleeper.pid)
         assert ident is not None
@@ -167,14 +167,14 @@ def test_run_from_an_earlier_boot_fails_saying_the_machine_restarted(
         rec = harness.wait_final(run_id)
         assert rec.status == "FAILED"
         assert rec.error_message is not None and "machine restarted" in rec.error_message
-        assert sleeper.poll() is None, "a process from this boot with that pid was signalled"
+        # The daemon has decided (the row is final): whatever it sent has arrived by now.
+        assert sleeper.signals() == [], "a process from this boot with that pid was signalled"
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        sleeper.close()
 
 
 def test_a_reused_pid_is_never_mistaken_for_the_run(harness: DaemonHarness) -> None:
-    sleeper = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    sleeper = Bystander(harness.tmp / "signals")
     try:
         ident = identify(sleeper.pid)
         assert ident is not None
@@ -187,10 +187,9 @@ def test_a_reused_pid_is_never_mistaken_for_the_run(harness: DaemonHarness) -> N
         harness.start()
         rec = harness.wait_final(run_id)
         assert rec.status == "FAILED"
-        assert sleeper.poll() is None, "the unrelated process must not be signalled"
+        assert sleeper.signals() == [], "the unrelated process must not be signalled"
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        sleeper.close()
 
 
 def test_killed_keeper_loses_status_but_not_the_run_row(harness: DaemonHarness) -> None:

@@ -7,6 +7,7 @@ outcome, and the cluster's own view of the job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -18,24 +19,33 @@ from daemon_harness import READY, group_alive, wait_for
 from slurm_cluster import SlurmCluster
 from slurm_daemon import GRACE_SECONDS, JOB_DEADLINE, ClusterDaemon
 
+from supervisor.db import final_change
+from supervisor.states import RunStatus
 
+
+@contextlib.contextmanager
 def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:
+    """A started daemon, closed (its stand-ins ended) however the block ends."""
     d = ClusterDaemon(tmp_path, cluster, **settings)
-    d.start()
-    yield d
-    d.close()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
 
 
 @pytest.fixture
 def daemon(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """A started daemon sending `cl` runs to the test cluster (no accounting)."""
-    yield from _daemon(tmp_path, slurm_cluster)
+    with _daemon(tmp_path, slurm_cluster) as d:
+        yield d
 
 
 @pytest.fixture
 def any_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """The same, once on the cluster without accounting and once with slurmdbd + MariaDB."""
-    yield from _daemon(tmp_path, any_slurm_cluster)
+    with _daemon(tmp_path, any_slurm_cluster) as d:
+        yield d
 
 
 def test_run_completes_on_the_cluster(any_daemon: ClusterDaemon) -> None:
@@ -81,11 +91,17 @@ def test_cancel_escalates_for_a_job_that_ignores_sigterm(daemon: ClusterDaemon) 
     daemon.ask_cancel(run_id)
     daemon.wait_logged("run_terminating", run_id=run_id)
     # The job outlives SIGTERM and Slurm's KillWait; the daemon's grace ends it.
-    killed = daemon.wait_logged("run_killed", run_id=run_id, deadline=GRACE_SECONDS + 10)
+    daemon.wait_logged("run_killed", run_id=run_id, deadline=GRACE_SECONDS + 10)
     final = daemon.wait_final(run_id, JOB_DEADLINE)
     assert final.status == "CANCELLED"
     assert final.exit_signal == signal.SIGKILL
-    assert killed["event"] == "run_killed"
+    # SIGTERM first, SIGKILL only after it: the escalation, in the daemon's own order.
+    order = [
+        e["event"]
+        for e in daemon.log_events()
+        if e.get("run_id") == run_id and e["event"] in ("run_terminating", "run_killed")
+    ]
+    assert order == ["run_terminating", "run_killed"], order
 
 
 def test_cancel_of_a_queued_job_removes_it(daemon: ClusterDaemon) -> None:
@@ -160,6 +176,26 @@ def test_daemon_killed_while_jobs_run_loses_nothing(any_daemon: ClusterDaemon) -
         assert daemon.jobs_named(run_id) == [first[run_id].external_id]
 
 
+def test_a_restarted_daemon_ends_the_stand_in_of_a_run_settled_before_it_died(
+    daemon: ClusterDaemon,
+) -> None:
+    """A daemon killed after committing a run's final status, before its stand-in was told to
+    go: the next daemon does not take the run on again (its row is final), and ends the
+    stand-in all the same (it would wait for ever)."""
+    run_id = daemon.submit({"sleep": 300, "progress": [READY]}, template="cl")
+    running = daemon.wait_running(run_id)
+    assert running.pgid is not None
+    daemon.kill()
+    # What the killed daemon had committed through its own write path (status and event): the
+    # run final. (A final status written by another program is taken back instead.)
+    settled = final_change(run_id, RunStatus.COMPLETED, reason="exited", exit_code=0)
+    assert daemon.store.commit_batch([settled]) == [True]
+    assert group_alive(running.pgid)
+    daemon.start()
+    daemon.wait_logged("slurm_standin_left_over")
+    wait_for("the left-over stand-in to end", lambda: not group_alive(running.pgid))
+
+
 def test_after_a_reboot_the_job_gets_a_new_stand_in(daemon: ClusterDaemon) -> None:
     gate = daemon.tmp / "gate"
     run_id = daemon.submit({"wait_for_file": str(gate)}, template="cl")
@@ -169,7 +205,7 @@ def test_after_a_reboot_the_job_gets_a_new_stand_in(daemon: ClusterDaemon) -> No
     # A reboot of the daemon's machine: every local process gone (the watcher first, or it
     # would cancel the job), the boot id new; the job on its node goes on.
     watcher = int(Path(f"/proc/{before.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    os.kill(watcher, signal.SIGKILL)
+    os.killpg(watcher, signal.SIGKILL)  # the watcher leads a group: it and its checker
     os.kill(before.pid, signal.SIGKILL)
     wait_for("the old stand-in gone", lambda: not group_alive(before.pid or 0))
     (daemon.cluster_runs / run_id / ".runsup" / "boot_id").write_text("an-earlier-boot\n")
@@ -211,7 +247,7 @@ def test_time_limit_of_the_cluster_fails_as_timeout(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:
     # Slurm's own limit (one minute, checked every ~30 s), no limit of the daemon's.
-    for daemon in _daemon(tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]'):
+    with _daemon(tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]') as daemon:
         run_id = daemon.submit({"sleep": 300}, template="cl")
         daemon.wait_running(run_id)
         final = daemon.wait_final(run_id, 150.0)

@@ -207,10 +207,14 @@ class RecordingLogger:
     """Stands in for the module's structlog logger."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []  # warnings
+        self.infos: list[tuple[str, dict[str, Any]]] = []
 
     def warning(self, event: str, **kw: Any) -> None:
         self.calls.append((event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.infos.append((event, kw))
 
 
 @pytest.fixture

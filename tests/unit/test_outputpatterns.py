@@ -308,7 +308,7 @@ def test_symlink_is_refused_and_logged_once(tmp_path: Path) -> None:
     refusals = [e for e in logs if e["event"] == "output_log_refused"]
     assert len(refusals) == 1
     assert refusals[0]["run_id"] == "r1"
-    assert "not a regular file" in refusals[0]["why"]
+    assert "not a regular file" in refusals[0]["reason"]
 
 
 # --- the block prefilter gives what line-by-line matching gives -----------------------------

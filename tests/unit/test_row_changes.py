@@ -34,6 +34,8 @@ def test_running_change_writes_the_identity_run_dir_and_start() -> None:
     change = running_change("a" * 12, LOCAL, run_dir="/runs/a", reason="launched")
     values = dict(change.values)
     assert values.pop("started_at") == change.at
+    # attempt: the row's own, or 1 at a first start (SQL; tests/integration/test_store.py runs it)
+    assert "coalesce" in str(values.pop("attempt"))
     assert values == {**IDENTITY, "run_dir": "/runs/a"}
     assert (change.expect, change.to, change.reason) == (
         frozenset({RunStatus.PENDING}),

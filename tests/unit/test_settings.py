@@ -68,7 +68,6 @@ def test_other_defaults() -> None:
     demo = settings.templates["erlang-demo"]
     assert demo.command == SPEC_DEMO_COMMAND
     assert demo.config_format == "json"
-    assert demo.config_filename == "config.json"
     assert dict(demo.env) == {"OMP_NUM_THREADS": "1"}
     assert demo.timeout_seconds is None
 
@@ -115,7 +114,7 @@ def test_full_valid_file(tmp_path: Path) -> None:
     assert settings.config_file == path
 
     fusion = settings.templates["fusion"]
-    assert fusion.config_format == "ini" and fusion.config_filename == "config.ini"
+    assert fusion.config_format == "ini"
     assert dict(fusion.env) == {"OMP_NUM_THREADS": "4", "FUSION_HOME": "/opt/fusion"}
     assert fusion.timeout_seconds == 7200
     values = {

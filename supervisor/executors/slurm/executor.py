@@ -10,8 +10,11 @@ that fails or times out changes nothing: unknown is never "finished".
 A job's life as the loop sees it: `begin_launch` -> a `SlurmLaunch` (PENDING row, with the
 job id once sbatch answers) -> the job runs: the worker starts its local stand-in
 (standin.py) and the launch returns a `SlurmRunHandle` (RUNNING row: the stand-in's pid and
-pgid, the job id, the node) -> the job is over: the handle's exit status (jobs.py) -> release()
-ends the stand-in.
+pgid, the job id, the node) -> the job is over: the worker tells the stand-in to go, then the
+handle gives its exit status (jobs.py), so the stand-in is gone before the loop commits the
+final status. A job already over when first seen gets no stand-in (its row names a group that
+is gone). At its first poll the executor ends its stand-ins that no recovered run holds
+(runs a killed daemon had settled), and a stand-in whose job no cluster knows ends by itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from supervisor.executors.base import (
     Adopted,
     LaunchSpec,
     NeverStarted,
+    ProcessIdentity,
     ProcessRecord,
     Queued,
     Recovery,
@@ -52,14 +56,16 @@ from supervisor.executors.slurm.handles import (
     SlurmRunHandle,
     kill_or_signal,
 )
-from supervisor.executors.slurm.jobs import batch_script, job_started, job_variables
+from supervisor.executors.slurm.jobs import batch_script, job_over, job_started, job_variables
 from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest, job_name
 from supervisor.executors.slurm.standin import (
     StandIn,
     StandInState,
     end_standin,
     find_standin,
+    leftover_standins,
     reap,
+    spent_identity,
     standin_state,
     start_standin,
     was_killed,
@@ -121,6 +127,9 @@ class SlurmExecutor:
         self._starter = ThreadPoolExecutor(STANDIN_STARTERS, thread_name_prefix=f"slurm-{name}")
         self._ops: queue.Queue[_Op | None] = queue.Queue()
         self._started = time.monotonic()
+        # Stand-ins of runs no daemon took on again are ended once, at the first poll (after
+        # the daemon's recovery has given this executor every run it still holds).
+        self._leftovers_swept = False
         self._thread = threading.Thread(target=self._work, name=f"slurm-{name}", daemon=True)
         self._thread.start()
 
@@ -244,6 +253,9 @@ class SlurmExecutor:
     def poll(self) -> Collection[str]:
         """Start the batched query when one is due; the run ids with news since last time."""
         now = time.monotonic()
+        if not self._leftovers_swept:
+            self._leftovers_swept = True
+            self._do(self._end_leftovers)
         with self.lock:
             news, self._news = self._news, set()
             due = not self._query_queued and now >= self._next_query and self._watching()
@@ -269,46 +281,67 @@ class SlurmExecutor:
         except SlurmError as exc:
             log.warning("slurm_query_failed", executor=self.name, jobs=len(asked), error=str(exc))
             return  # unknown: nothing changes
-        to_start, to_end = self._take_answers(asked, answers)
-        for standin in to_end:
-            self._end(standin)
+        to_start, ended = self._take_answers(asked, answers)
+        self._settle_ended(ended)
         # A stand-in start mostly waits for two shells to come up: several at once.
         list(self._starter.map(self._start_run, to_start))
         self._reap_watchers()
 
     def _take_answers(
         self, asked: dict[str, JobSlot], answers: dict[str, JobInfo]
-    ) -> tuple[list[JobSlot], list[StandIn]]:
-        """Store a query's answers; the launches whose job started, and the stand-ins of jobs
-        now over (ended at once: `killpg(pgid, 0)` must fail once the job is gone, and a
-        daemon killed before it settles the run leaves nothing behind)."""
+    ) -> tuple[list[JobSlot], list[tuple[JobSlot, JobInfo]]]:
+        """Store a query's answers; the launches whose job started, and the runs whose job is
+        now over with that answer (held back from the slot until its stand-in is ended)."""
         to_start: list[JobSlot] = []
-        to_end: list[StandIn] = []
+        ended: list[tuple[JobSlot, JobInfo]] = []
         with self.lock:
-            news = []
             for job_id, slot in asked.items():
                 info = answers.get(job_id)
                 if info is None or self._slots.get(slot.run_id) is not slot:
                     continue
-                was_over = slot.over
+                if slot.handle is not None and job_over(info):
+                    ended.append((slot, info))
+                    continue
                 slot.info = info
-                if slot.handle is None and not slot.cancelled and job_started(info):
-                    if not slot.starting:
-                        slot.starting = True
-                        to_start.append(slot)
-                elif slot.handle is not None and slot.over and not was_over:
+                started = slot.handle is None and not slot.cancelled and job_started(info)
+                if started and not slot.starting:
+                    slot.starting = True
+                    to_start.append(slot)
+        return to_start, ended
+
+    def _settle_ended(self, ended: list[tuple[JobSlot, JobInfo]]) -> None:
+        """Jobs now over: their stand-ins are told to go first, and only then does the slot
+        say the job is over. The loop reads the end (and commits the final status) from the
+        slot, so `killpg(pgid, 0)` fails once the row is final, and a daemon killed after
+        that commit leaves no stand-in behind."""
+        for slot, _ in ended:
+            with self.lock:
+                standin, slot.standin = slot.standin, None
+            if standin is not None:
+                self._end(standin)
+        with self.lock:
+            news = []
+            for slot, info in ended:
+                if not slot.over:
                     news.append(slot.run_id)
-                    if slot.standin is not None:
-                        to_end.append(slot.standin)
-                        slot.standin = None
+                slot.info = info
             self._tell(news)
-        return to_start, to_end
 
     def _start_run(self, slot: JobSlot) -> None:
-        """The job was seen running (or ended): give it a stand-in and make its handle."""
+        """The job was seen running (or ended): give it a stand-in and make its handle. A job
+        already over gets none (an earlier daemon's is ended): its row names a group that is
+        gone, as that of any ended job."""
         job_id = slot.job_id or ""
+        with self.lock:
+            over = slot.over
         try:
-            standin = self._standin_for(job_id, slot.record_dir)
+            if over:
+                self._end_found(job_id, slot.record_dir)
+                standin = None
+                leader = spent_identity()
+            else:
+                standin = self._standin_for(job_id, slot.record_dir)
+                leader = standin.leader
         except (LaunchError, OSError) as exc:
             self._cancel_job(job_id)  # a run the loop cannot watch must not go on unseen
             self._launch_failed(slot, f"job {job_id} was cancelled: {exc}")
@@ -316,7 +349,7 @@ class SlurmExecutor:
         with self.lock:
             node = slot.info.node if slot.info is not None else None
             slot.standin = standin
-            slot.handle = SlurmRunHandle(self, slot, _record(standin, job_id, node))
+            slot.handle = SlurmRunHandle(self, slot, _record(leader, job_id, node))
             slot.starting = False
             self._tell([slot.run_id])
 
@@ -326,7 +359,34 @@ class SlurmExecutor:
         found = find_standin(job_id, record_dir)
         if found is not None and standin_state(found) is StandInState.ALIVE:
             return found
-        return start_standin(job_id, record_dir, self.commands.env, scancel=self._scancel)
+        return self._new_standin(job_id, record_dir)
+
+    def _new_standin(self, job_id: str, record_dir: Path) -> StandIn:
+        return start_standin(
+            job_id,
+            record_dir,
+            self.commands.env,
+            scancel=self._scancel,
+            squeue=self.commands.programs.squeue,
+            executor=self.name,
+        )
+
+    def _end_found(self, job_id: str, record_dir: Path) -> None:
+        """End the stand-in an earlier daemon left for this job, if one still stands."""
+        found = find_standin(job_id, record_dir)
+        if found is not None and standin_state(found) is StandInState.ALIVE:
+            end_standin(found, timeout=0.0)
+
+    def _end_leftovers(self) -> None:
+        """End the stand-ins of runs this daemon did not take on again (their rows are final:
+        a daemon killed between settling a run and ending its stand-in left them)."""
+        if self.runs_dir is None:
+            return
+        with self.lock:
+            held = [slot.record_dir for slot in self._slots.values()]
+        for standin in leftover_standins(self.runs_dir, self.name, held):
+            log.warning("slurm_standin_left_over", record_dir=str(standin.record_dir))
+            end_standin(standin, timeout=0.0)
 
     @property
     def _scancel(self) -> str:
@@ -366,6 +426,9 @@ class SlurmExecutor:
             self.forget(slot)
             standin, slot.standin = slot.standin, None
         if standin is not None:
+            # Told at once (two small writes), so a daemon killed now leaves nothing waiting;
+            # its watcher is reaped on the worker.
+            end_standin(standin, timeout=0.0)
             self._do(lambda: self._end(standin))
 
     def _end(self, standin: StandIn) -> None:
@@ -416,14 +479,12 @@ class SlurmExecutor:
         standin: StandIn | None = None
         if found is None or state is StandInState.LOST:
             # After a reboot (or with no trace of one): the job goes on, a new stand-in too.
-            found = standin = start_standin(
-                job_id, ref.record_dir, self.commands.env, scancel=self._scancel
-            )
+            found = standin = self._new_standin(job_id, ref.record_dir)
             log.info("slurm_standin_restarted", run_id=ref.run_id, job_id=job_id)
         elif state is StandInState.ALIVE:
             standin = found
         # else ended or killed: the job is over or being cancelled; the row keeps its pid
-        record = _record(found, job_id, ref.host)
+        record = _record(found.leader, job_id, ref.host)
         slot.standin = standin
         handle = SlurmRunHandle(self, slot, record)
         slot.handle = handle
@@ -499,10 +560,9 @@ class SlurmExecutor:
         self._starter.shutdown(wait=False)
 
 
-def _record(standin: StandIn, job_id: str, node: str | None) -> ProcessRecord:
+def _record(leader: ProcessIdentity, job_id: str, node: str | None) -> ProcessRecord:
     """The row's process columns for a job: its stand-in's leader (also as the keeper: a
     RUNNING row without keeper_pid would read as started by another program)."""
-    leader = standin.leader
     return ProcessRecord(
         pid=leader.pid,
         pgid=leader.pid,

@@ -21,13 +21,20 @@ Two POSIX sh processes per job:
   scancel (Slurm's cancel: SIGTERM, SIGKILL after KillWait; `scancel --signal=KILL` is the same
   thing to Slurm, not an instant kill).
 - The daemon ends a stand-in by writing `ended` and a line to the leader's FIFO `wake`.
+- A *checker* (the watcher's background child, outside the group) asks the cluster about the
+  job every `check_seconds`: a job the cluster no longer knows, or a controller that could not
+  be asked for `unreachable_seconds`, ends the stand-in the same way (`ended` says why), so a
+  daemon gone for good, or a cluster gone, leaves no stand-in waiting for ever. A job the
+  cluster knows (queued, running, or ended and not yet purged) is the daemon's to settle.
 
 Files in the record directory:
 
     standin   the leader's /proc/<pid>/stat line, written first thing (its identity)
     signals   one line per signal forwarded to the job (TERM, INT or HUP)
     wake      a FIFO the leader reads; a line written after `ended` makes it exit
-    ended     written by the daemon: the job has ended, the stand-in may go
+    ended     written by the daemon (the job has ended) or the checker (no cluster knows
+              the job): the stand-in may go
+    executor  the name of the executor that started it (runs dirs may be shared)
     boot_id   the boot the stand-in was started in (written by the daemon before spawning)
     killed    written by the watcher: the leader died untold (its sh status); job cancelled
     standin.log   what the two shells and scancel printed
@@ -45,7 +52,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -68,6 +75,7 @@ FIFO_MODE = 0o600
 KILLED_FILE = "killed"
 LOG_FILE = "standin.log"
 BOOT_ID_FILE = "boot_id"
+EXECUTOR_FILE = "executor"
 LEADER_ARGV0 = "runsup-standin"
 WATCHER_ARGV0 = "runsup-standin-watch"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -76,6 +84,10 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 START_TIMEOUT_SECONDS = 5.0
 # How long `end_standin` waits for the leader to be gone.
 END_TIMEOUT_SECONDS = 5.0
+# How often a stand-in's checker asks the cluster whether it still knows the job, and how long
+# the controller may be unreachable before the stand-in gives its job up for gone.
+CHECK_SECONDS = 60.0
+UNREACHABLE_SECONDS = 24 * 3600.0
 POLL_SECONDS = 0.02
 LOG_FILE_MODE = 0o640
 # As processes.py: everything back to default in the shells, or a signal the daemon ignores
@@ -105,13 +117,40 @@ while [ ! -e "$_rs_d/ended" ]; do
   read -r _rs_l <&3
 done
 """
-# $1 record dir, $2 job id, $3 scancel, $4 setsid, $5 the leader's script. The leader runs in
-# the foreground (a background `&` job would start with SIGINT ignored, and a non-interactive
-# sh cannot trap a signal ignored at entry); util-linux setsid, run by a process that does not
-# lead a group, calls setsid() without forking, so the pid the watcher waits for is the leader.
+# $1 record dir, $2 job id, $3 scancel, $4 setsid, $5 the leader's script, $6 squeue, $7 seconds
+# between checks, $8 seconds of unreachable controller. The leader runs in the foreground (a
+# background `&` job would start with SIGINT ignored, and a non-interactive sh cannot trap a
+# signal ignored at entry); util-linux setsid, run by a process that does not lead a group,
+# calls setsid() without forking, so the pid the watcher waits for is the leader.
+# - The checker runs in the background, in the watcher's group (not the stand-in's). `squeue -j`
+#   answers a state for a job it knows, "Invalid job id" for one it does not; anything else is
+#   an unreachable controller (or no configuration). It writes `ended`, then a line to `wake`
+#   through a read-write open (never blocks, even with the leader gone).
+# - Once the leader is gone the watcher ends its whole group (the checker and its sleep) with
+#   SIGTERM, ignoring it itself.
 WATCHER_SCRIPT = """_rs_d=$1 _rs_j=$2 _rs_c=$3
+_rs_check() {
+  _rs_seen=$(date +%s)
+  while sleep "$7"; do
+    [ ! -e "$_rs_d/ended" ] || exit 0
+    _rs_out=$("$6" -h -t all -j "$_rs_j" -o %T 2>&1) && [ -n "$_rs_out" ] \\
+      && _rs_seen=$(date +%s) && continue
+    case $_rs_out in
+      *"Invalid job id"*|"") _rs_why="no cluster knows job $_rs_j" ;;
+      *) _rs_away=$(($(date +%s) - _rs_seen))
+         [ "$_rs_away" -ge "$8" ] || continue
+         _rs_why="the controller did not answer for $_rs_away s: $_rs_out" ;;
+    esac
+    printf '%s\\n' "$_rs_why" >"$_rs_d/ended"
+    printf 'end\\n' 1<>"$_rs_d/wake"
+    exit 0
+  done
+}
+_rs_check "$@" </dev/null &
 "$4" /bin/sh -c "$5" runsup-standin "$1" "$2" "$3" "$4"
 _rs_rc=$?
+trap '' TERM
+kill -TERM 0
 [ ! -e "$_rs_d/ended" ] || exit 0
 printf '%s\\n' "$_rs_rc" >"$_rs_d/killed"
 exec "$_rs_c" "$_rs_j"
@@ -157,17 +196,25 @@ def start_standin(
     env: Mapping[str, str],
     *,
     scancel: str = "scancel",
+    squeue: str = "squeue",
+    executor: str = "",
     timeout: float = START_TIMEOUT_SECONDS,
+    check_seconds: float = CHECK_SECONDS,
+    unreachable_seconds: float = UNREACHABLE_SECONDS,
 ) -> StandIn:
-    """Start the stand-in of a running job; `env` reaches scancel (SLURM_CONF, PATH)."""
+    """Start the stand-in of a running job; `env` reaches scancel and squeue (SLURM_CONF,
+    PATH)."""
     record_dir.mkdir(parents=True, exist_ok=True)
     for stale in (STANDIN_FILE, ENDED_FILE, KILLED_FILE, WAKE_FIFO):
         (record_dir / stale).unlink(missing_ok=True)
     os.mkfifo(record_dir / WAKE_FIFO, FIFO_MODE)
     (record_dir / BOOT_ID_FILE).write_text(current_boot_id() + "\n")
+    (record_dir / EXECUTOR_FILE).write_text(executor + "\n")
     scancel_path = shutil.which(scancel, path=env.get("PATH")) or scancel
+    squeue_path = shutil.which(squeue, path=env.get("PATH")) or squeue
     args = [SH_PATH, "-c", WATCHER_SCRIPT, WATCHER_ARGV0, str(record_dir), job_id]
-    args += [scancel_path, _setsid_path(env), LEADER_SCRIPT]
+    args += [scancel_path, _setsid_path(env), LEADER_SCRIPT, squeue_path]
+    args += [str(max(1, round(check_seconds))), str(max(1, round(unreachable_seconds)))]
     log_fd = os.open(record_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
     try:
         watcher_pid = os.posix_spawn(
@@ -275,6 +322,39 @@ def end_standin(standin: StandIn, *, timeout: float = END_TIMEOUT_SECONDS) -> bo
         reap(standin.watcher_pid, block=gone)
     log.info("slurm_standin_ended", job_id=standin.job_id, pid=standin.pid, gone=gone)
     return gone
+
+
+def spent_identity() -> ProcessIdentity:
+    """The identity of a process group that existed and is gone: the pid and pgid of a run
+    whose job was over before it was seen running (it gets no stand-in, and `killpg(pgid, 0)`
+    must fail, as for any job that has ended)."""
+    pid = os.posix_spawn(SH_PATH, [SH_PATH, "-c", "exit 0"], {}, setsid=True)
+    try:
+        # Our unreaped child: its /proc entry stays until waitpid, exited or not.
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            _, start_ticks = parse_stat_line(fh.read().strip())
+    finally:
+        reap(pid, block=True)
+    return ProcessIdentity(pid, start_ticks, current_boot_id())
+
+
+def leftover_standins(runs_dir: Path, executor: str, keep: Collection[Path]) -> list[StandIn]:
+    """Stand-ins this executor started under `runs_dir` whose leader still runs, except those
+    in the record dirs `keep` (the runs the daemon took on again)."""
+    kept = {path.resolve() for path in keep}
+    found = []
+    for standin_file in runs_dir.glob(f"*/*/{STANDIN_FILE}"):
+        record_dir = standin_file.parent
+        try:
+            owner = (record_dir / EXECUTOR_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            continue  # started by another executor, or by a daemon before this file existed
+        if owner != executor or record_dir.resolve() in kept:
+            continue
+        standin = find_standin("", record_dir)
+        if standin is not None and standin_state(standin) is StandInState.ALIVE:
+            found.append(standin)
+    return found
 
 
 def _wake(fifo: Path) -> None:

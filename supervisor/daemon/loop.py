@@ -117,7 +117,10 @@ class Daemon:
             QueueView(
                 self.services,
                 busy_templates=lambda: self.launcher.busy_templates(),
-                supervises=lambda run_id: run_id in runs or run_id in self.launching,
+                # Tracked, settling (its true outcome on its way) or launching (issue 20, 9).
+                supervises=lambda run_id: (
+                    self.supervision.knows(run_id) or run_id in self.launching
+                ),
                 launching=lambda run_id: run_id in self.launching,
             )
         )

@@ -437,6 +437,10 @@ class QueueKeeper:
         self._hooking.add(record.id)
         self._hooks.submit(call)
 
+    def hooks_pending(self, run_id: str) -> bool:
+        """True while the run's hook is queued or running, or its end not yet recorded."""
+        return run_id in self._hooking
+
     def poll_hooks(self) -> None:
         """Record the hooks that ended (hook_done_at, committed with the pass's writes)."""
         for done in self._hooks.done():

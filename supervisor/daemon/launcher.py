@@ -214,6 +214,7 @@ class Launcher:
             handle = flight.launch.poll()
         except LaunchError as exc:
             self._end_launch(flight)
+            self._sup.launch_dropped(run_id)
             self.fail_unstarted(run_id, str(exc))
             return
         self._record_external_id(flight)
@@ -287,6 +288,7 @@ class Launcher:
         """On the way out: their keepers (or jobs) go on; the next daemon finds the claims."""
         for flight in list(self.launching.values()):
             flight.launch.abandon()
+            self._sup.launch_dropped(flight.record.id)
         self.launching.clear()
 
     def fail_unstarted(self, run_id: str, reason: str) -> None:

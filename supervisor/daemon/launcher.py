@@ -34,6 +34,8 @@ SCHEDULING_LOOKAHEAD = 32
 Pickup = Callable[[int], list[RunRecord]]
 # What the claims found still starting after a restart hold (readopt.py owns them).
 ClaimsHeld = Callable[[], Mapping[str, Held]]
+# How many of those claims were sent to an executor (they count against its max_submitted).
+ClaimsOn = Callable[[str], int]
 
 
 class Launcher:
@@ -45,11 +47,13 @@ class Launcher:
         supervision: Supervision,
         pickup: Pickup,
         claims_held: ClaimsHeld,
+        claims_on: ClaimsOn,
     ) -> None:
         self._s = services
         self._sup = supervision
         self._pickup = pickup
         self._claims_held = claims_held
+        self._claims_on = claims_on
         self.resources = Resources(services.settings)
         self.launching: dict[str, InFlight] = {}  # others read it; only this object writes it
 
@@ -73,6 +77,7 @@ class Launcher:
                 continue
             busy = sum(r.executor == name for r in self._sup.runs.values())
             busy += sum(f.executor == name for f in self.launching.values())
+            busy += self._claims_on(name)  # claims found still submitting after a restart
             free[name] = executor.max_in_flight - busy
         return free
 

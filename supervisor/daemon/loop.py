@@ -131,6 +131,7 @@ class Daemon:
             self.supervision,
             self.queue.pickup,
             lambda: self.readoption.claims_held,
+            lambda name: self.readoption.claims_on(name),
         )
         self.launching: Mapping[str, InFlight] = self.launcher.launching
         self.foreign = ForeignRuns(self.services, self.supervision)

@@ -12,9 +12,12 @@ import pytest
 from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
 
 from supervisor.daemon import Daemon
-from supervisor.db import final_change
+from supervisor.daemon.readopt import CLAIM_RECHECK_SECONDS
+from supervisor.db import Claim, Store, final_change
+from supervisor.executors.base import StillStarting
+from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
-from supervisor.settings import HooksSettings
+from supervisor.settings import LOCAL_EXECUTOR, HooksSettings, Settings, Template
 from supervisor.states import RunStatus
 
 
@@ -89,3 +92,69 @@ def test_a_run_whose_row_was_rewritten_under_its_launch_loses_its_cgroup(
     assert launch.handle.released
     assert run_id not in d.runs
     assert d.store.get(run_id).status == "FAILED"
+
+
+def test_a_claim_whose_recheck_fails_keeps_what_it_holds(
+    daemon: tuple[Daemon, FakeExecutor, FakeClock],
+) -> None:
+    """Defect 12: before the fix a recheck that raised dropped the claim, and its slot and
+    resources stopped counting (another run could start in its place)."""
+    d, executor, clock = daemon
+    run_id = d.store.submit("sim", "{}").id
+    assert d.store.claim_many([run_id]) == [run_id]
+    executor.found[run_id] = StillStarting("keeper starting")
+    d.recover()
+    assert run_id in d.readoption.claims_held
+    del executor.found[run_id]  # the next look raises (KeyError in the executor)
+    clock.advance(CLAIM_RECHECK_SECONDS + 1)
+    d.readoption.check_claims(clock.monotonic())
+    assert run_id in d.readoption.claims_held
+    assert d.readoption.next_deadline() is not None
+
+
+def cluster_daemon(tmp_path: Path) -> tuple[Daemon, FakeExecutor, FakeExecutor, FakeClock]:
+    """A daemon with the local fake executor and a 'cluster' one taking one job at a time."""
+    local_t = Template(name="sim", command=("/bin/true",))
+    cluster_t = Template(name="job", command=("/bin/true",), executor="cluster")
+    settings = Settings(
+        database=str(tmp_path / "runs.db"),
+        runs_dir=tmp_path / "runs",
+        max_concurrent_runs=1,
+        templates={"sim": local_t, "job": cluster_t},
+    )
+    settings.runs_dir.mkdir()
+    store = Store.open(settings.database_url, busy_timeout_ms=50, write_attempts=1)
+    clock = FakeClock()
+    local = FakeExecutor(clock)
+    cluster = FakeExecutor(clock, name="cluster", max_in_flight=1)
+    d = Daemon(
+        settings,
+        store,
+        executors={LOCAL_EXECUTOR: local, "cluster": cluster},
+        notifier=Notifier(),
+        clock=clock,
+    )
+    return d, local, cluster, clock
+
+
+def close_daemon(d: Daemon) -> None:
+    for run in list(d.runs.values()):
+        d.supervision.forget(run)
+    d.store.close()
+
+
+def test_claims_waiting_on_a_cluster_count_against_max_submitted(tmp_path: Path) -> None:
+    """Defect 12: after a restart, a claim still submitting to the cluster takes its place
+    in max_submitted; before the fix a second job was submitted beside it."""
+    d, _, cluster, _ = cluster_daemon(tmp_path)
+    try:
+        first = d.store.submit("job", "{}").id
+        assert d.store.claim_many([Claim(first, executor="cluster")]) == [first]
+        cluster.found[first] = StillStarting("sbatch not answered yet")
+        d.recover()
+        second = d.store.submit("job", "{}").id
+        sync(d)
+        assert second not in cluster.launches
+        assert d.store.get(second).launch_claimed_at is None
+    finally:
+        close_daemon(d)

@@ -30,8 +30,9 @@ log = structlog.get_logger(__name__)
 # How far past its free slots a scheduling pass looks down the queue for runs that fit.
 SCHEDULING_LOOKAHEAD = 32
 
-# The queue's pickup: up to this many PENDING runs that may start now, in queue order.
-Pickup = Callable[[int], list[RunRecord]]
+# The queue's pickup: up to this many PENDING runs that may start now, in queue order,
+# leaving out the runs of these templates (their executor has no room now).
+Pickup = Callable[[int, frozenset[str]], list[RunRecord]]
 # What the claims found still starting after a restart hold (readopt.py owns them).
 ClaimsHeld = Callable[[], Mapping[str, Held]]
 # How many of those claims were sent to an executor (they count against its max_submitted).
@@ -88,12 +89,20 @@ class Launcher:
         want = free + sum(max(0, n) for n in cluster.values())
         if want <= 0:
             return
+        # Runs of an executor with no room now are not picked up at all: they would fill the
+        # rows looked at and hold back the runs of executors that have room (issue 20, 4).
+        full = {name for name, n in cluster.items() if n <= 0}
+        if free <= 0:
+            full.add(LOCAL_EXECUTOR)
+        skip = frozenset(
+            name for name, t in self._s.settings.templates.items() if t.executor in full
+        )
         # First just enough rows to fill the free slots (the common case costs no more); when
         # some of them wait for resources, look a little further down the queue, so that a
         # run that waits never holds back smaller ones behind it (scheduling.py).
-        plan = self._plan(want)
+        plan = self._plan(want, skip)
         if plan.waiting and plan.examined >= want and len(plan.start) < want:
-            plan = self._plan(want + SCHEDULING_LOOKAHEAD)
+            plan = self._plan(want + SCHEDULING_LOOKAHEAD, skip)
         for run_id, why in plan.impossible.items():
             self._fail_unstarted_now(run_id, why)
         starts = self._within_executor_limits(plan.start, cluster)
@@ -103,11 +112,12 @@ class Launcher:
                 crash_point("launch_claimed")
                 self._begin_launch(start)
 
-    def _plan(self, limit: int) -> Plan:
-        """A scheduling pass over the first `limit` PENDING runs in queue order."""
+    def _plan(self, limit: int, skip: frozenset[str]) -> Plan:
+        """A scheduling pass over the first `limit` PENDING runs in queue order (runs of the
+        templates in `skip` left out)."""
         templates = self._s.settings.templates
         candidates = []
-        for record in self._pickup(limit):
+        for record in self._pickup(limit, skip):
             problem = launchprep.row_problem(record, templates)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)

@@ -12,6 +12,7 @@ import pytest
 from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
 
 from supervisor.daemon import Daemon
+from supervisor.daemon.launcher import SCHEDULING_LOOKAHEAD
 from supervisor.daemon.readopt import CLAIM_RECHECK_SECONDS
 from supervisor.db import Claim, Store, final_change
 from supervisor.executors.base import StillStarting
@@ -156,5 +157,39 @@ def test_claims_waiting_on_a_cluster_count_against_max_submitted(tmp_path: Path)
         sync(d)
         assert second not in cluster.launches
         assert d.store.get(second).launch_claimed_at is None
+    finally:
+        close_daemon(d)
+
+
+def test_a_full_cluster_does_not_hold_back_local_runs(tmp_path: Path) -> None:
+    """Defect 4: the cluster is at max_submitted and its jobs lead the queue; before the fix
+    the pickup took those rows, the plan dropped them, and the local run never started."""
+    d, local, cluster, _ = cluster_daemon(tmp_path)
+    try:
+        first = d.store.submit("job", "{}").id
+        sync(d)
+        assert first in cluster.launches
+        behind = [d.store.submit("job", "{}").id for _ in range(3)]
+        mine = d.store.submit("sim", "{}").id
+        sync(d)
+        assert mine in local.launches
+        assert not set(behind) & set(cluster.launches)
+    finally:
+        close_daemon(d)
+
+
+def test_full_local_slots_do_not_hold_back_cluster_runs(tmp_path: Path) -> None:
+    """Defect 4: local slots are full and many local runs wait ahead of a cluster job; before
+    the fix the pickup looked only at local rows (want + 32) and the job waited."""
+    d, local, cluster, _ = cluster_daemon(tmp_path)
+    try:
+        first = d.store.submit("sim", "{}").id
+        sync(d)
+        assert first in local.launches
+        ahead = [d.store.submit("sim", "{}").id for _ in range(SCHEDULING_LOOKAHEAD + 8)]
+        job = d.store.submit("job", "{}").id
+        sync(d)
+        assert job in cluster.launches
+        assert not set(ahead) & set(local.launches)
     finally:
         close_daemon(d)

@@ -138,7 +138,9 @@ class Supervision:
         executor: str | None = None,
     ) -> TrackedRun:
         """Watch the run from now on: its end, its deadlines, its progress."""
-        timeout = template.timeout_seconds if template else None
+        # A run another program started keeps to that program's limits, not our template's
+        # (SPEC section 3: never stopped while its group lives, unless a cancel is asked).
+        timeout = template.timeout_seconds if template and not foreign else None
         now = self._s.clock.monotonic()
         timeout_at = None
         if timeout is not None:

@@ -193,3 +193,22 @@ def test_full_local_slots_do_not_hold_back_cluster_runs(tmp_path: Path) -> None:
         assert not set(ahead) & set(local.launches)
     finally:
         close_daemon(d)
+
+
+def test_a_foreign_run_does_not_get_the_templates_timeout(tmp_path: Path) -> None:
+    """Defect 8: a run another program started is never stopped for our template's
+    timeout_seconds (SPEC section 3); before the fix it got SIGTERM at the timeout."""
+    gen = make_daemon(tmp_path, timeout=100.0)
+    d, executor, clock = next(gen)
+    try:
+        record = d.store.submit("sim", "{}")
+        handle = executor.begin_launch_handle_for(record.id)
+        run = d.supervision.track(
+            record, handle, tmp_path / "runs" / record.id, d.settings.templates["sim"], foreign=True
+        )
+        assert run.state.timeout_at is None
+        clock.advance(1000.0)
+        step(d)
+        assert handle.signals == []
+    finally:
+        next(gen, None)

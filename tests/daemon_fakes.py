@@ -151,6 +151,7 @@ class FakeExecutor:
     max_in_flight: int | None = None
     launches: dict[str, FakeLaunch] = field(default_factory=dict)
     found: dict[str, Recovery] = field(default_factory=dict)
+    closed: bool = False
     _next_pid: int = FAKE_PID_BASE
 
     def begin_launch(self, spec: LaunchSpec) -> FakeLaunch:
@@ -172,7 +173,7 @@ class FakeExecutor:
         return self.found[ref.run_id]
 
     def close(self) -> None:
-        return None
+        self.closed = True
 
     def adopt_foreign(
         self,

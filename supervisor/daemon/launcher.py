@@ -20,7 +20,7 @@ from supervisor.daemon.tracked import InFlight
 from supervisor.daemon.wakeups import _LAUNCH, crash_point
 from supervisor.db import RunRecord, external_id_change, final_change
 from supervisor.errors import LaunchError, SupervisorError
-from supervisor.executors.base import Launch
+from supervisor.executors.base import Executor, Launch
 from supervisor.outcome import Outcome
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
@@ -285,9 +285,10 @@ class Launcher:
         ):
             log.info("run_cancelled_pending", run_id=record.id)
 
-    def poll_executors(self) -> None:
-        """Executors that look at their runs in batches: act on what has news (never waits)."""
-        for executor in self._s.executors.values():
+    def poll_executors(self, retired: Iterable[Executor] = ()) -> None:
+        """Executors that look at their runs in batches: act on what has news (never waits).
+        `retired`: instances a reload replaced, still serving the runs they had."""
+        for executor in [*self._s.executors.values(), *retired]:
             if executor.poll_interval is None:
                 continue
             for run_id in executor.poll():

@@ -32,6 +32,7 @@ from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.progressfeed import ProgressFeed
 from supervisor.daemon.queueing import QueueKeeper, QueueView
 from supervisor.daemon.readopt import Readoption
+from supervisor.daemon.rebuild import Retired, close_finished, rebuild_executors
 from supervisor.daemon.runstate import Phase
 from supervisor.daemon.services import Services
 from supervisor.daemon.status import StatusReport
@@ -99,6 +100,7 @@ class Daemon:
             poll_db_soon=self._poll_db_soon,
         )
         self._signals: list[int] = []
+        self._retired: list[Retired] = []  # executors a reload replaced, serving their runs
         self.stopping = False
         self._forced = False
         self._next_rescan = 0.0
@@ -231,7 +233,7 @@ class Daemon:
         self.watchers.stop()
         # Its keeper (or job) goes on; the next daemon finds the claimed run again.
         self.launcher.abandon_all()
-        for executor in self.services.executors.values():
+        for executor in [*self.services.executors.values(), *(r.executor for r in self._retired)]:
             executor.close()
         self.feed.queue_progress()
         deadline = self.clock.monotonic() + SHUTDOWN_FLUSH_SECONDS
@@ -264,7 +266,9 @@ class Daemon:
                 self.supervision.check_group(run_id)
         self._handle_signals()
         now = self.clock.monotonic()
-        self.launcher.poll_executors()
+        self.launcher.poll_executors(r.executor for r in self._retired)
+        if self._retired:
+            self._retired = close_finished(self._retired, [*self.runs, *self.launching])
         self.launcher.poll_due_launches(now)
         changed = self.watchers.drain_runs()
         again = self.feed.take_read_again()
@@ -312,7 +316,7 @@ class Daemon:
         yield count
         yield self.readoption.next_deadline()
         yield self.queue.next_due()
-        for executor in self.services.executors.values():
+        for executor in [*self.services.executors.values(), *(r.executor for r in self._retired)]:
             if executor.poll_interval is not None:
                 yield now + executor.poll_interval  # its thread also wakes us sooner
 
@@ -361,7 +365,10 @@ class Daemon:
         else:
             # Where the runs and the database live cannot change under live runs.
             kept = replace(new, database=self.settings.database, runs_dir=self.settings.runs_dir)
-            self.settings = kept
+            old, self.settings = self.settings, kept
+            self._retired += rebuild_executors(
+                self.services.executors, old, kept, self._in_flight_on, self.wake
+            )
             self.launcher.reload()
             log.info(
                 "config_reloaded",
@@ -369,6 +376,11 @@ class Daemon:
                 max_concurrent_runs=kept.max_concurrent_runs,
             )
         self.notifier.ready(self.status.text())
+
+    def _in_flight_on(self, executor: str) -> set[str]:
+        """Ids of the runs and launches of this executor."""
+        ids = {i for i, r in self.runs.items() if r.executor == executor}
+        return ids | {i for i, f in self.launching.items() if f.executor == executor}
 
     def _flush(self) -> None:
         self.feed.queue_progress()

@@ -75,6 +75,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.recovery",),
     ("supervisor.daemon.tracked",),
     ("supervisor.daemon.lockfile",),
+    ("supervisor.daemon.rebuild",),
     ("supervisor.daemon.services",),
     ("supervisor.daemon.watching",),
     ("supervisor.daemon.status",),

@@ -15,10 +15,17 @@ from supervisor.daemon import Daemon
 from supervisor.daemon.launcher import SCHEDULING_LOOKAHEAD
 from supervisor.daemon.readopt import CLAIM_RECHECK_SECONDS
 from supervisor.db import Claim, Store, final_change
-from supervisor.executors.base import StillStarting
+from supervisor.executors.base import ExitStatus, StillStarting
+from supervisor.executors.slurm.executor import SlurmExecutor
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
-from supervisor.settings import LOCAL_EXECUTOR, HooksSettings, Settings, Template
+from supervisor.settings import (
+    LOCAL_EXECUTOR,
+    ExecutorSettings,
+    HooksSettings,
+    Settings,
+    Template,
+)
 from supervisor.states import RunStatus
 
 
@@ -141,6 +148,8 @@ def cluster_daemon(tmp_path: Path) -> tuple[Daemon, FakeExecutor, FakeExecutor, 
 def close_daemon(d: Daemon) -> None:
     for run in list(d.runs.values()):
         d.supervision.forget(run)
+    for executor in d.services.executors.values():
+        executor.close()
     d.store.close()
 
 
@@ -212,3 +221,80 @@ def test_a_foreign_run_does_not_get_the_templates_timeout(tmp_path: Path) -> Non
         assert handle.signals == []
     finally:
         next(gen, None)
+
+
+def write_config(path: Path, d: Daemon, executor: str) -> None:
+    """The daemon's config file: its database and runs dir, a job template on `hpc`."""
+    path.write_text(
+        f'database = "{d.settings.database}"\n'
+        f'runs_dir = "{d.settings.runs_dir}"\n'
+        "max_concurrent_runs = 1\n"
+        '[templates.sim]\ncommand = ["/bin/true"]\n'
+        '[templates.job]\ncommand = ["/bin/true"]\nexecutor = "hpc"\n' + executor
+    )
+
+
+def reload(d: Daemon) -> None:
+    d._on_signal(signal.SIGHUP, None)
+    step(d)
+
+
+def test_sighup_builds_new_and_changed_executors(tmp_path: Path) -> None:
+    """Defect 5: before the fix a reload kept the executors of the start: a new
+    [executors.hpc] was missing (its runs failed "not available"), and changed partition,
+    max_submitted and poll_interval_seconds were ignored."""
+    d, _, _, _ = cluster_daemon(tmp_path)
+    config = tmp_path / "config.toml"
+    d.config_file = str(config)
+    try:
+        write_config(config, d, '[executors.hpc]\nkind = "slurm"\npartition = "a"\n')
+        reload(d)
+        built = d.services.executors["hpc"]
+        assert isinstance(built, SlurmExecutor) and built.config.partition == "a"
+        write_config(
+            config,
+            d,
+            '[executors.hpc]\nkind = "slurm"\npartition = "b"\nmax_submitted = 7\n'
+            "poll_interval_seconds = 3\n",
+        )
+        reload(d)
+        rebuilt = d.services.executors["hpc"]
+        assert isinstance(rebuilt, SlurmExecutor) and rebuilt is not built
+        assert rebuilt.config.partition == "b"
+        assert rebuilt.max_in_flight == 7 and rebuilt.poll_interval == 3
+    finally:
+        close_daemon(d)
+
+
+def test_sighup_keeps_a_replaced_executor_for_its_runs_in_flight(tmp_path: Path) -> None:
+    """Defect 5: an executor rebuilt while one of its launches is in flight keeps serving that
+    launch (polled until it ends, then closed); new launches go to the new instance."""
+    d, _, cluster, _ = cluster_daemon(tmp_path)
+    config = tmp_path / "config.toml"
+    d.config_file = str(config)
+    try:
+        old_cfg = ExecutorSettings(name="cluster", kind="slurm", runs_dir=d.settings.runs_dir)
+        d.settings = replace(d.settings, executors={"cluster": old_cfg})
+        run_id = d.store.submit("job", "{}").id
+        sync(d)
+        assert run_id in cluster.launches
+        config.write_text(
+            f'database = "{d.settings.database}"\nruns_dir = "{d.settings.runs_dir}"\n'
+            "max_concurrent_runs = 1\n"
+            '[templates.sim]\ncommand = ["/bin/true"]\n'
+            '[templates.job]\ncommand = ["/bin/true"]\nexecutor = "cluster"\n'
+            '[executors.cluster]\nkind = "slurm"\npartition = "new"\n'
+        )
+        reload(d)
+        assert isinstance(d.services.executors["cluster"], SlurmExecutor)
+        launch = cluster.launches[run_id]
+        launch.report()
+        step(d)
+        assert d.store.get(run_id).status == "RUNNING"
+        launch.handle.end(ExitStatus(0, None))
+        step(d)
+        step(d)
+        assert d.store.get(run_id).status == "COMPLETED"
+        assert cluster.closed
+    finally:
+        close_daemon(d)

@@ -4,7 +4,7 @@ notebooks, writing only what SPEC section 3 lets other programs write.
     from supervisor.client import Client
 
     c = Client()
-    sweep = c.sweep("erlang-demo", base={"channels": 10}, grid={"erlang_start": [4, 8]})
+    sweep = c.sweep("erlang-demo", base={"channels": 10}, grid={"erlang": [4.0, 8.0]})
     sweep.wait()
     rows = sweep.results()
 """

@@ -24,6 +24,7 @@ from supervisor.client import (
     Client,
     NoDaemonWarning,
     ResultsError,
+    ResultsWarning,
     RunFailed,
     WaitTimeout,
 )
@@ -331,11 +332,33 @@ class FusionGui:
         self.proc.wait()
 
 
+FUSION_SIM = Path(__file__).resolve().parents[1] / "sims" / "fusionsim.py"
+
+
+def fusion_template() -> str:
+    """A template of the FUSION-like simulator, its progress read from its printed lines."""
+    sys.path.insert(0, str(FUSION_SIM.parent))
+    from fusionsim import ITERATION_PATTERN, START_PATTERN
+
+    command = [sys.executable, str(FUSION_SIM), "--loads", "300", "350", "--iterations", "3"]
+    command += ["--interval", "0.2"]  # each load lasts long enough to be seen
+    patterns = json.dumps([START_PATTERN, ITERATION_PATTERN])
+    return f"[templates.fusion]\ncommand = {json.dumps(command)}\nprogress_patterns = {patterns}\n"
+
+
 def test_the_client_beside_a_program_writing_to_the_database(harness: DaemonHarness) -> None:
+    harness.write_config(fusion_template())
     harness.start()
     gui = FusionGui(harness)
     try:
         with Client(harness.config) as client:
+            # FUSION-like runs that print their progress: watch() sees it move.
+            fusion = client.sweep("fusion", grid={"seed": [1, 2, 3]})
+            seen = list(fusion.watch(timeout=DEADLINE))
+            assert {c.run_id for c in seen if c.status == "COMPLETED"} == set(fusion.ids)
+            assert {c.current_erlang for c in seen if c.current_iteration} >= {300.0, 350.0}
+            with pytest.warns(ResultsWarning, match="wrote no results.json"):
+                assert len(fusion.results()) == 3
             sweep = client.sweep(
                 "testsim", base={"echo": ["x"], "sleep": 0.2}, grid={"x": list(range(8))}
             )

@@ -187,7 +187,10 @@ class Readoption:
                 boot_id=proc.boot_id,
             )
         template = self._s.settings.templates.get(record.template)
-        run = self._sup.track(record, handle, run_dir, template)
+        held = None
+        if (record.executor or LOCAL_EXECUTOR) == LOCAL_EXECUTOR:
+            held = self._launcher.resources.held_by_adopted(record, handle.record.keeper_pid)
+        run = self._sup.track(record, handle, run_dir, template, held=held)
         if handle.exit_status() is not None:
             self._sup.on_exit(run.run_id)
 

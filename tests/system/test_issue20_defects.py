@@ -4,6 +4,7 @@ Each test here failed on the code before its fix (see each test's docstring)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -134,3 +135,33 @@ def test_stop_with_cancel_under_a_lock_and_a_deleted_row_cancels_every_run(
         if locker is not None:
             locker.close()
         harness.close()
+
+
+def cpus_allowed(pid: int) -> str:
+    """The CPUs a process may run on, as /proc says (e.g. "0" or "0-1")."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to")
+def test_pinned_cpus_survive_a_restart(harness: DaemonHarness) -> None:
+    """Defect 11: a run adopted after a restart keeps its CPU, and the next run is pinned to
+    another one. Before the fix the restarted daemon forgot the adopted run's CPU and pinned
+    the new run onto the same one."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    harness.settings["max_concurrent_runs"] = 2
+    harness.write_config(f"[resources]\npin_cpus = true\ncpus = {len(cpus)}\n")
+    harness.start()
+    first = harness.submit({"sleep": 60, "progress": [READY]})
+    first_pid, _ = harness.wait_set_up(first)
+    first_cpu = cpus_allowed(first_pid)
+    assert first_cpu in {str(c) for c in cpus}
+    harness.kill()
+    harness.start()
+    second = harness.submit({"sleep": 60, "progress": [READY]})
+    second_pid, _ = harness.wait_set_up(second)
+    assert cpus_allowed(first_pid) == first_cpu
+    assert cpus_allowed(second_pid) != first_cpu
+    assert cpus_allowed(second_pid) in {str(c) for c in cpus}

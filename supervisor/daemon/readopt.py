@@ -151,7 +151,7 @@ class Readoption:
         """
         template = self._s.settings.templates.get(record.template)
         state, update = read_on(record, run_dir, template)  # before the last log cut
-        self._feed.bound_log(run_dir)
+        self._feed.bound_log(run_dir, record.executor or LOCAL_EXECUTOR)
         self._s.outbox.progress(update)
         cause = stop_cause(record)
         out = outcomes.classify_exit(

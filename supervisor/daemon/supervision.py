@@ -295,7 +295,7 @@ class Supervision:
             self.forget(run)
             return
         run.state.group_gone()
-        self._feed.bound_log(run.run_dir)  # the last cut: nothing writes to it any more
+        self._feed.bound_log(run.run_dir, run.executor)  # the last cut: nothing writes to it
         out = self._classify(run, run.state.exit)
         self._feed.mark_read(run.run_id)
         self._feed.queue_progress()

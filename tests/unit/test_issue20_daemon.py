@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
 
+from supervisor import rundir
 from supervisor.daemon import Daemon
 from supervisor.daemon.launcher import SCHEDULING_LOOKAHEAD
 from supervisor.daemon.readopt import CLAIM_RECHECK_SECONDS
 from supervisor.db import Claim, Store, final_change
 from supervisor.executors.base import ExitStatus, StillStarting
 from supervisor.executors.slurm.executor import SlurmExecutor
+from supervisor.logcap import MIN_CAP_BYTES
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
 from supervisor.settings import (
@@ -296,5 +298,33 @@ def test_sighup_keeps_a_replaced_executor_for_its_runs_in_flight(tmp_path: Path)
         step(d)
         assert d.store.get(run_id).status == "COMPLETED"
         assert cluster.closed
+    finally:
+        close_daemon(d)
+
+
+def test_a_cluster_runs_log_is_never_cut_from_here(tmp_path: Path) -> None:
+    """Defect 13: a cluster job's log (written on another node) is left to the cluster; the
+    local run's log of the same size is cut. Before the fix both were copy-and-truncated."""
+    d, local, cluster, clock = cluster_daemon(tmp_path)
+    try:
+        d.settings = replace(d.settings, max_log_bytes=MIN_CAP_BYTES)
+        job = d.store.submit("job", "{}").id
+        mine = d.store.submit("sim", "{}").id
+        sync(d)
+        cluster.launches[job].report()
+        local.launches[mine].report()
+        step(d)
+        assert job in d.runs and mine in d.runs
+        size = MIN_CAP_BYTES * 4
+        logs = {}
+        for run_id in (job, mine):
+            path = rundir.log_path(d.runs[run_id].run_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * (size - 1) + b"\n")
+            logs[run_id] = path
+        clock.advance(d.settings.rescan_interval_seconds + 1)
+        step(d)
+        assert logs[mine].stat().st_size < size
+        assert logs[job].stat().st_size == size
     finally:
         close_daemon(d)

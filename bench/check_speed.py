@@ -40,8 +40,8 @@ def measure(runs: int) -> list[float]:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSUP_")}
         env.update(HOME=str(root), XDG_STATE_HOME=str(root / "state"))
-        subprocess.run([str(RUNSUP), "list", "--config", str(conf)], env=env, check=True,
-                       capture_output=True)  # fmt: skip  # the database, and warm caches
+        subprocess.run([str(RUNSUP), "db", "upgrade", "--config", str(conf)], env=env,
+                       check=True, capture_output=True)  # fmt: skip  # the database, warm caches
         command = [str(RUNSUP), "check", "--config", str(conf)]
         times = []
         for _ in range(runs):

@@ -259,6 +259,17 @@ class BenchDaemon:
         self.conn = connect(self.db)
         self._start_profiler()
 
+    def restart(self) -> None:
+        """Stop the daemon (its runs detach and live on) and start a new one, which adopts them."""
+        self._stop_profiler()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(STOP_TIMEOUT)
+        self.start()
+
     def _start_profiler(self) -> None:
         where = os.environ.get(PROFILE_DIR_VARIABLE)
         if not where:

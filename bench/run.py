@@ -9,7 +9,8 @@ way other programs would (plain sqlite3 INSERTs and UPDATEs, files appended to),
 figures from a separate process or from /proc, and stops it with everything it started.
 Scenarios: latency, pickup (pickup and cancel), throughput (with task-spooler and xargs
 side by side), limits (what bounds throughput here), load, output (the load read
-with progress_patterns), idle, capped (idle and the load with memory caps on), memory, cli.
+with progress_patterns), idle, adopted (idle after a restart), capped (idle and the load with
+memory caps on), memory, cli.
 --profile records each daemon with py-spy. See BENCHMARKS.md for the targets, the method and
 results.
 """

@@ -40,6 +40,7 @@ MS = 1000.0
 KIB = 1024.0
 MIB = 1024.0 * 1024.0
 SETTLE_SECONDS = 0.5  # after a daemon starts or runs start, before measuring
+ADOPT_TIMEOUT_SECONDS = 120.0  # a restarted daemon adopting the runs of the adopted scenario
 
 
 @dataclass(frozen=True)
@@ -658,12 +659,31 @@ def capped(root: Path, sizes: Sizes) -> list[Result]:
     )
 
 
-def _idle(root: Path, sizes: Sizes, name: str, template: str) -> list[Result]:
+def adopted(root: Path, sizes: Sizes) -> list[Result]:
+    """100 quiet runs adopted by a restarted daemon (without pidfds, a timer looks at them)."""
+    return _idle(root / "adopted", sizes, "adopted", "sleep", restart=True)
+
+
+def _wait_adopted(d: BenchDaemon, n: int) -> None:
+    """Until the restarted daemon logged the adoption of `n` runs (its start does that work)."""
+    deadline = now() + ADOPT_TIMEOUT_SECONDS
+    while d.log_path.read_bytes().count(b'"run_adopted"') < 2 * n:  # each logs two lines
+        if now() > deadline:
+            raise RuntimeError(f"{n} runs not adopted within {ADOPT_TIMEOUT_SECONDS:g} s")
+        time.sleep(0.05)
+
+
+def _idle(
+    root: Path, sizes: Sizes, name: str, template: str, *, restart: bool = False
+) -> list[Result]:
     n = sizes.idle_runs
     with BenchDaemon(root, max_concurrent=max(n, 8)) as d:
         d.insert_pending(template, n)
         d.wait_count("RUNNING", n)
-        time.sleep(2.5)  # past the first rescan after the launches
+        if restart:
+            d.restart()
+            _wait_adopted(d, n)
+        time.sleep(2.5)  # past the first rescan after the launches (or the adoptions)
         probe = connect(d.db)
         wal = Path(f"{d.db}-wal")
         version = _data_version(probe)
@@ -689,7 +709,7 @@ def _idle(root: Path, sizes: Sizes, name: str, template: str) -> list[Result]:
     return [
         Result(
             name,
-            f"daemon CPU, {n} quiet runs",
+            f"daemon CPU, {n} quiet runs" + (", adopted" if restart else ""),
             share * 100,
             "% core",
             "< 1 %",
@@ -784,6 +804,7 @@ SCENARIOS: dict[str, Callable[[Path, Sizes], list[Result]]] = {
     "load": progress_load,
     "output": output_load,
     "idle": idle,
+    "adopted": adopted,
     "capped": capped,
     "memory": memory_at_scale,
     "cli": cli_startup,

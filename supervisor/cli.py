@@ -15,6 +15,8 @@ import click
 from supervisor.errors import NotFoundError, SupervisorError, ValidationError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from supervisor.db import Store
     from supervisor.settings import Settings
 
@@ -55,16 +57,27 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _store(ctx: click.Context) -> Store:
-    from supervisor.db import Store
+def _store(ctx: click.Context, *, create: bool = True) -> Store:
+    """The database; commands that only read pass create=False (SPEC 7: never create one)."""
+    from supervisor.cliopen import open_store
 
-    settings = _settings(ctx)
-    path = settings.database_path
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store.open(settings.database_url)
+    store = open_store(_settings(ctx), create=create)
     ctx.call_on_close(store.close)
     return store
+
+
+def _warn_if_no_daemon(ctx: click.Context) -> None:
+    """On stderr: no daemon has served this database lately (runs would wait for ever)."""
+    from supervisor.cliopen import daemon_absent
+
+    warning = daemon_absent(_settings(ctx))
+    if warning is not None:
+        click.echo(f"runsup: warning: {warning}", err=True)
+
+
+def _run_ids(store: Store, typed: tuple[str, ...] | list[str]) -> list[str]:
+    """Whole run ids from what was typed: each an id or a unique prefix of one."""
+    return [store.resolve_id(t) for t in typed]
 
 
 def _print_json(value: Any) -> None:
@@ -86,11 +99,13 @@ def cli(ctx: click.Context) -> None:
 @click.pass_context
 def daemon(ctx: click.Context, verbose: bool) -> None:
     """Run the supervisor in the foreground."""
+    from supervisor.cliopen import prepare_daemon
     from supervisor.daemon import run_daemon
     from supervisor.logs import configure_logging
 
     configure_logging(verbose=verbose)
     settings = _settings(ctx)
+    prepare_daemon(settings)
     raise SystemExit(run_daemon(settings, config_file=ctx.obj.get(CONFIG_OBJ_KEY)))
 
 
@@ -188,33 +203,45 @@ def submit(
     as_json: bool,
 ) -> None:
     """Queue a run; prints the new run id (one a line for a sweep)."""
+    from supervisor.cliopen import check_run_config
     from supervisor.db import NewRun, new_run_id
 
     _check_template(ctx, template)
+    settings = _settings(ctx)
     config = _deep_merge(_base_config(config_json, config_file), _parse_set(sets))
-    store = _store(ctx)
     if sweeps:
         from supervisor.queue import expand_sweep
 
         points = expand_sweep(sweeps)
-        new = [
-            NewRun(
-                template,
-                json.dumps(_deep_merge(config, _parse_set(tuple(p.as_set_pairs())))),
-                f"{name} {p.name}" if name else p.name,
-                priority,
-            )
-            for p in points
-        ]
-        records = store.submit_many(new, after=after, after_any=after_any, sweep_id=new_run_id())
+        configs = [_deep_merge(config, _parse_set(tuple(p.as_set_pairs()))) for p in points]
+        names: list[str | None] = [f"{name} {p.name}" if name else p.name for p in points]
     else:
-        new = [NewRun(template, json.dumps(config), name, priority)]
-        records = store.submit_many(new, after=after, after_any=after_any)
+        configs, names = [config], [name]
+    for one in configs:
+        check_run_config(settings, template, one)
+    new = [
+        NewRun(template, json.dumps(c), n, priority) for c, n in zip(configs, names, strict=True)
+    ]
+    store = _store(ctx)
+    sweep_id = new_run_id() if sweeps else None
+    records = store.submit_many(
+        new,
+        after=_run_ids(store, after),
+        after_any=_run_ids(store, after_any),
+        sweep_id=sweep_id,
+    )
     if as_json:
         _print_json(records[0].to_json() if not sweeps else [r.to_json() for r in records])
     else:
         for record in records:
             click.echo(record.id)
+    if sweep_id is not None:
+        # stderr, so that stdout stays one run id a line (SPEC section 7).
+        click.echo(
+            f"sweep {sweep_id}: {len(records)} runs (runsup list/watch/cancel --sweep {sweep_id})",
+            err=True,
+        )
+    _warn_if_no_daemon(ctx)
 
 
 def _check_template(ctx: click.Context, template: str) -> None:
@@ -251,6 +278,10 @@ def _base_config(config_json: str | None, config_file: str | None) -> dict[str, 
     help="With --failed: that sweep's runs that FAILED (each point once), again in the same sweep.",
 )
 @click.option("--failed", is_flag=True, help="With --sweep ID: resubmit its failed runs.")
+@click.option("--name", "-n", default=None, help="A new name (default: the old run's).")
+@click.option("--priority", type=int, default=None, help="A new priority (default: the old).")
+@click.option("--after", multiple=True, metavar="ID", help="As submit --after. Repeatable.")
+@click.option("--after-any", "after_any", multiple=True, metavar="ID", help="As submit.")
 @json_option
 @click.pass_context
 def resubmit(
@@ -259,10 +290,15 @@ def resubmit(
     sets: tuple[str, ...],
     sweep_id: str | None,
     failed: bool,
+    name: str | None,
+    priority: int | None,
+    after: tuple[str, ...],
+    after_any: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Queue a new PENDING run with the same template and config as RUN_ID (sets applied), or
     with --sweep ID --failed, the failed runs of a sweep again; prints the new run ids."""
+    from supervisor.cliopen import check_run_config
     from supervisor.db import NewRun, check_config_json
 
     if sweep_id is not None or failed:
@@ -276,10 +312,20 @@ def resubmit(
     if run_id is None:
         raise click.UsageError("name the RUN_ID to resubmit (or --sweep ID --failed)")
     store = _store(ctx)
-    old = store.get(run_id)
+    old = store.get(store.resolve_id(run_id))
     config = _deep_merge(check_config_json(old.config_json), _parse_set(sets))
-    new = NewRun(old.template, json.dumps(config), old.name, old.priority)
-    record = store.submit_many([new])[0]
+    if old.template in _settings(ctx).templates:
+        check_run_config(_settings(ctx), old.template, config)
+    new = NewRun(
+        old.template,
+        json.dumps(config),
+        name if name is not None else old.name,
+        priority if priority is not None else old.priority,
+    )
+    record = store.submit_many(
+        [new], after=_run_ids(store, after), after_any=_run_ids(store, after_any)
+    )[0]
+    _warn_if_no_daemon(ctx)
     if as_json:
         _print_json(record.to_json())
     else:
@@ -294,7 +340,8 @@ def resubmit(
 @click.pass_context
 def priority(ctx: click.Context, run_id: str, priority: int, as_json: bool) -> None:
     """Set a PENDING run's PRIORITY (higher starts first; default 0)."""
-    record = _store(ctx).set_priority(run_id, priority)
+    store = _store(ctx)
+    record = store.set_priority(store.resolve_id(run_id), priority)
     if as_json:
         _print_json(record.to_json())
     else:
@@ -378,7 +425,9 @@ def list_runs(
     if limit is not None and show_all:
         raise click.UsageError("give --limit N or --all, not both")
     status = check_status(status)
-    store = _store(ctx)
+    store = _store(ctx, create=False)
+    if sweep_id is not None:
+        sweep_id = store.resolve_id(sweep_id, sweep=True)
     more = 0
     if limit is None and not show_all:
         bounded = ClientStore(store).bounded_list(status=status, sweep_id=sweep_id)
@@ -437,6 +486,9 @@ def results(
     if out is not None and plot is None:
         raise click.UsageError("--out names the picture --plot X:Y draws")
     fmt = "csv" if as_csv else "json" if as_json else "table"
+    from supervisor.cliopen import require_database
+
+    require_database(_settings(ctx))  # results only reads: it never creates a database
     raise SystemExit(
         print_results(
             _settings(ctx),
@@ -459,54 +511,69 @@ def results(
 @click.pass_context
 def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Show one run and its history."""
-    store = _store(ctx)
-    run = store.get(run_id)
-    events = store.events(run_id)
-    deps = store.dependencies_of(run_id)
+    from supervisor.hints import retry_note
+    from supervisor.views import dependency_lines, run_details, shown_json
+
+    store = _store(ctx, create=False)
+    run = store.get(store.resolve_id(run_id))
+    events = store.events(run.id)
+    deps = store.dependencies_of(run.id)
+    note = retry_note(run, _settings(ctx).templates.get(run.template))
     if as_json:
         _print_json(
             {
-                **run.to_json(),
+                **shown_json(run),
                 "events": [e.to_json() for e in events],
                 "dependencies": [d.to_json() for d in deps],
+                "retry_note": note,
             }
         )
         return
-    from supervisor.views import dependency_lines, run_details
-
     click.echo(run_details(run, events))
+    if note is not None:
+        click.echo(note)
     for line in dependency_lines(deps):
         click.echo(line)
 
 
 @cli.command()
 @config_option
-@click.argument("run_id", required=False)
+@click.argument("run_ids", nargs=-1, metavar="[ID]...")
 @click.option(
     "--sweep", "sweep_id", default=None, metavar="ID", help="Cancel every run of a sweep."
 )
 @json_option
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str | None, sweep_id: str | None, as_json: bool) -> None:
-    """Ask for a run (or a sweep's runs) to be cancelled; prints the state of each."""
+def cancel(
+    ctx: click.Context, run_ids: tuple[str, ...], sweep_id: str | None, as_json: bool
+) -> None:
+    """Ask for runs (IDs, or a sweep's runs) to be cancelled; prints the state of each."""
     store = _store(ctx)
-    ids = _one_or_sweep(store, run_id, sweep_id)
+    ids = _ids_or_sweep(store, run_ids, sweep_id)
     answers = [store.request_cancel(i) for i in ids]
     if as_json:
         rows = [{**run.to_json(), "cancel_requested": asked} for run, asked in answers]
-        _print_json(rows if sweep_id is not None else rows[0])
-        return
-    for run, requested in answers:
-        click.echo(_cancel_words(run, requested))
+        _print_json(rows if sweep_id is not None or len(run_ids) > 1 else rows[0])
+    else:
+        for run, requested in answers:
+            click.echo(_cancel_words(run, requested))
+    if any(not run.is_final for run, _ in answers):
+        _warn_if_no_daemon(ctx)
 
 
 def _one_or_sweep(store: Store, run_id: str | None, sweep_id: str | None) -> list[str]:
     """The run named, or every run of the sweep named (exactly one of the two)."""
-    if (run_id is None) == (sweep_id is None):
-        raise ValidationError("name a run ID or --sweep ID (one of the two)")
-    if run_id is not None:
-        return [run_id]
-    runs = store.list_runs(sweep_id=sweep_id)
+    return _ids_or_sweep(store, () if run_id is None else (run_id,), sweep_id)
+
+
+def _ids_or_sweep(store: Store, run_ids: tuple[str, ...], sweep_id: str | None) -> list[str]:
+    """The runs named (ids or unique prefixes), or every run of the sweep named."""
+    if bool(run_ids) == (sweep_id is not None):
+        raise ValidationError("name run IDs or --sweep ID (one of the two)")
+    if run_ids:
+        return list(dict.fromkeys(_run_ids(store, run_ids)))
+    assert sweep_id is not None
+    runs = store.list_runs(sweep_id=store.resolve_id(sweep_id, sweep=True))
     if not runs:
         raise NotFoundError(f"no sweep with id {sweep_id!r}")
     return [r.id for r in reversed(runs)]
@@ -553,20 +620,27 @@ def check(ctx: click.Context, template: str | None, sample_log: str | None, as_j
 @config_option
 @click.argument("run_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='JSON Lines: {"id": ..., "line": ...} a line.'
+)
 @click.pass_context
-def logs(ctx: click.Context, run_id: str, follow: bool) -> None:
+def logs(ctx: click.Context, run_id: str, follow: bool, as_json: bool) -> None:
     """Print a run's log (the simulation's stdout and stderr)."""
     from supervisor.logview import print_log
 
-    raise SystemExit(print_log(_store(ctx), run_id, follow=follow))
+    store = _store(ctx, create=False)
+    raise SystemExit(print_log(store, store.resolve_id(run_id), follow=follow, as_json=as_json))
 
 
 @cli.command()
 @config_option
 @click.argument("run_id", required=False)
 @click.option("--sweep", "sweep_id", default=None, metavar="ID", help="Watch every run of a sweep.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON Lines: one object a change, for scripts."
+)
 @click.pass_context
-def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
+def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None, as_json: bool) -> None:
     """Live progress bars for running runs, until they end.
 
     With RUN_ID, that run; with --sweep ID, that sweep's runs; without, every run pending or
@@ -576,12 +650,15 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
     """
     from supervisor.watchview import watch_runs
 
-    store = _store(ctx)
+    store = _store(ctx, create=False)
     if sweep_id is not None:
         ids = _one_or_sweep(store, run_id, sweep_id)
         header = f"watching the {len(ids)} runs of sweep {sweep_id} until all end (Ctrl-C: stop)"
-        raise SystemExit(watch_runs(store, None, run_ids=ids, header=header))
-    raise SystemExit(watch_runs(store, run_id))
+        _warn_if_no_daemon(ctx)
+        raise SystemExit(watch_runs(store, None, run_ids=ids, header=header, as_json=as_json))
+    one = None if run_id is None else store.resolve_id(run_id)
+    _warn_if_no_daemon(ctx)
+    raise SystemExit(watch_runs(store, one, as_json=as_json))
 
 
 @cli.command()
@@ -593,12 +670,16 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None) -> None:
     help="Keep the demo's database, runs and daemon log in DIR (default: a temporary "
     "directory, removed at the end).",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="The tour on stderr; the runs and results as JSON."
+)
 @click.pass_context
-def demo(ctx: click.Context, state_dir: str | None) -> None:
+def demo(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
     """A self-contained tour: daemon, demo runs, live progress, results."""
     from supervisor.demo import run_demo
 
-    raise SystemExit(run_demo(state_dir=state_dir, config_file=ctx.obj.get(CONFIG_OBJ_KEY)))
+    config_file = ctx.obj.get(CONFIG_OBJ_KEY)
+    raise SystemExit(run_demo(state_dir=state_dir, config_file=config_file, as_json=as_json))
 
 
 @cli.command()
@@ -609,19 +690,31 @@ def demo(ctx: click.Context, state_dir: str | None) -> None:
     metavar="PATH",
     help="Write to PATH atomically (for node_exporter's textfile collector) instead of stdout.",
 )
+@json_option
 @click.pass_context
-def metrics(ctx: click.Context, textfile: str | None) -> None:
+def metrics(ctx: click.Context, textfile: str | None, as_json: bool) -> None:
     """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
     from supervisor.logs import configure_logging
-    from supervisor.metrics import render, write_textfile
+    from supervisor.metrics import render, samples_json, write_textfile
 
     configure_logging(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
 
-    data = render(_store(ctx), _settings(ctx))
-    if textfile is None:
+    data = render(_store(ctx, create=False), _settings(ctx))
+    if as_json:
+        _print_json(samples_json(data))
+    elif textfile is None:
         click.echo(data.decode(), nl=False)
     else:
         write_textfile(Path(textfile), data)
+
+
+@cli.command(name="cgroup-handover", hidden=True)
+@click.argument("user")
+def cgroup_handover(user: str) -> None:
+    """For the systemd unit's ExecStartPre (as root): give USER the unit's v1 memory cgroup."""
+    from supervisor.executors.local.cgroup_handover import main as hand_over
+
+    raise SystemExit(hand_over([user]))
 
 
 @cli.group()
@@ -631,13 +724,100 @@ def db() -> None:
 
 @db.command()
 @config_option
+@json_option
 @click.pass_context
-def upgrade(ctx: click.Context) -> None:
+def upgrade(ctx: click.Context, as_json: bool) -> None:
     """Bring the database schema up to date."""
     from supervisor.db import HEAD_REVISION
 
     _store(ctx)
-    click.echo(f"database {_settings(ctx).database}: schema at revision {HEAD_REVISION}")
+    database = _settings(ctx).database
+    if as_json:
+        _print_json({"database": database, "revision": HEAD_REVISION})
+    else:
+        click.echo(f"database {database}: schema at revision {HEAD_REVISION}")
+
+
+@db.command()
+@config_option
+@click.option(
+    "--ended-before",
+    "ended_before",
+    default=None,
+    metavar="DATE",
+    help="Prune final runs that ended before DATE (YYYY-MM-DD or ISO 8601; UTC unless it says).",
+)
+@click.option(
+    "--keep-days",
+    "keep_days",
+    default=None,
+    type=click.FloatRange(min=0),
+    metavar="N",
+    help="Prune final runs that ended more than N days ago.",
+)
+@click.option("--files", is_flag=True, help="Remove their run directories too.")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Say what would go; change nothing.")
+@json_option
+@click.pass_context
+def prune(
+    ctx: click.Context,
+    ended_before: str | None,
+    keep_days: float | None,
+    files: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete final runs that ended before a date, with their events and dependency rows;
+    never a PENDING or RUNNING run, nor one a run not yet final depends on."""
+    from supervisor.db import utcnow
+    from supervisor.retention import cutoff_for, prune_runs
+
+    if (ended_before is None) == (keep_days is None):
+        raise ValidationError("give one of --ended-before DATE and --keep-days N")
+    cutoff = cutoff_for(keep_days, utcnow()) if keep_days is not None else _date(ended_before)
+    done = prune_runs(_store(ctx), _settings(ctx), cutoff, files=files, dry_run=dry_run)
+    rows = done.rows
+    if as_json:
+        _print_json(
+            {
+                "ended_before": cutoff.isoformat(),
+                "dry_run": dry_run,
+                "runs": rows.runs,
+                "events": rows.events,
+                "dependencies": rows.dependencies,
+                "kept_needed": rows.kept_needed,
+                "run_dirs": done.dirs_removed,
+                "run_dir_errors": done.dir_errors,
+            }
+        )
+    else:
+        verb = "would prune" if dry_run else "pruned"
+        click.echo(
+            f"{verb} {rows.runs} runs that ended before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+            f" ({rows.events} events, {rows.dependencies} dependency rows)"
+        )
+        if rows.kept_needed:
+            click.echo(f"kept {rows.kept_needed} that runs not yet final depend on")
+        if files:
+            click.echo(f"{'would remove' if dry_run else 'removed'} {done.dirs_removed} run"
+                       " directories")
+        for error in done.dir_errors:
+            click.echo(f"runsup: could not remove {error}", err=True)
+    if done.dir_errors:
+        raise SystemExit(1)
+
+
+def _date(value: str | None) -> datetime:
+    """A --ended-before value: a date or an ISO 8601 time; UTC unless it names an offset."""
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ValidationError(
+            f"--ended-before {value!r}: expected a date (YYYY-MM-DD) or an ISO 8601 time"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -651,5 +831,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="runsup", standalone_mode=True)
     except SupervisorError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        # A folder or file the system refused that no command foresaw: one line, no traceback.
+        from supervisor.cliopen import os_error_words
+
+        _fail(os_error_words(exc))
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -38,10 +38,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from supervisor.notify import scrub_environment
 from supervisor.settings import SETTINGS_VARIABLES
@@ -218,9 +218,15 @@ class _Signals:
 # ----------------------------------------------------------------- the demo
 
 
+class _Text:
+    """Where the tour's words go: stdout, or stderr when stdout carries `--json`'s document."""
+
+    stream: TextIO = sys.stdout
+
+
 def _say(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    _Text.stream.write(text + "\n")
+    _Text.stream.flush()
 
 
 def _set_parent_death_signal() -> None:
@@ -253,6 +259,7 @@ class Demo:
         self.log_path = root / DAEMON_LOG_FILENAME
         self.daemon: subprocess.Popen[bytes] | None = None
         self.run_ids: list[str] = []
+        self.results: dict[str, Any] | None = None  # for --json, once the runs completed
 
     # -- setup --------------------------------------------------------------
 
@@ -346,6 +353,7 @@ class Demo:
                     not self.signals.stop and self.daemon_alive() and time.monotonic() < deadline
                 ),
                 header=header,
+                out=_Text.stream,
             )
             if code == EXIT_STOPPED:
                 if self.signals.stop:
@@ -384,6 +392,10 @@ class Demo:
         _say()
         _say(results_table(rows))
         self.draw(rows)
+        self.results = {
+            "runs": [r.to_json() for r in records],
+            "results": [{**asdict(row), "within": row.within} for row in rows],
+        }
         return EXIT_OK
 
     def draw(self, rows: Sequence[LoadRow]) -> Path | None:
@@ -543,8 +555,14 @@ def _command_name() -> str:
     return f"{sys.executable} -m supervisor"
 
 
-def run_demo(state_dir: str | None, config_file: str | None) -> int:
-    """Run the demo; the exit code (0 when every run completed and the table was printed)."""
+def run_demo(state_dir: str | None, config_file: str | None, as_json: bool = False) -> int:
+    """Run the demo; the exit code (0 when every run completed and the table was printed).
+
+    `as_json`: the tour goes to stderr and stdout gets one JSON object, the runs and the
+    results table's rows.
+    """
+    if as_json:
+        _Text.stream = sys.stderr
     if config_file is not None:
         sys.stderr.write(
             f"runsup demo: not using {config_file}: the demo brings its own configuration, "
@@ -572,6 +590,8 @@ def run_demo(state_dir: str | None, config_file: str | None) -> int:
                 sys.stderr.write(f"runsup demo: killed {killed} leftover processes\n")
             if left:
                 sys.stderr.write(f"runsup demo: {left} processes would not die\n")
+        if as_json and demo.results is not None:
+            sys.stdout.write(json.dumps(demo.results, indent=2, sort_keys=True) + "\n")
         if code == EXIT_OK and not temporary:
             me = _command_name()
             _say(

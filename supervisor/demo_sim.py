@@ -26,8 +26,9 @@ key                type    default   meaning
 ``pace_seconds``   float   0.0       sleep between iterations, to watch a demo
 =================  ======  ========  ============================================
 
-Unknown keys are reported on stderr and ignored. A key with a wrong type or
-an impossible value is a configuration error.
+An unknown key is a configuration error, as is a key with a wrong type or an
+impossible value: a typo (``chanels``) must not run the defaults unnoticed
+(SPEC section 2). ``runsup submit`` checks this before it queues the run.
 
 Progress goes to ``$RUNSUP_PROGRESS_FILE`` (else ``progress.jsonl`` in the
 working directory), one JSON object a line, each flushed with a single
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import heapq
 import json
 import math
@@ -375,17 +377,13 @@ def _float_value(raw: dict[str, Any], key: str, default: float, *, positive: boo
     return number
 
 
-def parse_config(raw: object, warn: TextIO | None = None) -> DemoConfig:
-    """Validate a decoded JSON configuration; unknown keys are reported to `warn`."""
+def parse_config(raw: object) -> DemoConfig:
+    """Validate a decoded JSON configuration; DemoConfigError names the first problem."""
     if not isinstance(raw, dict):
         raise DemoConfigError(f"the configuration must be a JSON object, got {type(raw).__name__}")
     unknown = sorted(str(k) for k in raw if k not in _CONFIG_KEYS)
-    if unknown and warn is not None:
-        print(
-            f"{PROG}: ignoring unknown config keys {', '.join(unknown)} "
-            f"(known: {', '.join(_CONFIG_KEYS)})",
-            file=warn,
-        )
+    if unknown:
+        raise DemoConfigError(unknown_keys_words(unknown))
     start = _float_value(raw, "erlang_start", DEFAULT_ERLANG_START, positive=True)
     stop = _float_value(raw, "erlang_stop", DEFAULT_ERLANG_STOP, positive=True)
     if "erlang" in raw:
@@ -416,7 +414,17 @@ def parse_config(raw: object, warn: TextIO | None = None) -> DemoConfig:
     return config
 
 
-def load_config(path: Path | None, warn: TextIO | None = None) -> DemoConfig:
+def unknown_keys_words(unknown: Sequence[str]) -> str:
+    """The error for keys the simulation does not know, with the likeliest meant key."""
+    words = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, _CONFIG_KEYS, n=1)
+        words.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) != 1 else ""
+    return f"unknown config key{plural} {', '.join(words)}; known: {', '.join(_CONFIG_KEYS)}"
+
+
+def load_config(path: Path | None) -> DemoConfig:
     """Read and validate the JSON configuration file; None means all defaults."""
     if path is None:
         return DemoConfig()
@@ -428,7 +436,7 @@ def load_config(path: Path | None, warn: TextIO | None = None) -> DemoConfig:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DemoConfigError(f"{path} is not valid JSON: {exc}") from exc
-    return parse_config(raw, warn)
+    return parse_config(raw)
 
 
 # ------------------------------------------------------------ progress
@@ -653,7 +661,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _execute(config_path: Path | None, progress: ProgressWriter, flag: CancelFlag) -> int:
     try:
-        config = load_config(config_path, warn=sys.stderr)
+        config = load_config(config_path)
     except DemoConfigError as exc:
         progress.write("error", message=f"invalid configuration: {exc}")
         print(f"{PROG}: invalid configuration: {exc}", file=sys.stderr)

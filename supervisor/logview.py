@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, Protocol, TextIO
 
-from supervisor.db import Store
+from supervisor.db import RunRecord, Store
 from supervisor.rundir import log_path
 
 # `--follow`: how often the log and the run's status are looked at again.
@@ -33,7 +34,46 @@ class _Closed(Exception):
     """The reader of our stdout went away."""
 
 
-def _copy_new(path: Path, offset: int, out: BinaryIO, err: TextIO) -> int:
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class JsonLines:
+    """`logs --json`: the log as JSON Lines, `{"id": ..., "line": ...}` for each line (the
+    bytes decoded as UTF-8, bad bytes replaced); a last line without its newline is written
+    by finish()."""
+
+    def __init__(self, run_id: str, out: BinaryIO) -> None:
+        self.run_id = run_id
+        self.out = out
+        self._partial = b""
+
+    def write(self, data: bytes, /) -> int:
+        """Take a chunk of the log; write every line it completes."""
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self._line(line)
+        return len(data)
+
+    def _line(self, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace")
+        self.out.write(json.dumps({"id": self.run_id, "line": text}).encode() + b"\n")
+
+    def flush(self) -> None:
+        """Flush what was written."""
+        self.out.flush()
+
+    def finish(self) -> None:
+        """Write the last line even without its newline."""
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+        self.out.flush()
+
+
+def _copy_new(path: Path, offset: int, out: _Sink, err: TextIO) -> int:
     """Copy what the log holds past `offset`; returns the new offset."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
@@ -72,9 +112,15 @@ def print_log(
     out: BinaryIO | None = None,
     err: TextIO | None = None,
     interval: float = LOG_FOLLOW_INTERVAL_SECONDS,
+    as_json: bool = False,
 ) -> int:
-    """Print the run's log; with `follow`, until the run is final. Returns the exit code."""
-    stdout = out if out is not None else sys.stdout.buffer
+    """Print the run's log; with `follow`, until the run is final. Returns the exit code.
+
+    `as_json`: JSON Lines (JsonLines) instead of the log's bytes.
+    """
+    raw = out if out is not None else sys.stdout.buffer
+    lines = JsonLines(run_id, raw) if as_json else None
+    stdout: _Sink = lines if lines is not None else raw
     stderr = err if err is not None else sys.stderr
     run = store.get(run_id)
     path = log_path(Path(run.run_dir)) if run.run_dir else None
@@ -91,6 +137,11 @@ def print_log(
             run = store.get(run_id)
             if path is None and run.run_dir:
                 path = log_path(Path(run.run_dir))
+        if lines is not None:
+            try:
+                lines.finish()
+            except BrokenPipeError:
+                raise _Closed from None
     except _Closed:
         # Keep the interpreter from complaining when it flushes stdout at exit.
         with contextlib.suppress(OSError):
@@ -98,5 +149,17 @@ def print_log(
             os.dup2(devnull, sys.stdout.fileno())
         return 0
     if path is None or (not path.exists() and not follow):
-        stderr.write(f"run {run_id} ({run.status}) has no log yet\n")
+        stderr.write(no_log_words(run) + "\n")
     return 0
+
+
+def no_log_words(run: RunRecord) -> str:
+    """Why a run has no log: not started yet, or never started at all (and why not)."""
+    if run.started_at is None and run.is_final:
+        why = (run.error_message or "").strip().splitlines()
+        return f"run {run.id} ({run.status}) never started, so it has no log" + (
+            f": {why[0]}" if why else ""
+        )
+    if not run.is_final:
+        return f"run {run.id} ({run.status}) has no log yet"
+    return f"run {run.id} ({run.status}) has no log (it was removed, or never written)"

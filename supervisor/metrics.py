@@ -1,14 +1,12 @@
 """Prometheus metrics (SPEC section 14), computed from the database alone.
 
-Everything comes from the `runs` table (and the heartbeat file's mtime), so any process that
-can read the database gets the same figures, and the counters, being counts of final rows,
-survive daemon restarts. A custom collector reads the database afresh on each scrape, in one
-short read transaction of its own store (never the daemon loop's connection).
-
-The two histograms are computed in SQL (`Store.run_stats`): one GROUP BY per histogram, each
-bucket a sum of comparisons over julianday() of the two timestamp columns. No row leaves
-SQLite, so a scrape of 100,000 final runs costs one table scan in C rather than 100,000 rows
-built into Python objects (bench/metrics_scrape.py; BENCHMARKS.md has the figure).
+Everything comes from the database (and the heartbeat file's mtime), so any process that
+can read it gets the same figures. The counters and histograms are kept in the database as
+runs finish (`run_tallies`, supervisor.db.tallies), so they survive daemon restarts, never go
+down (a deleted or pruned row stays counted) and a scrape reads a few hundred rows whatever
+the history (bench/history.py; BENCHMARKS.md has the figures). A custom collector reads the
+database afresh on each scrape, in one short read transaction of its own store (never the
+daemon loop's connection).
 
 Labels are bounded: `status` by the five statuses, `resource` by three names, and `template`
 by the configuration: rows naming any other template (a foreign writer may name anything)
@@ -36,17 +34,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from supervisor.capacity import capacity_of
-from supervisor.db import Histogram, RunStats, Store, utcnow
+from supervisor.db import TIME_BUCKETS_SECONDS, Histogram, RunStats, Store, utcnow
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.heartbeat import heartbeat_path, last_beat
 from supervisor.settings import Settings
 from supervisor.states import FINAL_STATUSES, RunStatus
 
-# Bucket bounds of both histograms, in seconds: from a run that fails at once to a week.
-TIME_BUCKETS_SECONDS: tuple[float, ...] = (
-    1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 345600,
-    604800,
-)  # fmt: skip
 # The label value for every template the configuration does not name.
 OTHER_TEMPLATE = "other"
 # A textfile written for node_exporter: readable by its user, whoever that is.
@@ -107,7 +100,7 @@ class RunsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read the database once and yield every family."""
-        stats = self.store.run_stats(self.templates, OTHER_TEMPLATE, TIME_BUCKETS_SECONDS, utcnow())
+        stats = self.store.run_stats(self.templates, OTHER_TEMPLATE, utcnow())
         yield self._runs(stats)
         yield self._finished(stats)
         yield self._histogram(
@@ -282,6 +275,18 @@ def registry_for(collector: Collector) -> CollectorRegistry:
 def render(store: Store, settings: Settings) -> bytes:
     """The Prometheus text format of the database's metrics, read now."""
     return generate_latest(registry_for(RunsCollector.from_settings(store, settings)))
+
+
+def samples_json(data: bytes) -> list[dict[str, object]]:
+    """`runsup metrics --json`: every sample of the text format as {name, labels, value},
+    read back with prometheus_client's own parser so the two outputs cannot disagree."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        {"name": sample.name, "labels": dict(sample.labels), "value": sample.value}
+        for family in text_string_to_metric_families(data.decode())
+        for sample in family.samples
+    ]
 
 
 def write_textfile(path: Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ No database and no processes here: the store asks SQL, the daemon acts; this mod
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -111,10 +112,71 @@ def parse_sweep(option: str) -> tuple[str, list[str]]:
     key, sep, raw = option.partition("=")
     if not sep or not key:
         raise ValidationError(f"--sweep {option!r}: expected KEY=V1,V2,...")
-    values = raw.split(SWEEP_VALUE_SEPARATOR)
+    try:
+        values = split_sweep_values(raw)
+    except ValueError as exc:
+        raise ValidationError(f"--sweep {option!r}: {exc}") from None
     if any(v == "" for v in values):
         raise ValidationError(f"--sweep {option!r}: an empty value in the list")
     return key, values
+
+
+_CLOSERS = {"[": "]", "{": "}"}
+_QUOTES = ('"', "'")
+
+
+def split_sweep_values(raw: str) -> list[str]:
+    """A sweep's value list split at the commas outside brackets, braces and quotes (SPEC 7):
+    `[1,2],[3,4]` is two values, `a,"b,c"` two. ValueError when a bracket or quote is left open
+    or closed without being opened, so a typo is refused rather than split wrongly."""
+    values: list[str] = []
+    open_brackets: list[str] = []
+    start = i = 0
+    while i < len(raw):
+        char = raw[i]
+        if char in _QUOTES:
+            i = _past_quote(raw, i)
+            continue
+        _track_bracket(char, open_brackets)
+        if char == SWEEP_VALUE_SEPARATOR and not open_brackets:
+            values.append(raw[start:i])
+            start = i + 1
+        i += 1
+    if open_brackets:
+        raise ValueError(f"a bracket is not closed (expected {open_brackets[-1]!r})")
+    values.append(raw[start:])
+    return [_unquote_single(v) for v in values]
+
+
+def _track_bracket(char: str, open_brackets: list[str]) -> None:
+    """Push the closer an opening bracket expects, pop it at its closer (ValueError if wrong)."""
+    if char in _CLOSERS:
+        open_brackets.append(_CLOSERS[char])
+    elif char in _CLOSERS.values() and (not open_brackets or open_brackets.pop() != char):
+        raise ValueError(f"{char!r} closes nothing")
+
+
+def _past_quote(raw: str, opening: int) -> int:
+    """The index just past the quote that closes the one at `opening` (JSON's \\" inside a
+    double-quoted value does not close it); ValueError if none does."""
+    quote = raw[opening]
+    i = opening + 1
+    while i < len(raw):
+        if raw[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if raw[i] == quote:
+            return i + 1
+        i += 1
+    raise ValueError(f"a {quote} quote is not closed")
+
+
+def _unquote_single(value: str) -> str:
+    # 'b,c' is there only to keep the comma: the value is the text inside, as a JSON string
+    # (a double-quoted value already is one).
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return json.dumps(value[1:-1])
+    return value
 
 
 def expand_sweep(options: Sequence[str]) -> list[SweepPoint]:

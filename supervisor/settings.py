@@ -174,6 +174,14 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: final runs the daemon prunes once a day (`runsup db prune`); off by default."""
+
+    keep_days: float | None = None  # prune final runs that ended longer ago than this
+    files: bool = False  # their run directories too
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the daemon and the commands are configured with."""
 
@@ -195,6 +203,7 @@ class Settings:
     executors: Mapping[str, ExecutorSettings] = field(default_factory=dict)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def on_finish_for(self, template: Template) -> tuple[str, ...] | None:
         """The hook for a run of `template`: its own if it has one, else the global one."""
@@ -401,6 +410,7 @@ _TOP_KEYS = frozenset(
         "executors",
         "hooks",
         "metrics",
+        "retention",
     }
 )
 # One key a line, so that a change adding keys touches only its own lines.
@@ -438,6 +448,7 @@ _EXECUTOR_KEYS = frozenset(
 )
 _HOOKS_KEYS = frozenset({"on_finish", "timeout_seconds"})
 _METRICS_KEYS = frozenset({"listen"})
+_RETENTION_KEYS = frozenset({"keep_days", "files"})
 
 SIZE_EXPECTED = 'a size: whole bytes, or a number with K, M, G or T (as "8G")'
 DATABASE_EXPECTED = "a file path or an sqlite:/// URL naming a file"
@@ -495,6 +506,7 @@ def _from_mapping(data: Mapping[str, Any], source: Path | None, env: Mapping[str
         executors=executors,
         hooks=_hooks(top.sub("hooks")),
         metrics=_metrics(top.sub("metrics")),
+        retention=_retention(top.sub("retention")),
     )
 
 
@@ -679,6 +691,14 @@ def _metrics(reader: _Reader) -> MetricsSettings:
         return MetricsSettings(listen=parse_listen(listen))
     except ValueError as exc:
         raise reader.fail("listen", LISTEN_EXPECTED, listen, str(exc)) from None
+
+
+def _retention(reader: _Reader) -> RetentionSettings:
+    reader.check_keys(_RETENTION_KEYS)
+    return RetentionSettings(
+        keep_days=reader.number("keep_days", positive=True),
+        files=bool(reader.boolean("files")),
+    )
 
 
 def parse_size(value: object) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from supervisor.db import QUEUE_ALL, Dependency, Pause, RunEvent, RunRecord, utcnow
+from supervisor.hints import pause_hint
 from supervisor.signames import signal_name
 from supervisor.states import RunStatus
 
@@ -110,10 +112,11 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
 
 def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
     """The `runsup show` text: the run's fields, then its history."""
-    progress = "-"
+    # The same percent as `runsup list` (a COMPLETED run is 100 % even if it never reported).
+    progress = format_percent(progress_fraction(run))
     if run.total_erlangs or run.total_iterations:
         progress = (
-            f"{format_percent(progress_fraction(run))}  load {run.current_erlang} "
+            f"{progress}  load {run.current_erlang} "
             f"({(run.erlang_index or 0) + 1}/{run.total_erlangs or '?'}), "
             f"iteration {run.current_iteration or 0}/{run.total_iterations or '?'}"
         )
@@ -153,12 +156,29 @@ def run_details(run: RunRecord, events: Sequence[RunEvent]) -> str:
 
 def queue_summary(run: RunRecord) -> str:
     """Priority, attempt, not_before and sweep of a run, for `runsup show`."""
-    parts = [f"priority {run.priority or 0}", f"attempt {run.attempt or 1}"]
+    attempt = shown_attempt(run)
+    parts = [
+        f"priority {run.priority or 0}",
+        "not started yet" if attempt is None else f"attempt {attempt}",
+    ]
     if run.not_before is not None:
         parts.append(f"not before {format_time(run.not_before)}")
     if run.sweep_id:
         parts.append(f"sweep {run.sweep_id}")
     return ", ".join(parts)
+
+
+def shown_attempt(run: RunRecord) -> int | None:
+    """The attempt a run is on as people read it: NULL in a row that started is its first."""
+    if run.attempt is not None:
+        return run.attempt
+    return 1 if run.started_at is not None or run.status == RunStatus.RUNNING else None
+
+
+def shown_json(run: RunRecord) -> dict[str, Any]:
+    """A run's JSON with the values its text shows: priority NULL is 0 (SPEC section 3) and
+    the attempt of a run that started is at least 1."""
+    return {**run.to_json(), "priority": run.priority or 0, "attempt": shown_attempt(run)}
 
 
 def pause_lines(pauses: Sequence[Pause]) -> list[str]:
@@ -167,7 +187,8 @@ def pause_lines(pauses: Sequence[Pause]) -> list[str]:
     for p in pauses:
         what = "the whole queue" if p.scope == QUEUE_ALL else f"template {p.scope}"
         why = f": {p.reason}" if p.reason else ""
-        lines.append(f"paused: {what} since {format_time(p.paused_at)}{why} (runsup resume)")
+        since = format_time(p.paused_at)
+        lines.append(f"paused: {what} since {since}{why} ({pause_hint(p.scope)})")
     return lines
 
 

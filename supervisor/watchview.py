@@ -24,6 +24,7 @@ Exit status: 0 when every watched run COMPLETED, 1 when any of them FAILED or wa
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -241,6 +242,45 @@ class _PlainDisplay:
             self._write(f"{len(self.last)} run{plural} ended: {summary}")
 
 
+class _JsonDisplay:
+    """`watch --json`: one JSON object a line for each change, for scripts (JSON Lines)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.seen: dict[str, tuple[str, str, str, str, str]] = {}
+        self.notice = ""  # the queue's pauses, set before each update
+        self._notice_shown = ""
+
+    def _write(self, value: dict[str, object]) -> None:
+        self.out.write(json.dumps(value, sort_keys=True) + "\n")
+        self.out.flush()
+
+    def update(self, views: Sequence[RunView], now: datetime) -> None:
+        at = now.isoformat()
+        if self.notice != self._notice_shown:
+            self._notice_shown = self.notice
+            self._write({"at": at, "paused": [n for n in self.notice.splitlines() if n]})
+        for view in views:
+            key = view.change_key()
+            if self.seen.get(view.run_id) != key:
+                self.seen[view.run_id] = key
+                self._write(
+                    {
+                        "at": at,
+                        "id": view.run_id,
+                        "name": view.name or None,
+                        "status": view.status,
+                        "progress": view.fraction,
+                        "load": None if view.load == "-" else view.load,
+                        "iteration": None if view.iteration == "-" else view.iteration,
+                        "note": view.note or None,
+                    }
+                )
+
+    def close(self) -> None:
+        pass
+
+
 class _LiveDisplay:
     """A table of progress bars redrawn in place (rich)."""
 
@@ -404,12 +444,14 @@ def watch_runs(
     live: bool | None = None,
     keep_going: Callable[[], bool] | None = None,
     header: str | None = None,
+    as_json: bool = False,
 ) -> int:
     """Show the runs' progress until they end; returns the exit status (module docstring).
 
     `run_ids` watches exactly these runs (the demo's); `live` forces the terminal view on or
-    off (default: on for a terminal); `keep_going`, asked once a refresh, stops the watch
-    with EXIT_STOPPED when it returns False. Ctrl-C ends the watch with EXIT_INTERRUPTED.
+    off (default: on for a terminal); `as_json` prints JSON Lines instead; `keep_going`, asked
+    once a refresh, stops the watch with EXIT_STOPPED when it returns False. Ctrl-C ends the
+    watch with EXIT_INTERRUPTED.
     """
     stream = out if out is not None else sys.stdout
     if run_ids is not None:
@@ -419,14 +461,19 @@ def watch_runs(
     else:
         selection = _Selection([r.id for r in _live_runs(store)], follow_new=True)
         if not selection.ids:
-            stream.write("no runs are pending or running\n")
+            if not as_json:  # JSON Lines: no runs, no lines
+                stream.write("no runs are pending or running\n")
             stream.flush()
             return EXIT_ALL_COMPLETED
     title = header or _default_header(len(selection.ids), run_id, selection.follow_new)
     use_live = is_live_terminal(stream) if live is None else live
-    display: _Display = (
-        _LiveDisplay(stream, title, interval) if use_live else _PlainDisplay(stream, title)
-    )
+    display: _Display
+    if as_json:
+        display = _JsonDisplay(stream)
+    elif use_live:
+        display = _LiveDisplay(stream, title, interval)
+    else:
+        display = _PlainDisplay(stream, title)
     try:
         code = _loop(store, selection, display, interval, keep_going)
     except KeyboardInterrupt:

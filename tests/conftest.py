@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kernelclass
 import pytest
 import structlog
 
@@ -40,6 +41,14 @@ ISOLATED_VARIABLES = (
 
 # The Slurm test clusters' fixtures (slurm_cluster, slurm_cluster_accounting, ...).
 pytest_plugins = ("slurm_fixtures", "leaks", "tiers")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """RUNSUP_TEST_KERNEL_CLASS=none|nogroup: the whole session (the tests' own executors and
+    every daemon and command they start) runs as on that kernel class (tests/kernelclass.py)."""
+    kernel_class = os.environ.get(kernelclass.ENV_VAR)
+    if kernel_class:
+        kernelclass.install(kernel_class)
 
 
 def sqlite_url(path: Path) -> str:

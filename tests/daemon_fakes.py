@@ -14,6 +14,7 @@ from pathlib import Path
 from supervisor.daemon import Daemon
 from supervisor.db import Store
 from supervisor.errors import LaunchError
+from supervisor.executors.backoff import Backoff
 from supervisor.executors.base import (
     ExitStatus,
     LaunchSpec,
@@ -57,9 +58,11 @@ class FakeHandle:
         self.status: ExitStatus | None = None
         self.alive = True  # anything left in its group
         self.group_checks = 0
+        self.backoff = Backoff()
         self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
         self.released = False
+        self.timer_only = False  # no descriptor: only the executor's poll() tells of its end
 
     def end(self, status: ExitStatus, *, leftovers: bool = False) -> None:
         self.status = status
@@ -68,13 +71,15 @@ class FakeHandle:
             os.eventfd_write(self._fd, 1)
 
     def fileno(self) -> int | None:
-        return self._fd
+        return None if self.timer_only else self._fd
 
     def exit_status(self) -> ExitStatus | None:
         return self.status
 
     def signal_group(self, sig: int) -> bool:
         self.signals.append(sig)
+        if sig == signal.SIGKILL:
+            self.backoff.reset()  # as the real handles do: looks come soon after a SIGKILL
         if sig in self.obeys or sig == signal.SIGKILL:
             if self.status is None:
                 self.end(ExitStatus(None, sig))
@@ -87,6 +92,9 @@ class FakeHandle:
 
     def leftover_fileno(self) -> int | None:
         return None
+
+    def group_check_delay(self) -> float:
+        return self.backoff.next()
 
     def release(self) -> None:
         self.released = True
@@ -152,6 +160,8 @@ class FakeExecutor:
     launches: dict[str, FakeLaunch] = field(default_factory=dict)
     found: dict[str, Recovery] = field(default_factory=dict)
     closed: bool = False
+    news: set[str] = field(default_factory=set)  # what poll() reports next (timer-watched runs)
+    polls: int = 0
     _next_pid: int = FAKE_PID_BASE
 
     def begin_launch(self, spec: LaunchSpec) -> FakeLaunch:
@@ -167,7 +177,9 @@ class FakeExecutor:
         return FakeHandle(make_process(self._next_pid))
 
     def poll(self) -> tuple[str, ...]:
-        return ()
+        self.polls += 1
+        news, self.news = tuple(self.news), set()
+        return news
 
     def recover(self, ref: RunRef) -> Recovery:
         return self.found[ref.run_id]

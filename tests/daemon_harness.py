@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kernelclass
 import psutil
 
 from supervisor.db import RunRecord, Store
@@ -74,8 +75,10 @@ def group_alive(pgid: int) -> bool:
 class DaemonHarness:
     """A config file, a database and a runs dir in tmp, and the daemon as a child process."""
 
-    def __init__(self, tmp: Path, **settings: Any) -> None:
+    def __init__(self, tmp: Path, *, kernel_class: str | None = None, **settings: Any) -> None:
+        """`kernel_class`: run the daemon as on that kernel class (tests/kernelclass.py)."""
         self.tmp = tmp
+        self.kernel_class = kernel_class
         self.db_path = tmp / "runs.db"
         self.runs_dir = tmp / "runs"
         self.config = tmp / "config.toml"
@@ -112,8 +115,9 @@ class DaemonHarness:
         full_env.pop("NOTIFY_SOCKET", None)
         self._log = self.log_path.open("ab")
         start_at = self.log_path.stat().st_size
+        command = [str(RUNSUP), "--config", str(self.config), "daemon"]
         self.proc = subprocess.Popen(
-            [str(RUNSUP), "--config", str(self.config), "daemon"],
+            kernelclass.wrap(self.kernel_class, command),
             stdout=self._log,
             stderr=self._log,
             env=full_env,

@@ -4,7 +4,12 @@ Debian's munged, slurmctld and slurmd (and, for the accounting variant, mariadbd
 run as children of the test process, with every file under one base directory and every
 daemon on a free loopback port (`CommunicationParameters=NoInAddrAny,NoCtldInAddrAny`), so
 several clusters can run side by side on one machine and nothing listens on its interfaces.
-/work/shared/SLURM.md has the facts this relies on (and the traps).
+Facts it relies on, checked with Debian's Slurm 22.05 and munge 0.5: munged's socket folder
+must be 0755; the daemons run in the foreground (`-D`) as children, since daemonized ones
+leave zombies behind; clients find the cluster through SLURM_CONF; `squeue -j ID` shows a
+finished job only with `-t all`, and its record is purged MinJobAge (plus a few seconds)
+after it ended; running jobs survive `scontrol shutdown`, so teardown cancels every job and
+waits for an empty queue first.
 
     cluster = start_cluster(base_dir, accounting=False)
     cluster.run("sbatch", "--wrap=true")      # SLURM_CONF set for you
@@ -40,7 +45,7 @@ CLUSTER_NAME = "ci"
 DEFAULT_PARTITION = "debug"
 WHOLE_PARTITION = "whole"  # OverSubscribe=NO: for jobs that must wait in the queue
 # Seconds a finished job's record stays in slurmctld (squeue -t all) before it is purged;
-# the purge itself runs a few seconds later (SLURM.md: 10 s -> gone after ~16 s).
+# the purge itself runs a few seconds later (measured: 10 s -> gone after ~16 s).
 MIN_JOB_AGE_SECONDS = 10
 # SIGTERM -> SIGKILL delay for a job Slurm kills (cancel, time limit).
 KILL_WAIT_SECONDS = 2

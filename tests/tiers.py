@@ -45,7 +45,6 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "slurm_cluster": ("slurm",),
     "slurm_cluster_accounting": ("slurm", "slurm-accounting"),
     "slurm_commands": ("slurm",),
-    "tmpfs": ("mount", "root"),  # tests/unit/test_logcap.py
 }
 
 

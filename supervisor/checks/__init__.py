@@ -8,6 +8,8 @@ creates, upgrades or locks anything.
 from __future__ import annotations
 
 import os
+import sqlite3
+import sys
 from collections.abc import Callable
 
 from supervisor.checks.result import CheckResult, Status, exit_code, fail, names, ok
@@ -51,15 +53,21 @@ def run_checks(settings: Settings) -> list[CheckResult]:
 
 def _machine(settings: Settings) -> list[CheckResult]:
     from supervisor.checks.machine import cpus_check, gpus_check, memory_check
+    from supervisor.checks.platform import kernel_check, versions_check
+    from supervisor.db.engine import SQLITE_MINIMUM
     from supervisor.executors.local import cgroups
+    from supervisor.executors.local.means import probe as detect_means
     from supervisor.gpus import resolve_gpus
 
+    support = cgroups.detect()
     return [
+        kernel_check(detect_means(), support, os.uname().release),
+        versions_check(sqlite3.sqlite_version_info, SQLITE_MINIMUM, sys.version_info[:3]),
         cpus_check(settings, len(os.sched_getaffinity(0))),
         gpus_check(settings, resolve_gpus(settings.resources.gpus)),
         memory_check(
             settings,
-            cgroups.detect(),
+            support,
             settings.resources.memory_capacity(),
             outside_systemd=SYSTEMD_INVOCATION_VARIABLE not in os.environ,
         ),

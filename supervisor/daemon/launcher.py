@@ -118,7 +118,7 @@ class Launcher:
         templates = self._s.settings.templates
         candidates = []
         for record in self._pickup(limit, skip):
-            problem = launchprep.row_problem(record, templates)
+            problem = launchprep.row_problem(record, templates, self._s.settings.config_file)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)
             else:

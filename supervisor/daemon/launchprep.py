@@ -16,6 +16,7 @@ from supervisor.daemon.resources import Held, run_env
 from supervisor.db import RunRecord, check_config_json, is_valid_run_id
 from supervisor.errors import ValidationError
 from supervisor.executors.base import LaunchSpec
+from supervisor.hints import unknown_template
 from supervisor.notify import scrub_environment
 from supervisor.settings import Template
 
@@ -27,14 +28,18 @@ def id_problem(run_id: str) -> str | None:
     return None
 
 
-def row_problem(record: RunRecord, templates: Mapping[str, Template]) -> str | None:
-    """Why a PENDING row some program wrote cannot be run, or None if it can."""
+def row_problem(
+    record: RunRecord, templates: Mapping[str, Template], config_file: Path | None = None
+) -> str | None:
+    """Why a PENDING row some program wrote cannot be run, or None if it can.
+
+    A missing template's words say whether `config_file` (the daemon's) has it on disk now.
+    """
     problem = id_problem(record.id)
     if problem is not None:
         return problem
     if record.template not in templates:
-        known = ", ".join(sorted(templates))
-        return f"unknown template {record.template!r} (known: {known})"
+        return unknown_template(record.template, list(templates), config_file)
     try:
         check_config_json(record.config_json)
     except ValidationError as exc:

@@ -30,6 +30,7 @@ from supervisor.daemon.launcher import Launcher
 from supervisor.daemon.lockfile import acquire_lock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.progressfeed import ProgressFeed
+from supervisor.daemon.pruning import Pruner
 from supervisor.daemon.queueing import QueueKeeper, QueueView
 from supervisor.daemon.readopt import Readoption
 from supervisor.daemon.rebuild import Retired, close_finished, rebuild_executors
@@ -149,6 +150,8 @@ class Daemon:
             queue_parts=self.queue.status_parts,
             watchers=self.watchers.all,
         )
+        # [retention] keep_days: old final runs pruned once a day, on a thread of its own.
+        self.pruner = Pruner(self.clock.monotonic, self.clock.utcnow)
 
     @property
     def settings(self) -> Settings:
@@ -231,6 +234,7 @@ class Daemon:
         # The last STATUS= stays on the unit after it stops: say what was left running.
         self.notifier.stopping(f"stopped, {len(self.runs)} left running")
         self.watchers.stop()
+        self.pruner.stop()  # after its batch: what it committed stays done
         # Its keeper (or job) goes on; the next daemon finds the claimed run again.
         self.launcher.abandon_all()
         for executor in [*self.services.executors.values(), *(r.executor for r in self._retired)]:
@@ -295,6 +299,7 @@ class Daemon:
         self._flush()
         self.status.count_pending(now)
         self.status.report()
+        self.pruner.poll(self.settings)
 
     def _next_timeout(self) -> float:
         now = self.clock.monotonic()
@@ -316,6 +321,7 @@ class Daemon:
         yield count
         yield self.readoption.next_deadline()
         yield self.queue.next_due()
+        yield self.pruner.next_due(self.settings)
         for executor in [*self.services.executors.values(), *(r.executor for r in self._retired)]:
             if executor.poll_interval is not None:
                 yield now + executor.poll_interval  # its thread also wakes us sooner

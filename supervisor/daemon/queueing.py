@@ -28,7 +28,7 @@ from supervisor.daemon.services import Services
 from supervisor.db import QUEUE_ALL, RowChange, RunRecord, Store, final_change, hook_done_change
 from supervisor.db import retry_change as make_retry_change
 from supervisor.hooks import HookRunner, hook_call
-from supervisor.outcome import Outcome
+from supervisor.outcome import KIND_OUT_OF_MEMORY, Outcome
 from supervisor.queue import find_cycles, plan_retry
 from supervisor.settings import Settings
 from supervisor.states import RunStatus
@@ -172,7 +172,7 @@ class QueueKeeper:
         # Dependencies: the run_events id up to which ends were looked at for dependents, and
         # run_dependencies' size, to know when the doomed-dependents query must run again.
         self._dep_cursor: int | None = None
-        self._dep_marker: tuple[int, int] | None = None
+        self._dep_marker: int | None = None
 
     # -- every database pass ----------------------------------------------------
 
@@ -292,7 +292,7 @@ class QueueKeeper:
         if self._dep_cursor is None or marker != self._dep_marker:
             self._dep_cursor = store.last_event_id()
             self._dep_marker = marker
-            return marker[0] > 0
+            return marker > 0
         ended, self._dep_cursor = store.final_events_since(self._dep_cursor)
         return store.have_dependents(ended)
 
@@ -375,7 +375,11 @@ class QueueKeeper:
             delay_seconds=plan.delay_seconds,
         )
         return make_retry_change(
-            run_id, attempt=plan.attempt, not_before=plan.not_before, reason=plan.reason
+            run_id,
+            attempt=plan.attempt,
+            not_before=plan.not_before,
+            reason=plan.reason,
+            out_of_memory=out.kind == KIND_OUT_OF_MEMORY,
         )
 
     # -- hooks -------------------------------------------------------------------------

@@ -89,6 +89,11 @@ def _apply_to_running(host: RecoveryHost, record: RunRecord, found: Recovery) ->
                 host.record_process(record, handle.record)
             host.track(record, handle)
             log.info("run_adopted", run_id=record.id, pid=handle.record.pid)
+        case EndedWhileAway(leftover=leftover) if leftover is not None:
+            # Its status is known, but processes of its group live on: they are stopped
+            # (SIGTERM, SIGKILL after the grace) before the run is settled with that status.
+            host.track(record, leftover)
+            log.warning("run_ended_while_away", run_id=record.id, group_left=True)
         case EndedWhileAway(exit=status):
             host.settle_offline(record, status)
         case Lost(why=why, leftover=leftover) if leftover is not None:

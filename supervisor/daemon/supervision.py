@@ -19,8 +19,6 @@ from supervisor.daemon.resources import Held
 from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal
 from supervisor.daemon.services import Services
 from supervisor.daemon.tracked import (
-    GROUP_CHECK_FIRST_SECONDS,
-    GROUP_CHECK_MAX_SECONDS,
     InFlight,
     TrackedRun,
     log_tail,
@@ -207,7 +205,7 @@ class Supervision:
                     run.handle.signal_group(signal.SIGKILL)
                     log.warning("run_killed", run_id=run.run_id, pgid=run.handle.record.pgid)
                 if run.state.exit is not None:  # else the run's end wakes the loop
-                    self._schedule_group_check(run, reset=True)
+                    self._schedule_group_check(run)  # the handle's delay starts again
                 continue
             sent = run.handle.signal_group(action.signal)
             log.info(
@@ -268,18 +266,16 @@ class Supervision:
             if run.state.exit is None:
                 self.on_exit(run.run_id)
 
-    def _schedule_group_check(self, run: TrackedRun, *, reset: bool = False) -> None:
-        """Look at a lingering group again: when the leftover we watch ends, or on a timer."""
+    def _schedule_group_check(self, run: TrackedRun) -> None:
+        """Look at a lingering group again when the handle says: its fd (the leftover it
+        watches ended) or its delay (which grows while the group lingers), whichever is first."""
         self._unwatch_leftover(run)
         fd = run.handle.leftover_fileno()
         if fd is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._s.selector.register(fd, selectors.EVENT_READ, (_LEFTOVER, run.run_id))
                 run.leftover_fd = fd
-        if reset:
-            run.group_check_delay = GROUP_CHECK_FIRST_SECONDS
-        run.group_check_at = self._s.clock.monotonic() + run.group_check_delay
-        run.group_check_delay = min(run.group_check_delay * 2, GROUP_CHECK_MAX_SECONDS)
+        run.group_check_at = self._s.clock.monotonic() + run.handle.group_check_delay()
 
     def _try_settle(self, run: TrackedRun, *, group_alive: bool) -> None:
         """Decide the run's final status once its process and its whole group are gone."""

@@ -15,12 +15,6 @@ from supervisor.outputpatterns import OutputTail, tail_for
 from supervisor.progress import ProgressState, ProgressTail
 from supervisor.settings import LOCAL_EXECUTOR, Template
 
-# A run that exited with processes left in its group: look at the group again after this long,
-# doubling up to the maximum (the loop also wakes when the leftover it watches ends), so a
-# group that lingers costs a bounded number of /proc scans, not one every few milliseconds.
-GROUP_CHECK_FIRST_SECONDS = 0.05
-GROUP_CHECK_MAX_SECONDS = 2.0
-
 
 @dataclass
 class TrackedRun:
@@ -44,8 +38,7 @@ class TrackedRun:
     disowned: bool = False
     exit_fd: int | None = None  # registered with the selector until the run ends
     leftover_fd: int | None = None  # registered with the selector while the group lingers
-    group_check_at: float | None = None
-    group_check_delay: float = GROUP_CHECK_FIRST_SECONDS
+    group_check_at: float | None = None  # when its lingering group is looked at (handle's delay)
 
     @property
     def timeout_seconds(self) -> float | None:

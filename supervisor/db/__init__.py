@@ -32,12 +32,14 @@ from supervisor.db.records import (
 )
 from supervisor.db.stats import Histogram, RunStats
 from supervisor.db.store import Store
+from supervisor.db.tallies import TIME_BUCKETS_SECONDS
 
 __all__ = [
     "AFTER_ANY",
     "AFTER_OK",
     "HEAD_REVISION",
     "QUEUE_ALL",
+    "TIME_BUCKETS_SECONDS",
     "ChangeProbe",
     "Claim",
     "Dependency",

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from supervisor.db.records import Claim, NewRun, ProgressUpdate, utcnow
 from supervisor.db.schema import run_dependencies, run_events, runs
+from supervisor.db.tallies import AttemptEnd, count_attempt_end
 from supervisor.states import FINAL_STATUSES, RunStatus, sources_of
 
 
@@ -30,6 +31,9 @@ class RowChange:
     to: RunStatus | None = None
     reason: str | None = None
     at: datetime = field(default_factory=lambda: utcnow())
+    # Set when the change ends an attempt the row's new status does not show as ended (a
+    # retry): counted in the metrics as that status, in the same transaction (SPEC 14).
+    ends_attempt: AttemptEnd | None = None
 
 
 class RecordedProcess(Protocol):
@@ -214,13 +218,24 @@ _ATTEMPT_COLUMNS_CLEARED = (
 )
 
 
-def retry_change(run_id: str, *, attempt: int, not_before: datetime, reason: str) -> RowChange:
+def retry_change(
+    run_id: str, *, attempt: int, not_before: datetime, reason: str, out_of_memory: bool = False
+) -> RowChange:
     """RUNNING -> PENDING as attempt `attempt`, not before `not_before`; the row forgets the last
-    attempt's process and progress (its progress file and log are read from the start)."""
+    attempt's process and progress (its progress file and log are read from the start). The
+    attempt ended FAILED (only failures are retried) and counts so in the metrics, as out of
+    memory with `out_of_memory`."""
     values: dict[str, Any] = dict.fromkeys(_ATTEMPT_COLUMNS_CLEARED)
     values.update(attempt=attempt, not_before=not_before, progress_offset=0, progress_bad_lines=0)
+    ended = AttemptEnd(RunStatus.FAILED.value, out_of_memory)
     return RowChange(
-        run_id, frozenset({RunStatus.RUNNING}), values, RunStatus.PENDING, reason, utcnow()
+        run_id,
+        frozenset({RunStatus.RUNNING}),
+        values,
+        RunStatus.PENDING,
+        reason,
+        utcnow(),
+        ends_attempt=ended,
     )
 
 
@@ -237,6 +252,10 @@ def apply_change(conn: Connection, change: RowChange) -> bool:
     # One UPDATE per allowed source status, the likeliest first: the one that matches tells the
     # event's from_status without a SELECT (under BEGIN IMMEDIATE nobody writes in between).
     for source in sorted(change.expect, key=_likeliest_first):
+        if change.ends_attempt is not None:  # counted only if the row is `source` now
+            count_attempt_end(
+                conn, change.run_id, expect=source.value, ended=change.ends_attempt, at=change.at
+            )
         result = conn.execute(
             update(runs)
             .where(runs.c.id == change.run_id, runs.c.status == source.value)

@@ -28,8 +28,32 @@ NEW_DATABASE_MODE = 0o644
 GROUP_READ_WRITE = stat.S_IRGRP | stat.S_IWGRP
 
 
+# The oldest SQLite whose SQL the store uses: the queue's index on an expression
+# (coalesce(priority, 0)) needs 3.9.0; the partial index of cancel requests 3.8.0, and
+# PRAGMA data_version and wal_checkpoint(TRUNCATE) 3.8.8. (No RETURNING, upsert, window
+# function or DROP COLUMN: Alembic's batch mode copies the table instead.)
+SQLITE_MINIMUM = (3, 9, 0)
+
+
+def sqlite_version_problem(
+    version: tuple[int, int, int] = sqlite3.sqlite_version_info,
+) -> str | None:
+    """Why this SQLite library cannot hold the store, in one line; None if it can."""
+    if tuple(version) >= SQLITE_MINIMUM:
+        return None
+    found = ".".join(map(str, version))
+    need = ".".join(map(str, SQLITE_MINIMUM))
+    return (
+        f"SQLite {found} is too old: runsup needs {need} or newer (indexes on expressions); "
+        "install a newer libsqlite3 or a Python built against one"
+    )
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An SQLite engine for `url`: WAL, synchronous=NORMAL, busy_timeout, BEGIN IMMEDIATE."""
+    problem = sqlite_version_problem()
+    if problem is not None:
+        raise DatabaseError(problem)
     # Settings refuse other databases already; a caller passing one gets a line, not a traceback.
     try:
         backend = make_url(url).get_backend_name()

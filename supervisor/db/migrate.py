@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 from supervisor.db.engine import READ_OPTION
 
 # The newest revision in migrations/versions; a test checks it against Alembic's head.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0007"
 # The revision whose schema is the original 15-column table other programs created.
 ORIGINAL_REVISION = "0001"
 SCRIPT_LOCATION = "supervisor.db:migrations"

@@ -14,7 +14,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection
 
 from supervisor.db.records import RunEvent, RunRecord, record_of
-from supervisor.db.schema import CANCEL_INDEX_NAME, CANCEL_REQUESTED_SQL, run_events, runs
+from supervisor.db.schema import (
+    CANCEL_INDEX_NAME,
+    CANCEL_REQUESTED_SQL,
+    UNCONFIRMED_INDEX_NAME,
+    UNCONFIRMED_SQL,
+    run_events,
+    runs,
+)
 from supervisor.states import FINAL_STATUSES, RunStatus
 
 
@@ -106,19 +113,19 @@ def overturned_runs(conn: Connection, boot_id: str) -> list[RunRecord]:
     """Runs the daemon started in this boot whose final status another program wrote: the
     row is final, but its last run_events row (every status change of ours has one) is not
     that status. Their processes may still live; their true outcome is still to come."""
-    last = (
-        select(run_events.c.to_status)
-        .where(run_events.c.run_id == runs.c.id)
-        .order_by(run_events.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    query = select(runs).where(
-        runs.c.status.in_([s.value for s in FINAL_STATUSES]),
-        runs.c.keeper_pid.is_not(None),
-        runs.c.keeper_pid != 0,
-        runs.c.boot_id == boot_id,
-        func.coalesce(last, "") != runs.c.status,
+    # Read through the partial index of rows whose final status no event has said (kept by
+    # triggers, migration 0007): a walk of every final row of this boot took seconds at
+    # 100,000 runs.
+    final = ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATUSES))
+    query = (
+        text(
+            f"SELECT * FROM runs INDEXED BY {UNCONFIRMED_INDEX_NAME} WHERE {UNCONFIRMED_SQL}"
+            f" AND status IN ({final}) AND keeper_pid IS NOT NULL AND keeper_pid != 0"
+            " AND boot_id = :boot_id AND coalesce((SELECT e.to_status FROM run_events AS e"
+            " WHERE e.run_id = runs.id ORDER BY e.id DESC LIMIT 1), '') != status"
+        )
+        .bindparams(boot_id=boot_id)
+        .columns(*runs.c)
     )
     return _records(conn, query)
 

@@ -111,6 +111,8 @@ runs = Table(
     Column("progress_bad_lines", Integer, nullable=True),
     Column("hook_done_at", UTCDateTime, nullable=True),  # the run's on_finish hook has run
     Column("output_offset", Integer, nullable=True),  # progress_patterns read up to here
+    # 1 while the final status has no run_events row saying it (kept by triggers, 0007).
+    Column("final_unconfirmed", Integer, nullable=True),
 )
 
 # The queue's order (SPEC section 11): highest priority first (NULL means 0), then oldest.
@@ -134,10 +136,19 @@ CANCEL_REQUESTED_SQL = "cancel_requested_at IS NOT NULL AND status IN ('PENDING'
 CANCEL_INDEX_NAME = "ix_runs_cancel_requested"
 cancel_index = Index(CANCEL_INDEX_NAME, runs.c.id, sqlite_where=text(CANCEL_REQUESTED_SQL))
 
+# Rows of a final status another program wrote (no run_events row says it): the candidates of
+# Store.overturned_runs, read through this partial index instead of every final row.
+UNCONFIRMED_SQL = "final_unconfirmed IS NOT NULL"
+UNCONFIRMED_INDEX_NAME = "ix_runs_final_unconfirmed"
+unconfirmed_index = Index(UNCONFIRMED_INDEX_NAME, runs.c.id, sqlite_where=text(UNCONFIRMED_SQL))
+# Final runs whose on_finish hook has not run: the catch-up at start reads a week's ends
+# through ix_runs_completed_at.
+UNHOOKED_SQL = "hook_done_at IS NULL"
+UNHOOKED_INDEX_NAME = "ix_runs_completed_at"
 # A long history read in bounded time (migration 0005): the newest runs (`runsup results`), the
 # runs that ended last (`runsup list`), the runs of one sweep.
 created_index = Index("ix_runs_created_at", runs.c.created_at)
-completed_index = Index("ix_runs_completed_at", runs.c.completed_at)
+completed_index = Index(UNHOOKED_INDEX_NAME, runs.c.completed_at)
 sweep_index = Index("ix_runs_sweep_id", runs.c.sweep_id)
 
 run_events = Table(
@@ -171,4 +182,18 @@ queue_pauses = Table(
     Column("scope", String(100), primary_key=True),
     Column("paused_at", UTCDateTime, nullable=True),
     Column("reason", Text, nullable=True),
+)
+
+# SPEC section 14: counters and histograms kept as runs finish (supervisor.db.tallies), by
+# triggers of migration 0006; `runs` rows are a gauge of rows by status.
+run_tallies = Table(
+    "run_tallies",
+    metadata,
+    Column("metric", String(20), nullable=False),
+    Column("template", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("bucket", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("total", Float, nullable=False),
+    PrimaryKeyConstraint("metric", "template", "status", "bucket"),
 )

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 import supervisor.db.queue_sql as queue_sql
 import supervisor.db.run_reads as run_reads
+from supervisor.db import lookup
 from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RecordedProcess,
@@ -208,6 +209,11 @@ class Store:
             raise NotFoundError(f"no run with id {run_id!r}")
         return record
 
+    def resolve_id(self, typed: str, *, sweep: bool = False) -> str:
+        """The run (or sweep) id that `typed` is or uniquely starts (supervisor.db.lookup)."""
+        with self._read() as conn:
+            return lookup.resolve(conn, typed, sweep=sweep)
+
     def list_runs(
         self, status: str | None = None, limit: int | None = None, sweep_id: str | None = None
     ) -> list[RunRecord]:
@@ -231,11 +237,9 @@ class Store:
         """How many runs there are of each status."""
         return self._reading(run_reads.counts)
 
-    def run_stats(
-        self, templates: Iterable[str], other: str, bounds: Sequence[float], now: datetime
-    ) -> RunStats:
+    def run_stats(self, templates: Iterable[str], other: str, now: datetime) -> RunStats:
         """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
-        return self._reading(lambda conn: read_run_stats(conn, templates, other, bounds, now))
+        return self._reading(lambda conn: read_run_stats(conn, templates, other, now))
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""
@@ -395,8 +399,8 @@ class Store:
         """(run, depends_on) where both are PENDING: where a dependency cycle can hide."""
         return self._reading(queue_sql.pending_dependency_edges)
 
-    def dependency_marker(self) -> tuple[int, int]:
-        """(rows, highest rowid) of run_dependencies: changes when another program adds some."""
+    def dependency_marker(self) -> int:
+        """The highest rowid of run_dependencies: grows when another program adds some."""
         return self._reading(queue_sql.dependency_marker)
 
     def have_dependents(self, run_ids: Sequence[str]) -> bool:

@@ -120,6 +120,11 @@ class RunHandle(Protocol):
         executor cannot tell (the loop then looks again on a timer)."""
         ...
 
+    def group_check_delay(self) -> float:
+        """After group_alive() said True: seconds until the group is worth another look (the
+        handle's backoff: it grows while the group lingers, and starts again after a SIGKILL)."""
+        ...
+
     def release(self) -> None:
         """The run is settled: give back what it held outside this process (its cgroup)."""
         ...
@@ -183,10 +188,12 @@ class Adopted:
 
 @dataclass(frozen=True)
 class EndedWhileAway:
-    """The run ended while nobody watched and its exit status was kept."""
+    """The run ended while nobody watched and its exit status was kept; `leftover` watches
+    what is left of its group (stopped, then settled with `exit`)."""
 
     exit: ExitStatus
     record: ProcessRecord | None  # its process, when the row never got it (a claim)
+    leftover: RunHandle | None = None
 
 
 @dataclass(frozen=True)
@@ -233,8 +240,13 @@ class Executor(Protocol):
     """Where runs run: starts them, looks at them, finds them again after a restart."""
 
     name: str
-    # Seconds between two batched looks at every run (poll()); None: the handles' fds tell.
-    poll_interval: float | None
+
+    @property
+    def poll_interval(self) -> float | None:
+        """Seconds between two batched looks at its runs (poll()); None: the handles' fds tell
+        (read at every pass: it may change, as runs that only a timer can watch come and go)."""
+        ...
+
     # Where its runs' directories are (None: the daemon's runs_dir) and how many of its runs
     # may be launched or running at once (None: the daemon's local limits apply).
     runs_dir: Path | None

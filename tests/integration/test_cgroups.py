@@ -8,6 +8,7 @@ Every wait is for a condition with a deadline.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import select
@@ -25,6 +26,7 @@ from supervisor import outcome
 from supervisor.errors import CapError
 from supervisor.executors.local import cgroups
 from supervisor.executors.local.cgroups import CapSupport, CgroupVersion, RunCgroup
+from supervisor.executors.local.identity import identify
 
 MIB = 1024 * 1024
 WAIT_SECONDS = 30.0
@@ -73,10 +75,14 @@ def wait_until(condition: object, what: str) -> None:
 
 
 def wait_exited(pid: int) -> None:
-    """Wait until `pid` (not our child) has exited, through a pidfd."""
+    """Wait until `pid` (not our child) has exited, through a pidfd (or /proc without)."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
+        return
+    except OSError as exc:  # kernel class none (RUNSUP_TEST_KERNEL_CLASS): no pidfds
+        assert exc.errno == errno.ENOSYS, exc
+        wait_until(lambda: identify(pid) is None, f"process {pid} to exit")
         return
     try:
         ready, _, _ = select.select([fd], [], [], WAIT_SECONDS)

@@ -36,11 +36,8 @@ from supervisor.executors.base import (
     RunRef,
 )
 from supervisor.executors.local import cgroups
-from supervisor.executors.local.executor import (
-    LOST_KEEPER_KILLED,
-    LOST_MACHINE_RESTARTED,
-    LocalExecutor,
-)
+from supervisor.executors.local.executor import LocalExecutor
+from supervisor.executors.local.finding import LOST_KEEPER_KILLED, LOST_MACHINE_RESTARTED
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
     current_boot_id,
@@ -49,6 +46,7 @@ from supervisor.executors.local.identity import (
     parse_stat_line,
 )
 from supervisor.executors.local.keeper import BOOT_ID_FILE, EXIT_FILE, KEEPER_FILE, SIM_FILE
+from supervisor.executors.local.means import detect
 
 DEADLINE = 10.0  # seconds any awaited condition may take before the test fails
 POLL = 0.01
@@ -66,10 +64,15 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLI
 
 
 def wait_exit(handle: LocalRunHandle, timeout: float = DEADLINE) -> ExitStatus:
-    """Wait (on fileno, as the daemon's selector does) until the run ended; its status."""
-    poller = select.poll()
-    poller.register(handle.fileno(), select.POLLIN)
-    assert poller.poll(timeout * 1000), f"run still going after {timeout} s"
+    """Wait (on fileno, as the daemon's selector does, or where there is none as its
+    executor's timer does) until the run ended; its status."""
+    fd = handle.fileno()
+    if fd is None:  # an adopted keeper without pidfds (kernel class none)
+        wait_for(lambda: handle.keeper.ended(), "the keeper to end", timeout)
+    else:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(timeout * 1000), f"run still going after {timeout} s"
     status = handle.exit_status()
     assert status is not None
     return status
@@ -520,8 +523,8 @@ def test_reused_pid_is_never_signalled(runs: Runs, bystander: subprocess.Popen[b
     assert isinstance(found, Lost) and found.leftover is None
     assert found.why.startswith(LOST_KEEPER_KILLED)
     # Even a handle made from that record refuses.
-    handle = LocalRunHandle(
-        record, record_dir=record_dir, run_id="old", keeper_pidfd=None, sim_pidfd=None
+    handle = LocalRunHandle.keeper_gone(
+        record, record_dir=record_dir, run_id="old", means=detect()
     )
     with handle:
         assert not handle.signal_group(signal.SIGKILL)
@@ -549,8 +552,8 @@ def test_own_pid_with_wrong_start_time_is_never_signalled(tmp_path: Path) -> Non
             keeper_pid=os.getpid(),
             keeper_start_ticks=me.start_ticks + 1,
         )
-        with LocalRunHandle(
-            record, record_dir=tmp_path, run_id="old", keeper_pidfd=None, sim_pidfd=None
+        with LocalRunHandle.keeper_gone(
+            record, record_dir=tmp_path, run_id="old", means=detect()
         ) as handle:
             assert not handle.signal_group(signal.SIGWINCH)
         os.kill(os.getpid(), signal.SIGWINCH)  # the handler works: it would have seen one

@@ -104,7 +104,8 @@ def test_a_good_setup_passes_and_creates_nothing(
 
 def test_an_existing_database_at_head_in_wal_is_ok(runsup: Runsup, tmp_path: Path) -> None:
     conf = write_config(tmp_path)
-    assert runsup("list", "--config", str(conf)).returncode == 0  # creates it, as any command
+    # `db upgrade` creates it (`list` only reads: it never creates a database).
+    assert runsup("db", "upgrade", "--config", str(conf)).returncode == 0
     before = sorted(p.name for p in tmp_path.iterdir())
     status, report = check_json(runsup, conf)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -wal or -shm made
@@ -346,6 +347,7 @@ def test_a_metrics_port_a_runsup_daemon_serves_is_fine(runsup: Runsup, tmp_path:
         harness.close()
 
 
+@pytest.mark.tier("slurm")
 def test_a_real_slurm_controller_answers(
     runsup: Runsup, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from free_template import FREE_TEMPLATE, with_free_template
 
 from supervisor.db import Store
 from supervisor.executors.base import ProcessRecord
@@ -68,8 +69,8 @@ def failed(result: subprocess.CompletedProcess[str]) -> str:
     return result.stderr
 
 
-def submit(runsup: Runsup, *args: str) -> str:
-    out = ok(runsup("submit", "--template", "erlang-demo", *args)).strip()
+def submit(runsup: Runsup, *args: str, template: str = "erlang-demo") -> str:
+    out = ok(runsup("submit", "--template", template, *args)).strip()
     assert RUN_ID.match(out), out
     return out
 
@@ -119,6 +120,7 @@ def test_submit_prints_an_id_and_the_run_is_pending_everywhere(runsup: Runsup) -
 
 
 def test_list_of_empty_database(runsup: Runsup) -> None:
+    ok(runsup("db", "upgrade"))  # list never creates one (test_first_hour.py)
     assert ok(runsup("list")).strip() == "no runs"
     assert json.loads(ok(runsup("list", "--json"))) == []
 
@@ -192,7 +194,7 @@ def test_bad_submit_writes_nothing(runsup: Runsup, store: Store, case: str) -> N
 
 def test_set_nests_and_types_values(runsup: Runsup) -> None:
     run_id = submit(
-        runsup,
+        with_free_template(runsup),
         "--set", "a.b=1",
         "--set", "c=x",
         "--set", "d.e.f=true",
@@ -202,6 +204,7 @@ def test_set_nests_and_types_values(runsup: Runsup) -> None:
         "--set", 's="quoted"',
         "--set", "eq=a=b",
         "--set", "a.z=0",
+        template=FREE_TEMPLATE,
     )  # fmt: skip
     config = json.loads(raw_row(runsup.db_path, run_id)["config_json"])
     assert config == {
@@ -218,9 +221,11 @@ def test_set_nests_and_types_values(runsup: Runsup) -> None:
 
 def test_set_merges_into_config_json_and_file(runsup: Runsup) -> None:
     base = '{"a": {"keep": 1, "b": 0}, "c": "old", "other": [1]}'
-    from_json = submit(runsup, "--config-json", base, "--set", "a.b=1", "--set", "c=x")
+    free = with_free_template(runsup)
+    sets = ("--set", "a.b=1", "--set", "c=x")
+    from_json = submit(free, "--config-json", base, *sets, template=FREE_TEMPLATE)
     (runsup.home / "base.json").write_text(base, encoding="utf-8")
-    from_file = submit(runsup, "--config-file", "base.json", "--set", "a.b=1", "--set", "c=x")
+    from_file = submit(free, "--config-file", "base.json", *sets, template=FREE_TEMPLATE)
     expected = {"a": {"keep": 1, "b": 1}, "c": "x", "other": [1]}
     for run_id in (from_json, from_file):
         assert json.loads(raw_row(runsup.db_path, run_id)["config_json"]) == expected

@@ -4,21 +4,18 @@ pid such a row names that now belongs to an unrelated process."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from bystander import Bystander
-from daemon_harness import READY, TEST_SIM, DaemonHarness, pid_alive, wait_for
+from daemon_harness import READY, DaemonHarness, pid_alive, wait_for
+from foreign_runs import GuiRun, stamp
 
 from supervisor.db import new_run_id
-from supervisor.db.schema import TIMESTAMP_FORMAT
 
 GUI_FAILED_MESSAGE = "Server restarted while run was active"
 
@@ -31,10 +28,6 @@ def harness(tmp_path: Path) -> Iterator[DaemonHarness]:
     h.close()
 
 
-def stamp(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
 def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
     """What FUSION's GUI does at its start to a RUNNING row whose group it cannot signal."""
     with sqlite3.connect(h.db_path, isolation_level=None) as conn:
@@ -42,42 +35,6 @@ def gui_marks_failed(h: DaemonHarness, run_id: str) -> None:
             "UPDATE runs SET status='FAILED', error_message=?, completed_at=? WHERE id=?",
             (GUI_FAILED_MESSAGE, stamp(datetime.now(UTC)), run_id),
         )
-
-
-class GuiRun:
-    """A run the GUI starts itself: its own child in a session of its own, then RUNNING."""
-
-    def __init__(self, h: DaemonHarness, config: dict[str, object]) -> None:
-        self.run_id = new_run_id()
-        self.run_dir = h.runs_dir / self.run_id
-        self.run_dir.mkdir(parents=True)
-        (self.run_dir / "config.json").write_text(json.dumps(config))
-        started = datetime.now(UTC)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(TEST_SIM), str(self.run_dir / "config.json")],
-            cwd=self.run_dir,
-            start_new_session=True,
-            env={"RUNSUP_PROGRESS_FILE": str(self.run_dir / "progress.jsonl"), "PATH": "/bin"},
-        )
-        with sqlite3.connect(h.db_path, isolation_level=None) as conn:
-            conn.execute(
-                "INSERT INTO runs (id, status, config_json, template, created_at, started_at,"
-                " pid, pgid, run_dir) VALUES (?, 'RUNNING', ?, 'testsim', ?, ?, ?, ?, ?)",
-                (
-                    self.run_id,
-                    json.dumps(config),
-                    stamp(started),
-                    stamp(started),
-                    self.proc.pid,
-                    self.proc.pid,
-                    str(self.run_dir),
-                ),
-            )
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 def test_a_final_status_written_over_a_live_run_is_corrected(harness: DaemonHarness) -> None:

@@ -11,11 +11,10 @@ import pytest
 
 UNIT_NAME = "run-supervisor.service"
 UNIT_PATH = Path(__file__).resolve().parents[2] / "systemd" / UNIT_NAME
-SHIPPED_EXEC_START = "/opt/run-supervisor/venv/bin/runsup daemon"
-SHIPPED_PYTHON = "/opt/run-supervisor/venv/bin/python"
-SHIPPED_EXEC_START_PRE = (
-    f"+{SHIPPED_PYTHON} -m supervisor.executors.local.cgroup_handover run-supervisor"
-)
+SHIPPED_RUNSUP = "/opt/run-supervisor/venv/bin/runsup"
+SHIPPED_EXEC_START = f"{SHIPPED_RUNSUP} daemon"
+# "-": a moved venv whose ExecStart= alone was changed cannot keep the daemon from starting.
+SHIPPED_EXEC_START_PRE = f"-+{SHIPPED_RUNSUP} cgroup-handover run-supervisor"
 VERIFY_TIMEOUT_SECONDS = 60
 
 
@@ -101,6 +100,32 @@ def test_service_setting(unit: dict[str, dict[str, list[str]]], key: str, expect
     assert setting(unit, "Service", key) == expected
 
 
+def test_exec_start_pre_is_the_runsup_of_exec_start_and_cannot_block_it(
+    unit: dict[str, dict[str, list[str]]],
+) -> None:
+    # Issue 20 defect 3: the handover named the venv's python a second time, with no "-".
+    program = setting(unit, "Service", "ExecStart").split()[0]
+    pre = setting(unit, "Service", "ExecStartPre").split()
+    assert pre[0].lstrip("-+") == program
+    assert pre[0].startswith(("-+", "+-")), "a failing handover must not block the start"
+    assert pre[1] == "cgroup-handover"
+
+
+def test_the_handover_is_a_runsup_command(tmp_path: Path) -> None:
+    runsup = installed_runsup()
+    assert runsup is not None, "runsup is not installed in the test environment"
+    result = subprocess.run(
+        [str(runsup), "cgroup-handover", "no-such-user-runsup"],
+        capture_output=True,
+        text=True,
+        timeout=VERIFY_TIMEOUT_SECONDS,
+        check=False,
+    )
+    # A failed handover says why and exits 0: the daemon still starts.
+    assert result.returncode == 0, result.stderr
+    assert "no such user: no-such-user-runsup" in result.stderr
+
+
 def test_no_memory_deny_write_execute(unit: dict[str, dict[str, list[str]]]) -> None:
     assert "MemoryDenyWriteExecute" not in unit["Service"], "JITs in simulations need W+X"
 
@@ -134,9 +159,8 @@ def test_systemd_analyze_verify_accepts_unit(tmp_path: Path) -> None:
     text = UNIT_PATH.read_text()
     assert f"ExecStart={SHIPPED_EXEC_START}\n" in text
     copy = tmp_path / UNIT_NAME
-    text = text.replace(f"ExecStart={SHIPPED_EXEC_START}", f"ExecStart={runsup} daemon")
     assert f"ExecStartPre={SHIPPED_EXEC_START_PRE}\n" in text
-    copy.write_text(text.replace(SHIPPED_PYTHON, str(runsup.parent / "python")))
+    copy.write_text(text.replace(SHIPPED_RUNSUP, str(runsup)))
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(copy)],
         capture_output=True,

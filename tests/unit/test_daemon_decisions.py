@@ -14,8 +14,8 @@ import pytest
 from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
 
 from supervisor.daemon import Daemon
-from supervisor.daemon.tracked import GROUP_CHECK_MAX_SECONDS
 from supervisor.daemon.watching import _shared_parent
+from supervisor.executors.backoff import GROUP_CHECK_MAX_SECONDS
 from supervisor.executors.base import Adopted, ExitStatus
 
 Rig = tuple[Daemon, FakeExecutor, FakeClock]

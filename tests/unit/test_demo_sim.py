@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
@@ -286,12 +285,10 @@ def test_config_must_be_an_object(raw: object) -> None:
         parse_config(raw)
 
 
-def test_unknown_keys_are_reported_not_fatal() -> None:
-    warn = io.StringIO()
-    config = parse_config({"chanels": 5, "iterations": 3}, warn)
-    assert config.iterations == 3
-    assert config.channels == demo_sim.DEFAULT_CHANNELS
-    assert "chanels" in warn.getvalue()
+def test_an_unknown_key_is_a_config_error_naming_it() -> None:
+    # A typo must not run the defaults unnoticed (issue 24 item 10, SPEC section 2).
+    with pytest.raises(DemoConfigError, match="'chanels' \\(did you mean 'channels'\\?\\)"):
+        parse_config({"chanels": 5, "iterations": 3})
 
 
 def test_load_config_reports_unreadable_files(tmp_path: Path) -> None:

@@ -50,11 +50,14 @@ LAYERS: list[tuple[str, ...]] = [
     # what reads or serves beside the daemon
     (
         "supervisor.hooks",
+        "supervisor.hints",
+        "supervisor.cliopen",
         "supervisor.views",
         "supervisor.watchview",
         "supervisor.logview",
         "supervisor.metrics",
         "supervisor.metrics_server",
+        "supervisor.retention",
         "supervisor.checks",
         "supervisor.checks.*",
         "supervisor.check",
@@ -76,6 +79,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.tracked",),
     ("supervisor.daemon.lockfile",),
     ("supervisor.daemon.rebuild",),
+    ("supervisor.daemon.pruning",),
     ("supervisor.daemon.services",),
     ("supervisor.daemon.watching",),
     ("supervisor.daemon.status",),

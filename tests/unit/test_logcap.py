@@ -59,7 +59,10 @@ def test_small_log_is_left_alone(tmp_path: Path) -> None:
     assert bound_log(tmp_path / "missing.log", CAP).removed == 0
 
 
-@pytest.mark.parametrize("where", ["ext4", "tmpfs"])
+ON_TMPFS = pytest.param("tmpfs", marks=pytest.mark.tier("mount", "root"))
+
+
+@pytest.mark.parametrize("where", ["ext4", ON_TMPFS])
 def test_large_log_keeps_head_and_tail(tmp_path: Path, where: str, request: Any) -> None:
     base = request.getfixturevalue("tmpfs") if where == "tmpfs" else tmp_path
     log = base / "sim.log"

@@ -47,6 +47,7 @@ from pathlib import Path
 import structlog
 
 from supervisor.errors import CapError
+from supervisor.executors.local.means import detect as detect_means
 
 log = structlog.get_logger(__name__)
 
@@ -466,7 +467,11 @@ def signal_members(cgroup: RunCgroup, signum: int = signal.SIGKILL) -> int:
 
     A pid is signalled through a pidfd opened before the second read of the member list, so a
     pid that was reused by a process outside the cgroup in between is never signalled.
+    Without pidfds (Linux before 5.3) a pid is signalled only if its start time read before
+    the second read of the list is still its start time.
     """
+    if not detect_means().pidfds:
+        return _signal_members_by_pid(cgroup, signum)
     fds = _pidfds(members(cgroup))
     try:
         still = set(members(cgroup))
@@ -481,6 +486,27 @@ def signal_members(cgroup: RunCgroup, signum: int = signal.SIGKILL) -> int:
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            return int(fh.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _signal_members_by_pid(cgroup: RunCgroup, signum: int) -> int:
+    started = {pid: _start_ticks(pid) for pid in members(cgroup)}
+    still = set(members(cgroup))
+    sent = 0
+    for pid, ticks in started.items():
+        if ticks is None or pid not in still or _start_ticks(pid) != ticks:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+            sent += 1
+    return sent
 
 
 def kill(cgroup: RunCgroup, timeout: float = KILL_TIMEOUT_SECONDS) -> bool:

@@ -8,36 +8,31 @@ import re
 import shutil
 import signal
 import time
+import weakref
 from datetime import datetime
 from pathlib import Path
 
 import structlog
 
 from supervisor.errors import CapError, LaunchError
+from supervisor.executors.backoff import Backoff
 from supervisor.executors.base import (
     Adopted,
-    EndedWhileAway,
-    ExitStatus,
-    FailedToStart,
     LaunchSpec,
-    Lost,
-    NeverStarted,
-    ProcessIdentity,
     ProcessRecord,
     Recovery,
     RunHandle,
     RunRef,
-    StillStarting,
 )
 from supervisor.executors.local import cgroups, foreign, pinning
-from supervisor.executors.local.handle import LocalRunHandle
+from supervisor.executors.local.finding import CAP_FILE, RunFinder
+from supervisor.executors.local.groupwatch import kill_group
+from supervisor.executors.local.handle import LocalRunHandle, group_watch
 from supervisor.executors.local.identity import (
     current_boot_id,
     is_same_process,
     open_pidfd,
     parse_stat,
-    pidfd_group_signal,
-    process_age_seconds,
     read_stat,
     readable,
     reap,
@@ -53,8 +48,13 @@ from supervisor.executors.local.keeper import (
     SIM_FILE,
     identity_from_file,
     read_boot_id_file,
-    read_exit_file,
 )
+from supervisor.executors.local.keeperwatch import (
+    KEEPER_POLL_MAX_SECONDS,
+    KEEPER_POLL_SECONDS,
+    KeeperWatch,
+)
+from supervisor.executors.local.means import KernelMeans, detect
 from supervisor.executors.local.spawn import (
     KEEPER_ENDED,
     SPAWN_FIRST_FREE_FD,
@@ -78,12 +78,9 @@ KEEPER_EXIT_GRACE = 1.0
 KEEPER_REAP_TIMEOUT = 2.0
 # The keeper reports one /proc stat line (well under this).
 REPORT_READ_BYTES = 4096
+# Without pidfds, how often a failed launch looks whether its keeper (our child) has ended.
+CHILD_POLL_SECONDS = 0.01
 
-LOST_MACHINE_RESTARTED = "the machine restarted"
-LOST_KEEPER_KILLED = "the keeper process was killed; exit status unknown"
-LOST_NEVER_STARTED = "never started"
-# In the record dir of a capped run: its cap in bytes, for a daemon that adopts the run.
-CAP_FILE = "memory_max"
 # Everything the daemon may have set to "ignore" goes back to default in the keeper: an ignored
 # signal stays ignored across exec and a non-interactive sh cannot trap it (think `nohup`).
 # (glibc's posix_spawn leaves its two internal signals, 32 and 33, ignored and will not let them
@@ -95,7 +92,6 @@ class LocalExecutor:
     """Runs simulations on this machine under a per-run sh keeper."""
 
     name = "local"
-    poll_interval: float | None = None  # each run's keeper pidfd tells when it ends
     runs_dir: Path | None = None  # the daemon's
     max_in_flight: int | None = None  # max_concurrent_runs and [resources] apply
 
@@ -105,13 +101,30 @@ class LocalExecutor:
         report_timeout: float = LAUNCH_REPORT_TIMEOUT,
         setsid_path: str | None = None,
         caps: cgroups.CapSupport | None = None,
+        means: KernelMeans | None = None,
     ) -> None:
         """`setsid_path`: util-linux setsid (default: found on the daemon's PATH); `caps`: how
-        memory caps are enforced here (default: found out, and set up, on first need)."""
+        memory caps are enforced here (default: found out, and set up, on first need);
+        `means`: what the kernel offers to watch processes (default: probed once)."""
         self.report_timeout = report_timeout
         found = setsid_path or shutil.which("setsid") or SETSID_FALLBACK_PATH
         self.setsid_path = os.path.abspath(found)
         self._caps = caps
+        self.means = means if means is not None else detect()
+        # Handles whose keeper only a timer can watch (adopted without pidfds): poll() looks.
+        self._timed: weakref.WeakValueDictionary[str, LocalRunHandle] = (
+            weakref.WeakValueDictionary()
+        )
+
+        self._looks = Backoff(KEEPER_POLL_SECONDS, KEEPER_POLL_MAX_SECONDS)
+        self._next_look = 0.0  # monotonic: when poll() looks at them next
+
+    @property
+    def poll_interval(self) -> float | None:
+        """None while every run's keeper has a descriptor; else when poll() looks next."""
+        if not self._timed:
+            return None
+        return max(0.0, self._next_look - time.monotonic())
 
     @property
     def caps(self) -> cgroups.CapSupport:
@@ -150,13 +163,16 @@ class LocalExecutor:
                     keeper_pid = self._spawn(
                         spec, record_dir, cwd, [procs, *argv], (log_fd, report_child, go_child)
                     )
-            # Now only the keeper side holds the report pipe's write end: EOF means it is gone.
-            try:
-                keeper_fd = os.pidfd_open(keeper_pid)  # our unreaped child: surely the keeper
-            except OSError as exc:
-                os.killpg(keeper_pid, signal.SIGKILL)
-                os.waitpid(keeper_pid, 0)
-                raise LaunchError(f"cannot watch the run's keeper: {exc}") from exc
+            # Now only the keeper side holds the report pipe's write end: EOF means it is gone
+            # (without pidfds that EOF is how the run's end is seen: KeeperWatch "pipe").
+            keeper_fd = None
+            if self.means.pidfds:
+                try:
+                    keeper_fd = os.pidfd_open(keeper_pid)  # our unreaped child: the keeper
+                except OSError as exc:
+                    os.killpg(keeper_pid, signal.SIGKILL)
+                    os.waitpid(keeper_pid, 0)
+                    raise LaunchError(f"cannot watch the run's keeper: {exc}") from exc
             os.set_blocking(report, False)
             launch = LocalLaunch(
                 self,
@@ -194,8 +210,28 @@ class LocalExecutor:
                 return handle
 
     def poll(self) -> tuple[str, ...]:
-        """Nothing to look at: each local handle's pidfd tells when its run ends."""
-        return ()
+        """The runs whose keeper, watched on a timer (no pidfds), has ended since."""
+        now = time.monotonic()
+        if not self._timed or now < self._next_look:
+            return ()
+        ended = []
+        for run_id, handle in list(self._timed.items()):
+            if handle.closed:  # the loop let go of it (settled, or the daemon detaches)
+                self._timed.pop(run_id, None)
+            elif handle.keeper.ended():
+                ended.append(run_id)
+                self._timed.pop(run_id, None)
+        if ended:
+            self._looks.reset()  # runs end together (a sweep's last stage): look again soon
+        self._next_look = now + self._looks.next()
+        return tuple(ended)
+
+    def _watch_on_timer(self, handle: LocalRunHandle) -> LocalRunHandle:
+        if handle.fileno() is None and handle.run_id is not None:
+            self._timed[handle.run_id] = handle
+            self._looks.reset()
+            self._next_look = min(self._next_look, time.monotonic() + KEEPER_POLL_SECONDS)
+        return handle
 
     def close(self) -> None:
         """Nothing of its own to stop: keepers live on without the daemon."""
@@ -211,14 +247,16 @@ class LocalExecutor:
         record_dir: Path,
     ) -> RunHandle | None:
         """Watch a run another program started on this machine (see foreign.py)."""
-        return foreign.adopt_foreign(
+        handle = foreign.adopt_foreign(
             run_id,
             pid=pid,
             pgid=pgid,
             started_at=started_at,
             start_ticks=start_ticks,
             record_dir=record_dir,
+            means=self.means,
         )
+        return None if handle is None else self._watch_on_timer(handle)
 
     def _check_spec(self, spec: LaunchSpec) -> tuple[Path, list[str]]:
         if not spec.argv:
@@ -294,10 +332,13 @@ class LocalExecutor:
         spec: LaunchSpec,
         record_dir: Path,
         keeper_pid: int,
-        keeper_fd: int,
+        keeper_fd: int | None,
         line: str,
         log_start: int,
+        report_fd: int | None = None,
     ) -> LocalRunHandle:
+        """The handle of a launch whose keeper reported `line`; watched through `keeper_fd`,
+        or without pidfds through `report_fd` (taken over only when this returns)."""
         try:
             sim = parse_stat(line)
         except ValueError:
@@ -323,7 +364,7 @@ class LocalExecutor:
         )
         # Opened after the fact but checked against the reported start time, so it names the
         # simulation or nothing (it may already have ended: then the keeper says how).
-        sim_fd = open_pidfd(record.sim_identity, zombie_ok=True)
+        sim_fd = open_pidfd(record.sim_identity, zombie_ok=True) if self.means.pidfds else None
         log.debug(  # the loop logs run_started with the same ids: one line a run is enough
             "run_launched",
             run_id=spec.run_id,
@@ -331,12 +372,15 @@ class LocalExecutor:
             pgid=record.pgid,
             keeper_pid=keeper_pid,
         )
+        keeper = KeeperWatch(
+            record.keeper_identity, pidfd=keeper_fd, pipe_fd=report_fd, child=True
+        )
         return LocalRunHandle(
             record,
             record_dir=record_dir,
             run_id=spec.run_id,
-            keeper_pidfd=keeper_fd,
-            sim_pidfd=sim_fd,
+            keeper=keeper,
+            group=group_watch(record, self.means, leader_pidfd=sim_fd, run_id=spec.run_id),
         )
 
     def abort(
@@ -344,13 +388,13 @@ class LocalExecutor:
         spec: LaunchSpec,
         record_dir: Path,
         keeper_pid: int,
-        keeper_fd: int,
+        keeper_fd: int | None,
         why: str,
         log_start: int,
         grace: float = 0.0,
     ) -> LaunchError:
         """Stop whatever the failed launch left (no process stays behind); the error to raise."""
-        readable(keeper_fd, grace)  # a keeper that ended by itself has the last word
+        _child_ended(keeper_pid, keeper_fd, grace)  # one that ended by itself has the last word
         # Then its whole group goes, leftovers too. The keeper is our child and not yet reaped
         # (at worst a zombie), so its pid, hence its group id, cannot have been reused.
         try:
@@ -362,9 +406,8 @@ class LocalExecutor:
         boot_id = current_boot_id()
         sim = identity_from_file(record_dir / SIM_FILE, boot_id)
         if sim is not None:
-            self._kill_group_of(sim, spec.run_id, "the launch failed")
-        readable(keeper_fd, KEEPER_REAP_TIMEOUT)
-        result = reap(keeper_fd)
+            kill_group(sim, self.means, spec.run_id, "the launch failed")
+        result = _reap_child(keeper_pid, keeper_fd, KEEPER_REAP_TIMEOUT)
         how = ""
         if result is not None and result.si_code == os.CLD_EXITED:
             how = f" (keeper exit code {result.si_status})"
@@ -383,150 +426,43 @@ class LocalExecutor:
 
     def recover(self, ref: RunRef) -> Recovery:
         """Find a run again after a restart, from its saved record or from its files alone."""
-        record_dir = ref.record_dir.absolute()
-        if ref.process is None:
-            return self._recover_from_files(record_dir, ref.run_id)
-        return self._recover_record(record_dir, ref.process, ref.run_id)
-
-    def _recover_record(self, record_dir: Path, record: ProcessRecord, run_id: str) -> Recovery:
-        boot_id = current_boot_id()
-        # A recorded exit is the truth even from an earlier boot: read it before the boot id.
-        status = read_exit_file(record_dir)
-        if status is None and record.boot_id != boot_id:
-            why = f"{LOST_MACHINE_RESTARTED} (boot id {record.boot_id}, now {boot_id})"
-            log.warning("run_lost", run_id=run_id, why=why)
-            return Lost(why, record)
-        if status is not None:
-            log.info(
-                "run_ended_while_away",
-                run_id=run_id,
-                exit_code=status.exit_code,
-                exit_signal=status.exit_signal,
-            )
-            return EndedWhileAway(status, record)
-        keeper_fd = open_pidfd(record.keeper_identity, zombie_ok=False)
-        sim_fd = open_pidfd(record.sim_identity, zombie_ok=True)
-        if keeper_fd is not None:
-            log.info("run_adopted", run_id=run_id, pid=record.pid, keeper_pid=record.keeper_pid)
-            handle = LocalRunHandle(
-                record,
-                record_dir=record_dir,
-                run_id=run_id,
-                keeper_pidfd=keeper_fd,
-                sim_pidfd=sim_fd,
-            )
-            handle.cgroup = self._find_cgroup(run_id)
-            if handle.cgroup is not None:
-                _restore_cap(handle.cgroup, record_dir)
-            return Adopted(handle)
-        status = read_exit_file(record_dir)  # the keeper may have finished since the first look
-        if status is not None:
-            if sim_fd is not None:
-                os.close(sim_fd)
-            return EndedWhileAway(status, record)
-        why = f"{LOST_KEEPER_KILLED} (keeper pid {record.keeper_pid})"
-        log.warning("run_lost", run_id=run_id, why=why, simulation_alive=sim_fd is not None)
-        if sim_fd is None:
-            return Lost(why, record)
-        handle = LocalRunHandle(
-            record, record_dir=record_dir, run_id=run_id, keeper_pidfd=None, sim_pidfd=sim_fd
+        finder = RunFinder(
+            means=self.means,
+            caps=lambda: self.caps,
+            report_timeout=self.report_timeout,
         )
-        return Lost(why, record, leftover=handle)
+        found = finder.recover(ref)
+        if isinstance(found, Adopted) and isinstance(found.handle, LocalRunHandle):
+            self._watch_on_timer(found.handle)
+        return found
 
-    def _find_cgroup(self, run_id: str) -> cgroups.RunCgroup | None:
-        """The memory cgroup an earlier daemon made for the run, if caps work here at all."""
-        caps = self.caps
-        if not caps.enforced:
-            return None
+def _child_ended(pid: int, pidfd: int | None, timeout: float) -> bool:
+    """Wait up to `timeout` for our child `pid` to end (not reaping it); True if it did."""
+    if pidfd is not None:
+        return readable(pidfd, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            return cgroups.find(caps, run_id)
-        except CapError:  # not a run id (the row's was checked before: a caller's label)
-            return None
-
-    def _recover_from_files(self, record_dir: Path, run_id: str) -> Recovery:
-        boot_id = read_boot_id_file(record_dir)
-        if boot_id is None:
-            return NeverStarted(f"{LOST_NEVER_STARTED} (no launch recorded)")
-        if boot_id != current_boot_id():
-            status = read_exit_file(record_dir)
-            if status is not None:
-                return _failed_before_start(status)
-            why = f"{LOST_MACHINE_RESTARTED} (boot id {boot_id}, now {current_boot_id()})"
-            # Nothing from that boot runs any more; whether the simulation ever ran is unknown.
-            if (record_dir / SIM_FILE).exists():
-                return Lost(why, None)
-            return NeverStarted(why)
-        sim = identity_from_file(record_dir / SIM_FILE, boot_id)
-        keeper = identity_from_file(record_dir / KEEPER_FILE, boot_id)
-        if sim is not None and keeper is not None:
-            record = ProcessRecord(
-                pid=sim.pid,
-                pgid=sim.pid,  # the simulation leads its own group: setsid() before the line
-                start_ticks=sim.start_ticks,
-                boot_id=boot_id,
-                keeper_pid=keeper.pid,
-                keeper_start_ticks=keeper.start_ticks,
-            )
-            return self._recover_record(record_dir, record, run_id)
-        return self._recover_unreported(record_dir, keeper, run_id)
-
-    def _recover_unreported(
-        self, record_dir: Path, keeper: ProcessIdentity | None, run_id: str
-    ) -> Recovery:
-        """No simulation ever reported from here: say so, or wait for a keeper still starting."""
-        if keeper is not None and is_same_process(keeper):
-            age = process_age_seconds(keeper.start_ticks)
-            if age < self.report_timeout:
-                # Not blocking here: the caller looks again later.
-                return StillStarting(f"keeper pid {keeper.pid} is {age:.1f} s old")
-            self._kill_stuck_keeper(keeper, run_id)
-            why = f"{LOST_NEVER_STARTED} (keeper pid {keeper.pid} never reported; killed)"
-            return NeverStarted(why)
-        status = read_exit_file(record_dir)
-        if status is not None:
-            # The keeper ran and recorded a failure before the simulation could start.
-            return _failed_before_start(status)
-        seen = "its keeper started but ended" if keeper is not None else "no keeper started"
-        return NeverStarted(f"{LOST_NEVER_STARTED} ({seen})")
-
-    def _kill_stuck_keeper(self, keeper: ProcessIdentity, run_id: str | None) -> None:
-        # The keeper leads its own group: this stops it and a setsid not yet done.
-        self._kill_group_of(keeper, run_id, "the keeper never reported the simulation")
-
-    @staticmethod
-    def _kill_group_of(leader: ProcessIdentity, run_id: str | None, why: str) -> None:
-        """SIGKILL the group `leader` leads, if `leader` is still that process."""
-        fd = open_pidfd(leader, zombie_ok=True)
-        if fd is None:
-            return
-        try:
-            sent = pidfd_group_signal(fd, signal.SIGKILL)
-            if sent is None:
-                os.killpg(leader.pid, signal.SIGKILL)  # old kernel: identity checked just above
-                sent = True
-        except ProcessLookupError:
-            sent = False
-        finally:
-            os.close(fd)
-        if sent:
-            log.warning("signal_sent", run_id=run_id, pgid=leader.pid, signal="SIGKILL", why=why)
+            found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        if found is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(CHILD_POLL_SECONDS)
 
 
-def _restore_cap(cgroup: cgroups.RunCgroup, record_dir: Path) -> None:
-    """Give an adopted run its cap again if its cgroup lost it (cgroups.ensure_cap)."""
+def _reap_child(pid: int, pidfd: int | None, timeout: float) -> os.waitid_result | None:
+    """Reap our child `pid` once it ended (waiting up to `timeout`); None if it did not."""
+    if not _child_ended(pid, pidfd, timeout):
+        return None
+    if pidfd is not None:
+        return reap(pidfd)
     try:
-        memory_max = int((record_dir / CAP_FILE).read_text(encoding="ascii"))
-    except (OSError, ValueError):
-        return  # launched before caps were recorded, or uncapped
-    try:
-        cgroups.ensure_cap(cgroup, memory_max)
-    except CapError as exc:
-        log.warning("cgroup_cap_not_restored", run_id=cgroup.run_id, error=str(exc))
-
-
-def _failed_before_start(status: ExitStatus) -> FailedToStart:
-    how = status.describe()
-    return FailedToStart(f"the keeper failed before the simulation ran ({how})")
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return None
 
 
 class LocalLaunch:
@@ -539,7 +475,7 @@ class LocalLaunch:
         *,
         record_dir: Path,
         keeper_pid: int,
-        keeper_fd: int,
+        keeper_fd: int | None,
         report_fd: int,
         go_fd: int,
         log_start: int,
@@ -572,7 +508,6 @@ class LocalLaunch:
         if line is None and not why:
             return None
         keeper_fd = self._keeper_fd
-        assert keeper_fd is not None
         self._keeper_fd = None  # from here on the handle or _abort owns it
         try:
             if line is None:
@@ -586,13 +521,19 @@ class LocalLaunch:
                     self._log_start,
                     grace,
                 )
+            # Without pidfds the report pipe stays open: its EOF is the keeper's end.
+            report_fd = self._report_fd if keeper_fd is None else None
             handle = self._executor.handle_for(
-                self._spec, self._record_dir, self._keeper_pid, keeper_fd, line, self._log_start
+                self._spec, self._record_dir, self._keeper_pid, keeper_fd, line,
+                self._log_start, report_fd,
             )
+            if report_fd is not None:
+                self._report_fd = None  # the handle's now
             handle.cgroup = self._cgroup
             return handle
         except BaseException:
-            os.close(keeper_fd)
+            if keeper_fd is not None:
+                os.close(keeper_fd)
             if self._cgroup is not None and cgroups.kill(self._cgroup):
                 cgroups.remove(self._cgroup, 0.0)
             raise

@@ -17,16 +17,19 @@ from pathlib import Path
 import structlog
 
 from supervisor.executors.base import UNKNOWN_EXIT, ExitStatus, ProcessIdentity, ProcessRecord
+from supervisor.executors.local.groupwatch import GroupWatch
 from supervisor.executors.local.handle import LocalRunHandle
 from supervisor.executors.local.identity import (
     EXITED_STATES,
     Stat,
     current_boot_id,
+    is_same_process,
     live_group_member,
     open_pidfd,
     read_stat,
-    readable,
 )
+from supervisor.executors.local.keeperwatch import KeeperWatch
+from supervisor.executors.local.means import KernelMeans
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +83,8 @@ def find_foreign(
 
 
 class ForeignRunHandle(LocalRunHandle):
-    """A foreign run's group, watched through a pidfd of the process that stands for it.
+    """A foreign run's group, watched through the process that stands for it (its pidfd, or
+    a timer where there are no pidfds).
 
     It "exits" (exit status unknown) when that process ends; the loop then waits until no
     process of the group is left before it settles the run.
@@ -88,8 +92,8 @@ class ForeignRunHandle(LocalRunHandle):
 
     def exit_status(self) -> ExitStatus | None:
         """None while the watched process lives; then UNKNOWN_EXIT (no keeper recorded it)."""
-        fd = self._open_fd()
-        if self._status is None and (self._keeper_gone_at_start or readable(fd, 0)):
+        self._check_open()
+        if self._status is None and self.keeper.ended():
             self._status = UNKNOWN_EXIT
             log.info("foreign_process_ended", run_id=self.run_id, pid=self.record.pid)
         return self._status
@@ -103,6 +107,7 @@ def adopt_foreign(
     started_at: datetime | None,
     start_ticks: int | None,
     record_dir: Path,
+    means: KernelMeans,
 ) -> ForeignRunHandle | None:
     """A handle on a RUNNING row another program started, or None if nothing of it lives."""
     found = find_foreign(pid, pgid, started_at=started_at, start_ticks=start_ticks)
@@ -118,15 +123,35 @@ def adopt_foreign(
         keeper_start_ticks=0,
     )
     identity = ProcessIdentity(found.pid, found.start_ticks, boot_id)
-    watch_fd = open_pidfd(identity, zombie_ok=False)
-    if watch_fd is None:
+    if means.pidfds:
+        watch_fd = open_pidfd(identity, zombie_ok=False)
+        if watch_fd is None:
+            return None
+        keeper = KeeperWatch(identity, pidfd=watch_fd)
+    elif is_same_process(identity):
+        keeper = KeeperWatch(identity)  # looked at on the executor's timer
+    else:
         return None
-    leader_fd = open_pidfd(identity, zombie_ok=True) if found.pid == pgid else None
+    is_leader = found.pid == pgid
+    leader_fd = open_pidfd(identity, zombie_ok=True) if is_leader and means.pidfds else None
+    # A member counts as the run's only if born no later than the row's start allows (see
+    # find_foreign): a process born after the run started is never signalled.
+    latest = None if started_at is None else _ticks_at(started_at.timestamp())
+    group = GroupWatch(
+        pgid,
+        boot_id,
+        means=means,
+        leader=identity if is_leader else None,
+        leader_pidfd=leader_fd,
+        latest_ticks=latest,
+        run_id=run_id,
+    )
     log.info("foreign_run_adopted", run_id=run_id, pid=found.pid, pgid=pgid)
     return ForeignRunHandle(
-        record,
-        record_dir=record_dir,
-        run_id=run_id,
-        keeper_pidfd=watch_fd,
-        sim_pidfd=leader_fd,
+        record, record_dir=record_dir, run_id=run_id, keeper=keeper, group=group
     )
+
+
+def _ticks_at(wall: float) -> int:
+    """The start time (clock ticks since boot) of a process started at `wall` + tolerance."""
+    return int((wall + START_TOLERANCE_SECONDS - boot_time()) * os.sysconf("SC_CLK_TCK"))

@@ -18,9 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.executors.local.means import detect
+
 READ_CHUNK_BYTES = 64 * 1024
 # After a kill, wait at most this long for the kernel to reap the hook.
 KILL_WAIT_SECONDS = 5.0
+# Without pidfds (Linux before 5.3), how often a hook that went quiet is asked if it exited.
+EXIT_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -97,18 +101,21 @@ def _read_until_exit(
     os.set_blocking(out, False)
     head = bytearray()
     total = 0
-    pidfd = os.pidfd_open(proc.pid)
+    pidfd = os.pidfd_open(proc.pid) if detect().pidfds else None
     exited = False
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(out, selectors.EVENT_READ, "out")
-            sel.register(pidfd, selectors.EVENT_READ, "exit")
+            if pidfd is not None:
+                sel.register(pidfd, selectors.EVENT_READ, "exit")
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return head, total, True
-                ready = {key.data for key, _ in sel.select(left)}
-                exited = exited or "exit" in ready
+                wait = left if pidfd is not None else min(left, EXIT_POLL_SECONDS)
+                ready = {key.data for key, _ in sel.select(wait)}
+                # poll() reaps it; proc.wait() later returns the code it kept.
+                exited = exited or "exit" in ready or (pidfd is None and proc.poll() is not None)
                 chunk = _read_some(out)
                 if chunk:
                     total += len(chunk)
@@ -119,7 +126,8 @@ def _read_until_exit(
                 if chunk == b"" or exited:
                     return head, total, False
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
         proc.stdout.close()
 
 

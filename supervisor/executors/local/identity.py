@@ -4,12 +4,12 @@ A pid alone is not a process (pid_max is small, pids are reused). A process is (
 in clock ticks since boot, boot id), and nothing is signalled unless that still checks out.
 Group signals go through a pidfd of the group's leader with PIDFD_SIGNAL_PROCESS_GROUP (Linux
 6.9+), which names the group by kernel object rather than by number, so even a group whose
-leader has exited is signalled only if its members are ours.
+leader has exited is signalled only if its members are ours; older kernels (means.py) get
+killpg behind the same checks (groupwatch.py).
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import re
@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from supervisor.executors.base import ProcessIdentity
+from supervisor.executors.local.means import PIDFD_SIGNAL_PROCESS_GROUP
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 PROC_PATH = Path("/proc")
 PID_MAX_LIMIT = 4_194_304  # the kernel's ceiling for pid_max: a larger "pid" is garbage
 
-# <linux/pidfd.h>; not exported by the signal module of Python 3.11.
-_PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
 EXITED_STATES = frozenset("ZXx")  # zombie or dead: the process has exited
 _STAT_HEAD = re.compile(r"\A([0-9]+) \(")
 
@@ -151,24 +150,34 @@ def live_group_member(pgid: int) -> Stat | None:
     return None
 
 
-_group_pidfd_signals: bool | None = None  # PIDFD_SIGNAL_PROCESS_GROUP works (found on first use)
+def group_member(
+    pgid: int, *, live: bool, earliest_ticks: int | None = None, latest_ticks: int | None = None
+) -> Stat | None:
+    """A process of group `pgid` born within [earliest_ticks, latest_ticks], or None.
+
+    `live`: zombies do not count (they stay in their group until reaped). Any member, zombie
+    or not, keeps the group's id from being reused, so while one is found the id is the run's.
+    """
+    for entry in os.scandir(PROC_PATH):
+        if not entry.name.isdigit():
+            continue
+        found = read_stat(int(entry.name))
+        if found is None or found.pgrp != pgid or (live and found.state in EXITED_STATES):
+            continue
+        if earliest_ticks is not None and found.start_ticks < earliest_ticks:
+            continue
+        if latest_ticks is not None and found.start_ticks > latest_ticks:
+            continue
+        return found
+    return None
 
 
-def pidfd_group_signal(pidfd: int, sig: int) -> bool | None:
-    """Signal the group the pidfd's process leads. True sent, False gone, None not supported."""
-    global _group_pidfd_signals
-    if _group_pidfd_signals is False:
-        return None
+def pidfd_group_signal(pidfd: int, sig: int) -> bool:
+    """Signal the group the pidfd's process leads (Linux 6.9+). True sent, False gone."""
     try:
-        signal.pidfd_send_signal(pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+        signal.pidfd_send_signal(pidfd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP)
     except ProcessLookupError:
         return False
-    except OSError as exc:
-        if exc.errno != errno.EINVAL or _group_pidfd_signals:
-            raise
-        _group_pidfd_signals = False  # kernel older than 6.9
-        return None
-    _group_pidfd_signals = True
     return True
 
 

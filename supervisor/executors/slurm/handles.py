@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from supervisor.errors import LaunchError
+from supervisor.executors.backoff import Backoff
 from supervisor.executors.base import ExitStatus, ProcessRecord
 from supervisor.executors.slurm.jobs import exit_status_of, job_over
 from supervisor.executors.slurm.parsing import JobInfo, JobState
@@ -129,6 +130,7 @@ class SlurmRunHandle:
         self._slot = slot
         self.record = record
         self._closed = False
+        self._backoff = Backoff()
 
     @property
     def job_id(self) -> str:
@@ -149,6 +151,8 @@ class SlurmRunHandle:
 
     def signal_group(self, sig: int) -> bool:
         """TERM/INT/HUP reach the job's processes (scancel --full); KILL cancels the job."""
+        if sig == signal.SIGKILL:
+            self._backoff.reset()
         with self._worker.lock:
             if self._slot.over:
                 return False
@@ -163,6 +167,10 @@ class SlurmRunHandle:
     def leftover_fileno(self) -> int | None:
         """None: the loop looks again on a timer (the job's end comes with a query)."""
         return None
+
+    def group_check_delay(self) -> float:
+        """Seconds until the job is worth another look (doubling while the cluster says no)."""
+        return self._backoff.next()
 
     def release(self) -> None:
         """The run is settled: end the stand-in, stop asking about the job."""

@@ -338,6 +338,9 @@ def sbatch_argv(request: SubmitRequest) -> list[str]:
         f"--output={request.output_path}",
         "--open-mode=append",  # a log the daemon already wrote to is kept
         f"--chdir={request.run_dir}",
+        # A job the cluster requeues (after a node failure) would run the same attempt twice,
+        # unseen: it ends NODE_FAIL instead, and the run's retry_on decides.
+        "--no-requeue",
     ]
     if request.cpus is not None:
         argv.append(f"--cpus-per-task={request.cpus}")

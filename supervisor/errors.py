@@ -23,6 +23,10 @@ class LaunchError(SupervisorError):
     """A run's command could not be started."""
 
 
+class LaunchCancelled(LaunchError):
+    """A launch was cancelled before its run started (a queued job removed from the queue)."""
+
+
 class CapError(SupervisorError):
     """A run's memory cap cannot be set up, entered or cleaned up."""
 

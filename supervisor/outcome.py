@@ -21,6 +21,7 @@ KIND_LOST = "lost"
 KIND_NODE_FAILURE = "node_failure"
 KIND_TIMEOUT = "timeout"
 KIND_OUT_OF_MEMORY = "out_of_memory"
+KIND_PREEMPTED = "preempted"
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,10 @@ def out_of_memory(cap_bytes: int, peak_bytes: int | None) -> Outcome:
 CLUSTER_VERDICTS = {
     "node_failure": "node failure: the cluster lost the node the run ran on",
     "vanished": "lost: the cluster has no record of the job any more (purged, no accounting)",
+    "preempted": "preempted: the cluster took the job's node for another job",
 }
+# The verdict's outcome kind, as `retry_on` names it (anything else: "lost").
+_VERDICT_KINDS = {"node_failure": KIND_NODE_FAILURE, "preempted": KIND_PREEMPTED}
 
 
 def cluster_failure(verdict: str, detail: str | None = None) -> Outcome:
@@ -144,8 +148,18 @@ def cluster_failure(verdict: str, detail: str | None = None) -> Outcome:
     message = CLUSTER_VERDICTS.get(verdict, f"the cluster ended the job: {verdict}")
     if detail:
         message += f" ({detail})"
-    kind = KIND_NODE_FAILURE if verdict == "node_failure" else KIND_LOST
+    kind = _VERDICT_KINDS.get(verdict, KIND_LOST)
     return Outcome(RunStatus.FAILED, None, None, bound(message), verdict, kind)
+
+
+CHECKPOINTED = "checkpointed"
+
+
+def checkpointed(exit_code: int) -> Outcome:
+    """The attempt exited with the template's checkpoint_exit_code (SPEC section 15): it saved
+    a checkpoint and asks to be started again. Not a failure; the run goes on."""
+    message = f"checkpointed: exited with code {exit_code} to be started again"
+    return Outcome(RunStatus.PENDING, exit_code, None, message, CHECKPOINTED, CHECKPOINTED)
 
 
 FOREIGN_UNKNOWN = "exit status unknown: started by another program"

@@ -46,11 +46,20 @@ HOOK_PLACEHOLDERS = PLACEHOLDERS | {"status"}
 LOCAL_EXECUTOR = "local"
 DEFAULT_TEMPLATE_CPUS = 1
 DEFAULT_MAX_ATTEMPTS = 1
-RETRY_OUTCOMES = ("signal", "lost", "node_failure", "timeout", "out_of_memory")
+RETRY_OUTCOMES = ("signal", "lost", "node_failure", "timeout", "out_of_memory", "preempted")
 RETRY_ANY_EXIT = "exit:any"
 RETRY_EXIT_PREFIX = "exit:"
 MAX_EXIT_CODE = 255
-DEFAULT_RETRY_ON = ("signal", "lost", "node_failure")
+DEFAULT_RETRY_ON = ("signal", "lost", "node_failure", "preempted")
+# SPEC section 15. Signals a simulation may be warned with: catchable, meaning no cancel (TERM,
+# INT, HUP do: SPEC section 6) and known to Slurm's --signal by name.
+CHECKPOINT_SIGNALS = ("USR1", "USR2", "ALRM", "URG", "XCPU")
+# Without checkpoint_seconds, the warning comes this long before the limit (Slurm's own
+# default for --signal without @time).
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+MAX_CHECKPOINT_SECONDS = 65535  # Slurm's --signal keeps it in 16 bits
+# Above 128 the keeper's shell reads an exit status as a death by signal (128+N).
+MAX_CHECKPOINT_EXIT_CODE = 128
 DEFAULT_RETRY_DELAY_SECONDS = 10.0
 # SPEC section 15: what `runsup results` reads in a run's directory.
 DEFAULT_RESULTS_FILE = "results.json"
@@ -98,6 +107,12 @@ class Template:
     retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
     on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
     progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.outputpatterns
+    # SPEC section 15: later attempts carry on (RUNSUP_RESUME=1); a warning signal before a
+    # time limit or preemption ("USR1", without SIG); "saved a checkpoint, start me again".
+    resume: bool = False
+    checkpoint_signal: str | None = None
+    checkpoint_seconds: float | None = None  # set (default 60) when checkpoint_signal is
+    checkpoint_exit_code: int | None = None
     results_file: str = DEFAULT_RESULTS_FILE  # SPEC 15: relative to the run directory
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
@@ -430,6 +445,10 @@ _TEMPLATE_KEYS = frozenset(
         "retry_delay_seconds",
         "on_finish",
         "progress_patterns",
+        "resume",
+        "checkpoint_signal",
+        "checkpoint_seconds",
+        "checkpoint_exit_code",
         "results_file",
     }
 )
@@ -540,12 +559,14 @@ def _template(
 
         where = f"config file {source}" if source else "configuration"
         patterns = check_patterns(raw["progress_patterns"], f"{where}: {prefix}progress_patterns")
+    timeout = reader.number("timeout_seconds", positive=True)
+    signal_name, lead = _checkpoint_signal(reader, timeout)
     return Template(
         name=name,
         command=command,
         config_format="ini" if fmt == "ini" else "json",
         env=dict(env),
-        timeout_seconds=reader.number("timeout_seconds", positive=True),
+        timeout_seconds=timeout,
         executor=_template_executor(reader, executors),
         cpus=_int_or(reader.integer("cpus", minimum=1), DEFAULT_TEMPLATE_CPUS),
         gpus=reader.integer("gpus", minimum=0),
@@ -556,8 +577,43 @@ def _template(
         retry_delay_seconds=_or(reader.number("retry_delay_seconds"), DEFAULT_RETRY_DELAY_SECONDS),
         on_finish=reader.argv("on_finish", HOOK_PLACEHOLDERS),
         progress_patterns=patterns,
+        resume=bool(reader.boolean("resume")),
+        checkpoint_signal=signal_name,
+        checkpoint_seconds=lead,
+        checkpoint_exit_code=_checkpoint_exit_code(reader),
         results_file=_results_file(reader),
     )
+
+
+def _checkpoint_signal(reader: _Reader, timeout: float | None) -> tuple[str | None, float | None]:
+    """checkpoint_signal ("USR1", "SIGUSR1" or "usr1" -> "USR1") and checkpoint_seconds."""
+    raw = reader.data.get("checkpoint_signal")
+    seconds = reader.number("checkpoint_seconds", positive=True)
+    allowed = ", ".join(f'"{s}"' for s in CHECKPOINT_SIGNALS)
+    if raw is None:
+        if seconds is not None:
+            raise reader.fail("checkpoint_seconds", "no value without a checkpoint_signal", seconds)
+        return None, None
+    name = raw.upper().removeprefix("SIG") if isinstance(raw, str) else None
+    if name not in CHECKPOINT_SIGNALS:
+        raise reader.fail("checkpoint_signal", f"one of {allowed}", raw)
+    lead = DEFAULT_CHECKPOINT_SECONDS if seconds is None else seconds
+    if lead > MAX_CHECKPOINT_SECONDS:
+        raise reader.fail("checkpoint_seconds", f"at most {MAX_CHECKPOINT_SECONDS}", lead)
+    if timeout is not None and lead >= timeout:
+        why = "the signal would come before the attempt starts"
+        expected = f"less than timeout_seconds ({timeout:g})"
+        raise reader.fail("checkpoint_seconds", expected, lead, why)
+    return name, lead
+
+
+def _checkpoint_exit_code(reader: _Reader) -> int | None:
+    code = reader.integer("checkpoint_exit_code", minimum=1)
+    if code is not None and code > MAX_CHECKPOINT_EXIT_CODE:
+        expected = f"a whole number from 1 to {MAX_CHECKPOINT_EXIT_CODE}"
+        raise reader.fail("checkpoint_exit_code", expected, code, "above it reads as a signal")
+    return code
+
 
 
 def _results_file(reader: _Reader) -> str:

@@ -154,6 +154,7 @@ class FakeExecutor:
     clock: FakeClock
     report_timeout: float = 5.0
     name: str = "fake"
+    signals_checkpoints: bool = False
     poll_interval: float | None = None
     runs_dir: Path | None = None
     max_in_flight: int | None = None

@@ -15,8 +15,13 @@ waits for an empty queue first.
     cluster.run("sbatch", "--wrap=true")      # SLURM_CONF set for you
     cluster.stop()                            # cancels jobs, stops every daemon, leaves nothing
 
-Two partitions: `debug` (the default, OverSubscribe=FORCE:8: jobs start at once) and `whole`
-(OverSubscribe=NO: a job asking for every CPU makes the next one wait, Reason=Resources).
+Four partitions on the one node: `debug` (the default, OverSubscribe=FORCE:8: jobs start at
+once), `whole` (OverSubscribe=NO: a job asking for every CPU makes the next one wait,
+Reason=Resources), and for preemption `low` and `high` (PreemptType=preempt/partition_prio): a
+`high` job that needs the CPUs a `low` job holds preempts it, with PreemptMode=REQUEUE and
+GraceTime=PREEMPT_GRACE_SECONDS: the low job first gets its --signal (preempt_send_user_signal),
+SIGTERM after the grace, and ends PREEMPTED (submitted with --no-requeue). Jobs of `debug` and
+`whole` are never preempted (PreemptMode=OFF).
 Memory is scheduled (CR_Core_Memory) and `--mem` is enforced by sampling every second.
 """
 
@@ -44,9 +49,16 @@ ACCOUNTING_BINARIES = ("slurmdbd", "mariadbd", "mariadb-install-db", "mariadb", 
 CLUSTER_NAME = "ci"
 DEFAULT_PARTITION = "debug"
 WHOLE_PARTITION = "whole"  # OverSubscribe=NO: for jobs that must wait in the queue
+LOW_PARTITION = "low"  # preempted by a job of HIGH_PARTITION that needs its CPUs
+HIGH_PARTITION = "high"
+# A preempted job's time between its warning signal and SIGTERM (slurmctld checks it about
+# every 10-30 s, so SIGTERM comes later than this).
+PREEMPT_GRACE_SECONDS = 10
 # Seconds a finished job's record stays in slurmctld (squeue -t all) before it is purged;
 # the purge itself runs a few seconds later (measured: 10 s -> gone after ~16 s).
 MIN_JOB_AGE_SECONDS = 10
+# A job step credential's life; also how long a requeued job waits before it starts again.
+CRED_EXPIRE_SECONDS = 10
 # SIGTERM -> SIGKILL delay for a job Slurm kills (cancel, time limit).
 KILL_WAIT_SECONDS = 2
 DEFAULT_MEMORY_PER_CPU_MIB = 64  # what a job without --mem holds of the node's memory
@@ -431,7 +443,8 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
         "SlurmUser=root",
         "SlurmdUser=root",
         "AuthType=auth/munge",
-        f"AuthInfo=socket={munge_socket}",
+        # cred_expire: a requeued job waits this long before it may start again (default 120)
+        f"AuthInfo=socket={munge_socket},cred_expire={CRED_EXPIRE_SECONDS}",
         f"StateSaveLocation={b / 'state'}",
         f"SlurmdSpoolDir={b / 'spool'}",
         f"SlurmctldPidFile={b / 'run' / 'slurmctld.pid'}",
@@ -454,6 +467,11 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
         f"KillWait={KILL_WAIT_SECONDS}",
         f"MinJobAge={MIN_JOB_AGE_SECONDS}",
         "SchedulerParameters=batch_sched_delay=0",
+        "PreemptType=preempt/partition_prio",
+        "PreemptMode=REQUEUE",
+        # The job's --signal at the moment it is chosen for preemption, not only before its
+        # time limit: the warning a checkpointing simulation needs.
+        "SlurmctldParameters=preempt_send_user_signal",
         "MailProg=/bin/true",
         "JobCompType=jobcomp/filetxt",
         f"JobCompLoc={b / 'jobcomp' / 'jobcomp.txt'}",
@@ -473,9 +491,14 @@ def _write_slurm_conf(cluster: SlurmCluster) -> None:
         # The higher tier: a job waiting in `whole` for every CPU must not reserve the node
         # against `debug` jobs (it would hold back every other test's jobs).
         f"PartitionName={DEFAULT_PARTITION} Nodes={cluster.node} Default=YES "
-        "MaxTime=INFINITE State=UP OverSubscribe=FORCE:8 PriorityTier=2",
+        "MaxTime=INFINITE State=UP OverSubscribe=FORCE:8 PriorityTier=2 PreemptMode=OFF",
         f"PartitionName={WHOLE_PARTITION} Nodes={cluster.node} Default=NO "
-        "MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1",
+        "MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=OFF",
+        f"PartitionName={LOW_PARTITION} Nodes={cluster.node} Default=NO "
+        "MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=REQUEUE "
+        f"GraceTime={PREEMPT_GRACE_SECONDS}",
+        f"PartitionName={HIGH_PARTITION} Nodes={cluster.node} Default=NO "
+        "MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10 PreemptMode=OFF",
     ]
     cluster.conf.write_text("\n".join(lines) + "\n")
 

@@ -91,9 +91,21 @@ class ClusterDaemon(DaemonHarness):
         return record if record.status == "RUNNING" and record.external_id else None
 
     def jobs_named(self, run_id: str) -> list[str]:
-        """Every job of the run that slurmctld lists (any state): never more than one."""
-        out = self.cluster.run("squeue", "-h", "-t", "all", "-n", f"runsup-{run_id}", "-o", "%i")
-        return out.stdout.split()
+        """Every job of the run that slurmctld lists (any state, every attempt), oldest first:
+        never more than one for one attempt."""
+        return [job for job, _ in self.jobs_by_attempt(run_id)]
+
+    def jobs_by_attempt(self, run_id: str) -> list[tuple[str, int]]:
+        """(job id, attempt) of every job of the run slurmctld lists, oldest first (the
+        attempt from the job's name, `runsup-<run id>-<attempt>`)."""
+        out = self.cluster.run("squeue", "-h", "-t", "all", "-o", "%i|%j")
+        prefix = f"runsup-{run_id}-"
+        jobs = []
+        for line in out.stdout.splitlines():
+            job_id, _, name = line.partition("|")
+            if name.startswith(prefix):
+                jobs.append((job_id, int(name.removeprefix(prefix))))
+        return sorted(jobs, key=lambda job: int(job[0]))
 
     def ask_cancel(self, run_id: str) -> None:
         """Ask for a cancel as any program may (the row's cancel_requested_at)."""

@@ -19,9 +19,10 @@ from supervisor.daemon.supervision import Supervision
 from supervisor.daemon.tracked import InFlight
 from supervisor.daemon.wakeups import _LAUNCH, crash_point
 from supervisor.db import RunRecord, external_id_change, final_change
-from supervisor.errors import LaunchError, SupervisorError
+from supervisor.errors import LaunchCancelled, LaunchError, SupervisorError
 from supervisor.executors.base import Executor, Launch
 from supervisor.outcome import Outcome
+from supervisor.queue import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
 
@@ -110,6 +111,7 @@ class Launcher:
         for start in starts:
             if start.record.id in claimed:  # else cancelled or taken in the meantime
                 crash_point("launch_claimed")
+                crash_point(f"launch_claimed:{attempt_number(start.record.attempt)}")
                 self._begin_launch(start)
 
     def _plan(self, limit: int, skip: frozenset[str]) -> Plan:
@@ -171,7 +173,9 @@ class Launcher:
         runs_dir = self.runs_dir(template.executor)
         run_dir = rundir.run_dir_for(runs_dir, record.id)
         try:
-            spec = launchprep.prepare(record, template, runs_dir, held)
+            # Claimed just before: a job looked for by name must be younger than this.
+            claimed_at = self._s.clock.utcnow()
+            spec = launchprep.prepare(record, template, runs_dir, held, claimed_at=claimed_at)
             launch = self._s.executors[template.executor].begin_launch(spec)
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -227,6 +231,11 @@ class Launcher:
             return
         try:
             handle = flight.launch.poll()
+        except LaunchCancelled as exc:  # a queued job removed on a cancel: it never started
+            self._end_launch(flight)
+            self._sup.launch_dropped(run_id)
+            self._cancel_unstarted(run_id, str(exc))
+            return
         except LaunchError as exc:
             self._end_launch(flight)
             self._sup.launch_dropped(run_id)
@@ -243,6 +252,7 @@ class Launcher:
         on it: a restarted daemon finds the job by it)."""
         ext = flight.launch.external_id
         if ext is not None and not flight.external_recorded:
+            crash_point(f"job_submitted:{attempt_number(flight.record.attempt)}")
             self._s.outbox.add(external_id_change(flight.record.id, ext))
             flight.external_recorded = True
             log.info("run_submitted", run_id=flight.record.id, external_id=ext)

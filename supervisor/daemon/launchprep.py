@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from supervisor import rundir
@@ -18,7 +20,12 @@ from supervisor.errors import ValidationError
 from supervisor.executors.base import LaunchSpec
 from supervisor.hints import unknown_template
 from supervisor.notify import scrub_environment
+from supervisor.queue import attempt_number
 from supervisor.settings import Template
+
+# SPEC sections 11 and 15: what every attempt is told.
+ATTEMPT_VARIABLE = "RUNSUP_ATTEMPT"
+RESUME_VARIABLE = "RUNSUP_RESUME"
 
 
 def id_problem(run_id: str) -> str | None:
@@ -47,18 +54,35 @@ def row_problem(
     return None
 
 
-def prepare(record: RunRecord, template: Template, runs_dir: Path, held: Held) -> LaunchSpec:
+def prepare(
+    record: RunRecord,
+    template: Template,
+    runs_dir: Path,
+    held: Held,
+    *,
+    claimed_at: datetime | None = None,
+) -> LaunchSpec:
     """Create the run directory and its config; the launch spec. OSError if the disk says no."""
     run_dir = rundir.run_dir_for(runs_dir, record.id)
     config = check_config_json(record.config_json)
     config_file = rundir.create_run_dir(run_dir, config, template.config_format)
-    return launch_spec(record.id, template, run_dir, config_file, held)
+    attempt = attempt_number(record.attempt)
+    spec = launch_spec(record.id, template, run_dir, config_file, held, attempt=attempt)
+    return replace(spec, claimed_at=claimed_at)
 
 
 def launch_spec(
-    run_id: str, template: Template, run_dir: Path, config_file: Path, held: Held
+    run_id: str,
+    template: Template,
+    run_dir: Path,
+    config_file: Path,
+    held: Held,
+    *,
+    attempt: int = 1,
 ) -> LaunchSpec:
-    """The command with its placeholders filled in, and the environment SPEC section 4 gives."""
+    """The command with its placeholders filled in, and the environment SPEC sections 4, 11
+    and 15 give (RUNSUP_ATTEMPT always; RUNSUP_RESUME=1 for a later attempt of a template with
+    `resume`)."""
     progress = rundir.progress_path(run_dir)
     values = {
         "run_id": run_id,
@@ -76,8 +100,13 @@ def launch_spec(
             "RUNSUP_RUN_DIR": str(run_dir),
             "RUNSUP_PROGRESS_FILE": str(progress),
             "PYTHONUNBUFFERED": "1",
+            ATTEMPT_VARIABLE: str(attempt),
         }
     )
+    if template.resume and attempt > 1:
+        env[RESUME_VARIABLE] = "1"
+    else:
+        env.pop(RESUME_VARIABLE, None)  # never from the daemon's own environment
     return LaunchSpec(
         run_id=run_id,
         argv=template.render_command(values),
@@ -91,4 +120,7 @@ def launch_spec(
         cpu_ids=held.cpu_ids,
         timeout_seconds=template.timeout_seconds,
         gpus=template.gpus,
+        attempt=attempt,
+        checkpoint_signal=template.checkpoint_signal,
+        checkpoint_seconds=template.checkpoint_seconds,
     )

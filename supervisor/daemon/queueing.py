@@ -28,9 +28,9 @@ from supervisor.daemon.services import Services
 from supervisor.db import QUEUE_ALL, RowChange, RunRecord, Store, final_change, hook_done_change
 from supervisor.db import retry_change as make_retry_change
 from supervisor.hooks import HookRunner, hook_call
-from supervisor.outcome import KIND_OUT_OF_MEMORY, Outcome
-from supervisor.queue import find_cycles, plan_retry
-from supervisor.settings import Settings
+from supervisor.outcome import CHECKPOINTED, KIND_OUT_OF_MEMORY, Outcome
+from supervisor.queue import attempt_number, find_cycles, plan_retry
+from supervisor.settings import Settings, Template
 from supervisor.states import RunStatus
 
 log = structlog.get_logger(__name__)
@@ -340,8 +340,13 @@ class QueueKeeper:
     # -- retries ----------------------------------------------------------------------
 
     def retry_change(self, run_id: str, out: Outcome, reason: str) -> RowChange | None:
-        """RUNNING -> PENDING for the run's next attempt, or None when `out` is final."""
-        if out.status != RunStatus.FAILED or out.kind is None:
+        """RUNNING -> PENDING for the run's next attempt, or None when `out` is final.
+
+        An attempt that checkpointed (SPEC section 15) goes on at once, whatever `retry_on`
+        and `max_attempts` say; attempts that checkpointed do not count against max_attempts.
+        """
+        checkpointed = out.kind == CHECKPOINTED
+        if not checkpointed and (out.status != RunStatus.FAILED or out.kind is None):
             return None
         d = self._d
         record = d.store.find(run_id)
@@ -354,11 +359,19 @@ class QueueKeeper:
         if record is None or not started or record.cancel_requested_at:
             return None
         template = d.settings.templates.get(record.template)
+        if checkpointed:
+            current = attempt_number(record.attempt)
+            log.info("run_checkpointed", run_id=run_id, next_attempt=current + 1)
+            words = f"checkpointed: attempt {current} ({reason}); attempt {current + 1} now"
+            now = d.clock.utcnow()
+            return make_retry_change(run_id, attempt=current + 1, not_before=now, reason=words)
         if template is None or template.max_attempts <= 1:
             return None
+        # Attempts that checkpointed are not failures: only the others count.
+        failed = attempt_number(record.attempt) - self._checkpoints(run_id, template)
         plan = plan_retry(
             out,
-            attempt=record.attempt,
+            attempt=failed,
             max_attempts=template.max_attempts,
             retry_on=template.retry_on,
             delay_seconds=template.retry_delay_seconds,
@@ -367,20 +380,28 @@ class QueueKeeper:
         )
         if plan is None:
             return None
+        next_attempt = attempt_number(record.attempt) + 1
         log.info(
             "run_retry_planned",
             run_id=run_id,
             outcome=out.kind,
-            next_attempt=plan.attempt,
+            next_attempt=next_attempt,
             delay_seconds=plan.delay_seconds,
         )
         return make_retry_change(
             run_id,
-            attempt=plan.attempt,
+            attempt=next_attempt,
             not_before=plan.not_before,
             reason=plan.reason,
             out_of_memory=out.kind == KIND_OUT_OF_MEMORY,
         )
+
+    def _checkpoints(self, run_id: str, template: Template) -> int:
+        """How many of the run's attempts ended checkpointed (their run_events say so)."""
+        if template.checkpoint_exit_code is None:
+            return 0
+        events = self._d.store.events(run_id)
+        return sum(1 for e in events if (e.reason or "").startswith(CHECKPOINTED + ":"))
 
     # -- hooks -------------------------------------------------------------------------
 

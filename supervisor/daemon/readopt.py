@@ -22,6 +22,7 @@ from supervisor.daemon.tracked import log_tail, read_on, record_dir_of, running,
 from supervisor.db import RunRecord, claim_released_change, final_change, standin_change
 from supervisor.executors.base import ExitStatus, Launch, ProcessRecord, RunHandle, RunRef
 from supervisor.executors.local.identity import current_boot_id
+from supervisor.queue import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
 
@@ -104,6 +105,8 @@ class Readoption:
             claimed=record.status == RunStatus.PENDING,
             external_id=record.external_id,
             host=record.host,
+            attempt=attempt_number(record.attempt),
+            claimed_at=record.launch_claimed_at,
         )
         recovery.apply(_RunHost(self, run_dir), record, executor.recover(ref))
 
@@ -154,6 +157,12 @@ class Readoption:
         self._feed.bound_log(run_dir, record.executor or LOCAL_EXECUTOR)
         self._s.outbox.progress(update)
         cause = stop_cause(record)
+        code = template.checkpoint_exit_code if template else None
+        if code is not None and cause is None and status.known and status.exit_code == code:
+            out = outcomes.checkpointed(code)  # SPEC section 15: it goes on at once
+            self._sup.settle(record.id, out, reason=f"{out.reason} (while the daemon was away)")
+            log.info("run_settled_offline", run_id=record.id, status=out.status.value)
+            return
         out = outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,

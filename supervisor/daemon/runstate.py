@@ -65,6 +65,8 @@ class MarkTimedOut:
 
 
 Action = SendSignal | MarkTimedOut
+# SendSignal.why of the warning before a time limit (the run is not being stopped).
+CHECKPOINT_WHY = "checkpoint: the time limit is near"
 
 
 class RunState:
@@ -77,12 +79,17 @@ class RunState:
         timeout_at: float | None,
         cause: StopCause | None = None,
         stop_leftovers: bool = True,
+        checkpoint_at: float | None = None,
+        checkpoint_signal: int | None = None,
     ) -> None:
         """`timeout_at` on the monotonic clock; `cause` when a restarted daemon finds one.
 
         `stop_leftovers` False (a run another program started): processes its leader left in
-        the group are waited for, not signalled.
+        the group are waited for, not signalled. `checkpoint_signal` goes to the group once at
+        `checkpoint_at` (SPEC section 15: a warning before the time limit; the run goes on).
         """
+        self.checkpoint_at = checkpoint_at if checkpoint_signal is not None else None
+        self.checkpoint_signal = checkpoint_signal
         self.phase = Phase.RUNNING
         self.stop_leftovers = stop_leftovers
         self.grace_seconds = grace_seconds
@@ -130,7 +137,21 @@ class RunState:
         return []
 
     def tick(self, now: float) -> list[Action]:
-        """Deadlines: the run's timeout, then the end of the grace after SIGTERM."""
+        """Deadlines: the checkpoint warning, the run's timeout, then the end of the grace
+        after SIGTERM."""
+        actions: list[Action] = []
+        if (
+            self.phase is Phase.RUNNING
+            and self.exit is None
+            and self.checkpoint_at is not None
+            and self.checkpoint_signal is not None
+            and now >= self.checkpoint_at
+        ):
+            self.checkpoint_at = None  # once an attempt
+            actions.append(SendSignal(self.checkpoint_signal, CHECKPOINT_WHY))
+        return actions + self._stop_deadlines(now)
+
+    def _stop_deadlines(self, now: float) -> list[Action]:
         if (
             self.phase is Phase.RUNNING
             and self.exit is None
@@ -182,7 +203,8 @@ class RunState:
     def next_deadline(self) -> float | None:
         """When tick() has something to do next (monotonic), or None."""
         if self.phase is Phase.RUNNING and self.exit is None:
-            return self.timeout_at
+            due = [t for t in (self.checkpoint_at, self.timeout_at) if t is not None]
+            return min(due, default=None)
         if self.phase is Phase.TERMINATING and self.term_sent_at is not None:
             return self.term_sent_at + self.grace_seconds
         return None

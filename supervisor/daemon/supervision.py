@@ -14,9 +14,10 @@ from pathlib import Path
 import structlog
 
 from supervisor import outcome as outcomes
+from supervisor.daemon import checkpoints
 from supervisor.daemon.progressfeed import ProgressFeed
 from supervisor.daemon.resources import Held
-from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal
+from supervisor.daemon.runstate import CHECKPOINT_WHY, MarkTimedOut, Phase, RunState, SendSignal
 from supervisor.daemon.services import Services
 from supervisor.daemon.tracked import (
     InFlight,
@@ -38,6 +39,7 @@ from supervisor.db import (
 from supervisor.executors.base import ExitStatus, RunHandle
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
 from supervisor.outcome import Outcome
+from supervisor.queue import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR, Template
 from supervisor.states import RunStatus
 
@@ -143,11 +145,17 @@ class Supervision:
         timeout_at = None
         if timeout is not None:
             timeout_at = now + max(0.0, timeout - self.run_age(record))
+        where = self._s.executors.get(executor or record.executor or LOCAL_EXECUTOR)
+        warn_at, warn_signal = checkpoints.warning_at(
+            template, timeout_at, sent_by_executor=where is None or where.signals_checkpoints
+        )
         state = RunState(
             grace_seconds=self._s.settings.cancel_grace_seconds,
             timeout_at=timeout_at,
             cause=stop_cause(record),
             stop_leftovers=not foreign,
+            checkpoint_at=warn_at,
+            checkpoint_signal=warn_signal,
         )
         tail, output = tails_for(record, run_dir, template)
         run = TrackedRun(
@@ -163,6 +171,7 @@ class Supervision:
             state=state,
             foreign=foreign,
             output=output,
+            attempt=attempt_number(record.attempt),
         )
         run.flushed = run.progress_update()
         self.runs[record.id] = run
@@ -208,6 +217,9 @@ class Supervision:
                     self._schedule_group_check(run)  # the handle's delay starts again
                 continue
             sent = run.handle.signal_group(action.signal)
+            if action.why == CHECKPOINT_WHY:  # a warning: the run goes on
+                log.info("run_checkpoint_signal", run_id=run.run_id, sent=sent)
+                continue
             log.info(
                 "run_terminating",
                 run_id=run.run_id,
@@ -312,6 +324,9 @@ class Supervision:
             return outcomes.lost(
                 "exit status unknown: the run's keeper process ended without recording it"
             )
+        checkpointed = checkpoints.checkpointed(run.template, run.state, status)
+        if checkpointed is not None:
+            return checkpointed
         return outcomes.classify_exit(
             exit_code=status.exit_code,
             exit_signal=status.exit_signal,
@@ -326,6 +341,10 @@ class Supervision:
     def settle(self, run_id: str, out: Outcome, *, reason: str, peak: int | None = None) -> None:
         """Write the run's outcome: its next attempt if it has one, else its final status."""
         retry = self._retry(run_id, out, reason)  # its next attempt, if it has one
+        if retry is None and out.kind == outcomes.CHECKPOINTED:
+            out = checkpoints.as_plain_exit(out)  # it cannot go on: the exit it was
+            reason = out.reason
+            retry = self._retry(run_id, out, reason)
         if retry is not None:
             self._s.outbox.add(
                 retry, lambda applied: self._retried(run_id, out, reason, applied, peak)
@@ -337,10 +356,12 @@ class Supervision:
         self, run_id: str, out: Outcome, reason: str, applied: bool, peak: int | None
     ) -> None:
         if not applied:  # the row left RUNNING under us: settle it as any other run
-            self._settle_final(run_id, out, reason=reason, peak=peak)
+            out = checkpoints.as_plain_exit(out)
+            self._settle_final(run_id, out, reason=out.reason, peak=peak)
             return
         log.info("run_retry_queued", run_id=run_id)
         run = self.runs.get(run_id)
+        crash_point(f"retry_committed:{run.attempt if run is not None else 0}")
         if run is not None:
             run.state.settled()
             run.handle.release()

@@ -39,6 +39,7 @@ class TrackedRun:
     exit_fd: int | None = None  # registered with the selector until the run ends
     leftover_fd: int | None = None  # registered with the selector while the group lingers
     group_check_at: float | None = None  # when its lingering group is looked at (handle's delay)
+    attempt: int = 1  # the row's attempt (SPEC section 11)
 
     @property
     def timeout_seconds(self) -> float | None:

@@ -92,6 +92,14 @@ class LaunchSpec:
     cpu_ids: tuple[int, ...] | None = None  # pin the run to these CPUs
     timeout_seconds: float | None = None
     gpus: int | None = None  # how many GPUs the template asks for (a cluster requests them)
+    attempt: int = 1  # the run's attempt this launch is (SPEC section 11)
+    # When the attempt was claimed: a cluster looks for its job by name only among jobs
+    # submitted since (a job of an earlier claim or attempt is never taken for this one).
+    claimed_at: datetime | None = None
+    # SPEC section 15: this signal (a name without SIG, e.g. "USR1") `checkpoint_seconds`
+    # before the attempt's time limit; an executor whose jobs send it themselves passes it on.
+    checkpoint_signal: str | None = None
+    checkpoint_seconds: float | None = None
 
 
 class RunHandle(Protocol):
@@ -177,6 +185,8 @@ class RunRef:
     claimed: bool = False  # PENDING with a launch claim: it may or may not have started
     external_id: str | None = None  # a cluster job's id, once recorded
     host: str | None = None
+    attempt: int = 1  # the row's attempt
+    claimed_at: datetime | None = None  # the launch claim's time (a claim only)
 
 
 @dataclass(frozen=True)
@@ -240,6 +250,9 @@ class Executor(Protocol):
     """Where runs run: starts them, looks at them, finds them again after a restart."""
 
     name: str
+    # True when the executor's runs get `checkpoint_signal` from where they run (a cluster
+    # job's own --signal): the loop then sends none itself.
+    signals_checkpoints: bool
 
     @property
     def poll_interval(self) -> float | None:

@@ -4,6 +4,7 @@ pid such a row names that now belongs to an unrelated process."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from bystander import Bystander
-from daemon_harness import READY, DaemonHarness, pid_alive, wait_for
+from daemon_harness import READY, DaemonHarness, group_alive, pid_alive, wait_for
 from foreign_runs import GuiRun, stamp
 
 from supervisor.db import new_run_id
@@ -144,3 +145,55 @@ def test_a_reused_pid_is_never_signalled(harness: DaemonHarness) -> None:
         assert bystander.signals() == [], "an unrelated process was signalled"
     finally:
         bystander.close()
+
+
+def _adoptions(h: DaemonHarness, run_id: str) -> int:
+    return sum(
+        e["event"] == "foreign_run_adopted" and e.get("run_id") == run_id for e in h.log_events()
+    )
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_run_the_gui_started_is_adopted_again_after_a_restart(
+    harness: DaemonHarness, how: str
+) -> None:
+    harness.start()
+    gate = harness.tmp / "gate"
+    complete = {"type": "complete", "exit_code": 0}
+    gui = GuiRun(
+        harness,
+        {"wait_for_file": str(gate), "progress": [READY], "progress_after": [complete]},
+    )
+    try:
+        wait_for("its adoption", lambda: _adoptions(harness, gui.run_id) == 1)
+        if how == "stopped":
+            assert harness.stop() == 0  # on_stop = "detach": the GUI's run is left alone
+        else:
+            harness.kill()
+        harness.start()
+        wait_for("its adoption by the new daemon", lambda: _adoptions(harness, gui.run_id) == 2)
+        # The GUI's own process, never restarted by the daemon: it goes on to the gate.
+        assert harness.run(gui.run_id).pid == gui.proc.pid
+        gate.write_text("")
+        rec = harness.wait_final(gui.run_id)
+        assert rec.status == "COMPLETED", rec.error_message
+        assert gui.proc.wait(10) == 0
+    finally:
+        gui.close()
+
+
+def test_a_gui_killpg_while_the_daemon_is_down_is_recorded_at_its_return(
+    harness: DaemonHarness,
+) -> None:
+    """The first step of FUSION's delete, SIGTERM to the run's group, while no daemon runs:
+    the run's keeper keeps the true end, which the next daemon records."""
+    harness.start()
+    run_id = harness.submit({"sleep": 300, "progress": [READY]})
+    _, pgid = harness.wait_set_up(run_id)
+    harness.kill()
+    os.killpg(pgid, signal.SIGTERM)
+    wait_for("the run's group gone", lambda: not group_alive(pgid))
+    harness.start()
+    rec = harness.wait_final(run_id)
+    assert (rec.status, rec.exit_signal) == ("CANCELLED", signal.SIGTERM), rec.error_message
+    assert "another process" in (rec.error_message or "")

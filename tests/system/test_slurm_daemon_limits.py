@@ -6,9 +6,11 @@ written over a RUNNING cluster run (SPEC sections 3 and 6)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,17 +136,22 @@ def _batch_group(run_id: str) -> int:
     raise AssertionError(f"no simulation of run {run_id} found")
 
 
-def test_a_job_past_its_memory_is_killed_and_fails(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+def test_a_job_past_its_memory_is_killed_and_fails(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
     """The test cluster enforces --mem by sampling (task/none, no cgroup): Slurm SIGKILLs the
     job and records FAILED, not OUT_OF_MEMORY (which needs task/cgroup; the OUT_OF_MEMORY
     reading is covered in tests/unit/test_slurm_jobs.py). What the daemon can say from that."""
-    hog = 'memory_max = "100M"'
-    with _daemon(tmp_path, slurm_cluster) as daemon:
-        daemon.write_config(f"[templates.hog]\n{_hog_command()}\nexecutor = \"cluster\"\n{hog}")
-        daemon.stop()
+    daemon = ClusterDaemon(tmp_path, slurm_cluster)
+    try:
+        daemon.write_config(
+            f'[templates.hog]\n{_hog_command()}\nexecutor = "cluster"\nmemory_max = "100M"'
+        )
         daemon.start()
         run_id = daemon.submit({}, template="hog")
         final = daemon.wait_final(run_id, JOB_DEADLINE)
+    finally:
+        daemon.close()
     assert final.status == "FAILED"
     assert final.exit_signal == signal.SIGKILL
     assert "SIGKILL" in (final.error_message or ""), final.error_message
@@ -153,7 +160,7 @@ def test_a_job_past_its_memory_is_killed_and_fails(tmp_path: Path, slurm_cluster
 
 def _hog_command() -> str:
     program = "import time; x = bytearray(400 << 20); time.sleep(30)"
-    return f'command = ["python3", "-c", "{program}"]'
+    return f'command = [{json.dumps(sys.executable)}, "-c", "{program}"]'
 
 
 def test_on_stop_cancel_cancels_queued_jobs(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
@@ -208,3 +215,21 @@ def test_a_gui_cancelled_written_over_a_cluster_run_is_corrected(
     assert rec.exit_code == 0
     daemon.wait_logged("run_outcome_corrected", run_id=run_id, was="CANCELLED", now="COMPLETED")
     assert daemon.jobs_named(run_id) == [running.external_id]
+
+
+def test_a_gui_killpg_of_a_cluster_run_while_the_daemon_is_down(daemon: ClusterDaemon) -> None:
+    """A GUI written for local runs SIGTERMs the row's pgid (the stand-in) while no daemon
+    runs: the job gets it, and the next daemon records how the simulation really ended."""
+    run_id = daemon.submit({"sleep": 300, "progress": [READY]}, template="cl")
+    running = daemon.wait_running(run_id)
+    daemon.wait_set_up(run_id)
+    daemon.kill()
+    assert running.pgid is not None
+    os.killpg(running.pgid, signal.SIGTERM)
+    job_id = running.external_id or ""
+    daemon.cluster.wait_job_state(job_id, ["FAILED", "CANCELLED", "COMPLETED"], JOB_DEADLINE)
+    daemon.start()
+    final = daemon.wait_final(run_id, JOB_DEADLINE)
+    assert (final.status, final.exit_signal) == ("CANCELLED", signal.SIGTERM), final.error_message
+    assert "another process" in (final.error_message or "")
+    wait_for("the stand-in to end", lambda: not group_alive(running.pgid or 0))

@@ -72,6 +72,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.wakeups",),
     ("supervisor.daemon.clock",),
     ("supervisor.daemon.runstate",),
+    ("supervisor.daemon.checkpoints",),
     ("supervisor.daemon.outbox",),
     ("supervisor.daemon.resources",),
     ("supervisor.daemon.launchprep",),

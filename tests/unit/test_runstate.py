@@ -6,7 +6,14 @@ import signal
 
 import pytest
 
-from supervisor.daemon.runstate import MarkTimedOut, Phase, RunState, SendSignal, StopCause
+from supervisor.daemon.runstate import (
+    CHECKPOINT_WHY,
+    MarkTimedOut,
+    Phase,
+    RunState,
+    SendSignal,
+    StopCause,
+)
 from supervisor.executors.base import ExitStatus
 
 GRACE = 10.0
@@ -77,3 +84,31 @@ def test_phases_only_move_forward() -> None:
     s.settled()
     with pytest.raises(ValueError):
         s.settled()
+
+
+def test_the_checkpoint_signal_comes_once_before_the_timeout() -> None:
+    """SPEC section 15 locally: the warning at timeout - checkpoint_seconds, the run goes on,
+    then at the timeout it is stopped as without it."""
+    s = RunState(
+        grace_seconds=GRACE,
+        timeout_at=TIMEOUT_AT,
+        checkpoint_at=TIMEOUT_AT - 20,
+        checkpoint_signal=signal.SIGUSR1,
+    )
+    assert s.next_deadline() == TIMEOUT_AT - 20
+    assert s.tick(TIMEOUT_AT - 21) == []
+    assert s.tick(TIMEOUT_AT - 20) == [SendSignal(signal.SIGUSR1, CHECKPOINT_WHY)]
+    assert s.phase is Phase.RUNNING
+    assert s.tick(TIMEOUT_AT - 10) == []  # once
+    assert s.next_deadline() == TIMEOUT_AT
+    actions = s.tick(TIMEOUT_AT)
+    assert actions == [MarkTimedOut(), SendSignal(signal.SIGTERM, StopCause.TIMEOUT.value)]
+    assert s.timed_out
+
+
+def test_no_checkpoint_signal_after_the_run_ended_or_was_cancelled() -> None:
+    s = RunState(
+        grace_seconds=GRACE, timeout_at=TIMEOUT_AT, checkpoint_at=50.0, checkpoint_signal=10
+    )
+    s.request_cancel(40.0)
+    assert all(a != SendSignal(10, CHECKPOINT_WHY) for a in s.tick(60.0))

@@ -18,6 +18,7 @@ from supervisor.settings import (
     HooksSettings,
     ListenAddress,
     ResourcesSettings,
+    Template,
     is_retry_outcome,
     load_settings,
     parse_listen,
@@ -429,7 +430,7 @@ def test_sections_9_to_14_defaults() -> None:
     demo = settings.templates["erlang-demo"]
     assert (demo.executor, demo.cpus, demo.gpus, demo.memory_max) == ("local", 1, None, None)
     assert (demo.max_concurrent, demo.max_attempts, demo.retry_delay_seconds) == (None, 1, 10)
-    assert demo.retry_on == ("signal", "lost", "node_failure")
+    assert demo.retry_on == ("signal", "lost", "node_failure", "preempted")
     assert demo.on_finish is None
     assert settings.resources == ResourcesSettings(cpus=None, gpus="auto", memory=None)
     assert not settings.resources.pin_cpus
@@ -783,3 +784,50 @@ def test_command_with_postgresql_database_prints_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "database" in lines[0].lower() and "sqlite:///" in lines[0] and url in lines[0]
+
+
+def _template(tmp_path: Path, keys: str) -> Template:
+    path = write(tmp_path / "c.toml", TEMPLATE + keys)
+    return load_settings(path, environ={"HOME": "/h"}).templates["t"]
+
+
+def test_checkpoint_settings_and_their_defaults(tmp_path: Path) -> None:
+    plain = _template(tmp_path, "")
+    assert (plain.resume, plain.checkpoint_signal, plain.checkpoint_seconds) == (False, None, None)
+    assert plain.checkpoint_exit_code is None
+    t = _template(
+        tmp_path,
+        'resume = true\ncheckpoint_signal = "SIGusr2"\ncheckpoint_exit_code = 85\n'
+        "timeout_seconds = 3600\n",
+    )
+    assert (t.resume, t.checkpoint_signal, t.checkpoint_exit_code) == (True, "USR2", 85)
+    assert t.checkpoint_seconds == 60.0  # Slurm's own default for --signal without @time
+    t = _template(tmp_path, 'checkpoint_signal = "USR1"\ncheckpoint_seconds = 120\n')
+    assert (t.checkpoint_signal, t.checkpoint_seconds) == ("USR1", 120.0)
+
+
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        ('checkpoint_signal = "TERM"\n', "checkpoint_signal: expected one of"),
+        ('checkpoint_signal = "KILL"\n', "checkpoint_signal: expected one of"),
+        ("checkpoint_signal = 10\n", "checkpoint_signal: expected one of"),
+        ("checkpoint_seconds = 30\n", "no value without a checkpoint_signal"),
+        ('checkpoint_signal = "USR1"\ncheckpoint_seconds = 0\n', "positive"),
+        ('checkpoint_signal = "USR1"\ncheckpoint_seconds = 70000\n', "at most 65535"),
+        (
+            'checkpoint_signal = "USR1"\ncheckpoint_seconds = 600\ntimeout_seconds = 600\n',
+            "less than timeout_seconds",
+        ),
+        ("checkpoint_exit_code = 0\n", "checkpoint_exit_code"),
+        ("checkpoint_exit_code = 143\n", "reads as a signal"),
+        ('resume = "yes"\n', "resume: expected true or false"),
+    ],
+)
+def test_checkpoint_settings_refused(tmp_path: Path, keys: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        _template(tmp_path, keys)
+
+
+def test_preempted_is_a_retry_outcome() -> None:
+    assert is_retry_outcome("preempted")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import LaunchError
+from supervisor.errors import LaunchCancelled, LaunchError
 from supervisor.executors.base import ProcessRecord
 from supervisor.executors.slurm.handles import JobSlot, SlurmLaunch, SlurmRunHandle
 from supervisor.executors.slurm.parsing import JobInfo, JobState
@@ -49,18 +49,37 @@ def _slot(tmp_path: Path, state: JobState | None, code: int | None = None) -> Jo
     return JobSlot(run_id="r1", record_dir=tmp_path, job_id="42", info=info)
 
 
-def test_a_queued_job_is_removed_on_cancel(tmp_path: Path) -> None:
+def test_a_queued_job_is_removed_only_after_asking_the_cluster(tmp_path: Path) -> None:
+    """The last query said PENDING, but it may be seconds old: the launch never answers "it
+    never starts" itself; the executor asks the cluster, and the launch reports what it said
+    (issue 21: a job that had just started was recorded "cancelled before it started")."""
     worker = FakeWorker()
-    launch = SlurmLaunch(worker, _slot(tmp_path, JobState.PENDING))
-    assert launch.cancel() is True
+    slot = _slot(tmp_path, JobState.PENDING)
+    launch = SlurmLaunch(worker, slot)
+    assert launch.cancel() is False
     assert worker.removed == ["r1"]
+    assert launch.cancel() is False and worker.removed == ["r1"]  # asked once
+    assert launch.poll() is None  # not decided yet
+    slot.removed = True  # the cluster said: still queued, now removed
+    with pytest.raises(LaunchCancelled, match="before it started"):
+        launch.poll()
 
 
 def test_a_job_not_yet_submitted_is_removed_once_it_is(tmp_path: Path) -> None:
     worker = FakeWorker()
     slot = JobSlot(run_id="r1", record_dir=tmp_path)
-    assert SlurmLaunch(worker, slot).cancel() is True
+    assert SlurmLaunch(worker, slot).cancel() is False
     assert slot.cancelled
+
+
+def test_a_failed_submit_after_a_cancel_is_a_cancel(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    slot = JobSlot(run_id="r1", record_dir=tmp_path)
+    launch = SlurmLaunch(worker, slot)
+    launch.cancel()
+    slot.error = "could not submit the job: sbatch did not answer within 30 s"
+    with pytest.raises(LaunchCancelled):
+        launch.poll()
 
 
 @pytest.mark.parametrize("state", [JobState.RUNNING, JobState.COMPLETED])

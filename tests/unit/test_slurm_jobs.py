@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +53,11 @@ def test_cancelled_while_queued_is_not_a_success() -> None:
 
 @pytest.mark.parametrize(
     ("state", "verdict"),
-    [(JobState.TIMEOUT, "timeout"), (JobState.NODE_FAIL, "node_failure")],
+    [
+        (JobState.TIMEOUT, "timeout"),
+        (JobState.NODE_FAIL, "node_failure"),
+        (JobState.PREEMPTED, "preempted"),  # issue 21: never a plain failure
+    ],
 )
 def test_cluster_verdicts(tmp_path: Path, state: JobState, verdict: str) -> None:
     kept = _keep(tmp_path / "r", "143\n")
@@ -125,3 +131,55 @@ def test_a_job_given_gpus_keeps_slurms_gpu_variables() -> None:
 def test_a_bad_variable_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a variable name"):
         batch_script("abc", tmp_path, ["true"], {"A-B": "1"})
+
+
+# A simulation that notes the warning signal, then exits 3 once told to stop: what it wrote
+# shows which signals reached it and whether SIGINT was left at its default.
+_WARNED_SIM = r"""
+trap 'echo warned >>"$1/seen"' USR1
+grep SigIgn /proc/$$/status >"$1/sigign"
+: >"$1/ready"
+i=0
+while [ ! -e "$1/stop" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done
+exit 3
+"""
+
+
+def _wait_file(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_the_checkpoint_script_forwards_the_warning_to_the_simulation(tmp_path: Path) -> None:
+    """Slurm's --signal=B:USR1 reaches the batch shell alone: the script passes it on to the
+    simulation's group, goes on waiting, and keeps the simulation's own status (issue 21)."""
+    record = tmp_path / "rec"
+    record.mkdir()
+    (record / "exit").write_text("143\n")  # a requeued job's earlier run: never read as this
+    argv = ["/bin/sh", "-c", _WARNED_SIM, "sim", str(tmp_path)]
+    script = batch_script("abc", record, argv, checkpoint_signal="USR1")
+    assert script.startswith("#!/bin/bash -p\n")
+    shell = subprocess.Popen(["/bin/bash", "-p", "-c", script], start_new_session=True)
+    try:
+        _wait_file(tmp_path / "ready")
+        assert not (record / "exit").exists()
+        shell.send_signal(signal.SIGUSR1)
+        _wait_file(tmp_path / "seen")
+        shell.send_signal(signal.SIGTERM)  # as Slurm's own TERM: the shell waits on
+        (tmp_path / "stop").touch()
+        assert shell.wait(10) == 3
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+    assert (tmp_path / "seen").read_text() == "warned\n"
+    assert (record / "exit").read_text() == "3\n"
+    ignored = int((tmp_path / "sigign").read_text().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)), "SIGINT ignored in the simulation"
+
+
+def test_a_bad_checkpoint_signal_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="signal"):
+        batch_script("abc", tmp_path, ["true"], checkpoint_signal="USR1; rm -rf /")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -175,8 +175,29 @@ def test_parse_size(text: str, size: int | None) -> None:
 
 
 def test_job_names_keep_the_newest_id_and_skip_steps() -> None:
-    text = "22|runsup-d\n19|runsup-a\n41|runsup-a\n41.batch|batch\n"
+    t = "2026-12-07T10:00:00"
+    text = f"22|{t}|runsup-d\n19|{t}|runsup-a\n41|{t}|runsup-a\n41.batch|{t}|batch\n"
     assert parse_job_names(text) == {"runsup-d": "22", "runsup-a": "41"}
+
+
+def test_job_names_only_since_the_claim() -> None:
+    """A job submitted before the attempt's claim is never taken for it (issue 21)."""
+    local = datetime(2026, 12, 7, 10, 0, 0).astimezone()  # as Slurm prints: local time
+    claim = local.astimezone(UTC).replace(microsecond=500_000)
+    text = (
+        f"40|{(local - timedelta(seconds=30)).strftime('%Y-%m-%dT%H:%M:%S')}|runsup-a-1\n"
+        f"41|{local.strftime('%Y-%m-%dT%H:%M:%S')}|runsup-b-1\n"
+        "42|Unknown|runsup-c-1\n"
+    )
+    assert parse_job_names(text) == {"runsup-a-1": "40", "runsup-b-1": "41", "runsup-c-1": "42"}
+    # Same second as the claim counts (Slurm keeps whole seconds); earlier ones do not.
+    assert parse_job_names(text, claim) == {"runsup-b-1": "41"}
+    per_name = {"runsup-a-1": claim - timedelta(minutes=1)}
+    assert parse_job_names(text, per_name) == {
+        "runsup-a-1": "40",
+        "runsup-b-1": "41",
+        "runsup-c-1": "42",
+    }
 
 
 def test_submitted_id() -> None:
@@ -209,18 +230,21 @@ def test_sbatch_argv_carries_the_whole_request() -> None:
         account="proj42",
         sbatch_args=("--qos=normal",),
         env={"RUNSUP_RUN_ID": "0123456789ab", "A_B": "x,y"},
+        attempt=3,
+        checkpoint_signal="USR1",
+        checkpoint_seconds=120,
     )
     assert sbatch_argv(request) == [
         "--parsable",
-        "--job-name=runsup-0123456789ab",
+        "--job-name=runsup-0123456789ab-3",
         "--output=/shared/runs/0123456789ab/logs/sim.log",
         "--open-mode=append",
         "--chdir=/shared/runs/0123456789ab",
-        "--no-requeue",
         "--cpus-per-task=4",
         "--gpus=2",
         "--mem=8192M",
         "--time=2",
+        "--signal=B:USR1@120",
         "--partition=compute",
         "--account=proj42",
         "--export=A_B,RUNSUP_RUN_ID",
@@ -232,13 +256,13 @@ def test_sbatch_argv_minimal_request() -> None:
     request = SubmitRequest(run_id="r", run_dir=Path("/r"), script="", log_path=Path("/l/x.log"))
     assert sbatch_argv(request) == [
         "--parsable",
-        "--job-name=runsup-r",
+        "--job-name=runsup-r-1",
         "--output=/l/x.log",
         "--open-mode=append",
         "--chdir=/r",
-        "--no-requeue",
     ]
-    assert job_name("r") == "runsup-r"
+    assert job_name("r") == "runsup-r-1"
+    assert job_name("r", 12) == "runsup-r-12"
 
 
 def test_export_option() -> None:

@@ -92,6 +92,7 @@ class LocalExecutor:
     """Runs simulations on this machine under a per-run sh keeper."""
 
     name = "local"
+    signals_checkpoints = False  # the loop sends checkpoint_signal to the run's group
     runs_dir: Path | None = None  # the daemon's
     max_in_flight: int | None = None  # max_concurrent_runs and [resources] apply
 

@@ -78,6 +78,16 @@ class SubmitRejected(SlurmError):
     """sbatch refused the job (bad partition, account, request): no job was created."""
 
 
+def _earliest(since: datetime | Mapping[str, datetime] | None, names: Sequence[str]) -> str:
+    """sacct's -S for a name search: the earliest bound among `names` (NAME_LOOKBACK without)."""
+    if isinstance(since, Mapping):
+        bounds = [since[n] for n in names if n in since]
+        if len(bounds) < len(names):
+            return NAME_LOOKBACK
+        return sacct_time(min(bounds))
+    return NAME_LOOKBACK if since is None else sacct_time(since)
+
+
 def sacct_time(moment: datetime) -> str:
     """A moment as sacct's -S wants it: local time, to the second (naive means local)."""
     local = moment.astimezone() if moment.tzinfo else moment
@@ -253,47 +263,68 @@ class SlurmCommands:
     # -- find by name ----------------------------------------------------------------------
 
     def find_by_name(
-        self, names: Iterable[str], *, since: datetime | None = None
+        self, names: Iterable[str], *, since: datetime | Mapping[str, datetime] | None = None
     ) -> dict[str, str]:
         """{job name: newest job id of ours with that name} for the names the cluster knows,
-        in one squeue call (plus one sacct call, when accounting works, for names squeue no
-        longer lists, among jobs submitted after `since`: default NAME_LOOKBACK ago)."""
+        among jobs submitted at or after `since` (an attempt's claim: a job of an earlier claim
+        is never taken for this one), in one squeue call plus, when accounting works, one
+        sacct call for the names squeue no longer lists (default: NAME_LOOKBACK ago)."""
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return {}
         if len(wanted) > IDS_PER_CALL:
             raise ValueError(f"at most {IDS_PER_CALL} names per call, not {len(wanted)}")
         joined = ",".join(wanted)
-        argv = [self.programs.squeue, "-h", "--me", "-t", "all", "-n", joined, "-o", "%i|%j"]
+        argv = [self.programs.squeue, "-h", "--me", "-t", "all", "-n", joined, "-o", "%i|%V|%j"]
         result = self._run(argv)
         if result.returncode != 0:
             raise SlurmError(self._failure(result, "squeue"))
-        found = {k: v for k, v in parse_job_names(result.stdout).items() if k in wanted}
+        listed = parse_job_names(result.stdout, since)
+        found = {k: v for k, v in listed.items() if k in wanted}
         rest = [name for name in wanted if name not in found]
         if rest and self.accounting():
             argv = [self.programs.sacct, "-n", "-P", "-X", "--name", ",".join(rest)]
-            start = NAME_LOOKBACK if since is None else sacct_time(since)
-            argv += ["-o", "JobID,JobName", "-S", start]
+            start = _earliest(since, rest)
+            argv += ["-o", "JobID,Submit,JobName", "-S", start]
             result = self._run(argv)
             if result.returncode != 0:
                 raise SlurmError(self._failure(result, "sacct"))
-            found.update({k: v for k, v in parse_job_names(result.stdout).items() if k in rest})
+            accounted = parse_job_names(result.stdout, since)
+            found.update({k: v for k, v in accounted.items() if k in rest})
         return found
+
+    def state_of(self, job_id: str) -> JobInfo:
+        """One job's state now (squeue, then sacct): for a decision that must not rest on the
+        last batched query (a cancel of a job that may have just started). SlurmError: unknown."""
+        return self.query([job_id])[job_id]
 
     # -- cancel ----------------------------------------------------------------------------
 
-    def cancel(self, job_id: str, sig: signal.Signals | None = None, *, full: bool = True) -> None:
+    def cancel(
+        self,
+        job_id: str,
+        sig: signal.Signals | None = None,
+        *,
+        full: bool = True,
+        only_pending: bool = False,
+        only_running: bool = False,
+    ) -> None:
         """Cancel a job (plain scancel: a queued job leaves the queue, a running one gets
         SIGTERM, then SIGKILL after KillWait), or with `sig` send that signal to it: with
         `full`, to the batch script and all its children too, which a batch-only job needs
         (without --full, scancel signals job steps only). A job already ended is no error.
         Never send a signal to a job still queued: scancel retries "Job can not be altered
-        now" until it gives up or times out; cancel a queued job plainly."""
+        now" until it gives up or times out; cancel a queued job plainly. `only_pending` /
+        `only_running`: act only on a job in that state (scancel filters by the state)."""
         argv = [self.programs.scancel]
         if sig is not None:
             argv.append(f"--signal={sig.name.removeprefix('SIG')}")
             if full:
                 argv.append("--full")
+        if only_pending:
+            argv.append("--state=PENDING")
+        if only_running:
+            argv.append("--state=RUNNING")
         argv.append(job_id)
         result = self._run(argv)
         if result.returncode != 0:

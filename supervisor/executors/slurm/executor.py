@@ -1,11 +1,14 @@
 """The Slurm executor (SPEC section 9): runs as batch jobs, watched with one batched query.
 
-Nothing here blocks the daemon's loop. sbatch (50-500 ms), the batched query and scancel run
-on the executor's one worker thread, fed by a queue of operations; it stores what it learns in
-the runs' `JobSlot`s under one lock and calls `wake()` when something changed. The loop's
-`poll()` starts a query only when `poll_interval_seconds` has passed since the last one (one
-query for every job of ours, whatever their number) and returns the run ids with news. A query
-that fails or times out changes nothing: unknown is never "finished".
+Nothing here blocks the daemon's loop. Slurm commands run on three lanes (a thread each, fed
+by a queue of operations), so that a slow command of one kind never holds up the others:
+`submit` (sbatch, 50-500 ms, or a timeout against a slow controller), `query` (the batched
+status query and the stand-ins it starts and ends) and `control` (scancel, and looking for jobs
+by name). Each stores what it learns in the runs' `JobSlot`s under one lock and calls `wake()`
+when something changed. The loop's `poll()` starts a query only when `poll_interval_seconds`
+has passed since the last one (one query for every job of ours, whatever their number) and
+returns the run ids with news. A query that fails or times out changes nothing: unknown is
+never "finished".
 
 A job's life as the loop sees it: `begin_launch` -> a `SlurmLaunch` (PENDING row, with the
 job id once sbatch answers) -> the job runs: the worker starts its local stand-in
@@ -19,6 +22,7 @@ is gone). At its first poll the executor ends its stand-ins that no recovered ru
 
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import threading
@@ -57,7 +61,7 @@ from supervisor.executors.slurm.handles import (
     kill_or_signal,
 )
 from supervisor.executors.slurm.jobs import batch_script, job_over, job_started, job_variables
-from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest, job_name
+from supervisor.executors.slurm.parsing import JobInfo, JobState, SubmitRequest, job_name
 from supervisor.executors.slurm.standin import (
     StandIn,
     StandInState,
@@ -83,14 +87,62 @@ CLOSE_JOIN_SECONDS = 2.0
 
 # The worker wakes the loop when a query is due; never more often than this.
 MIN_WAKE_SECONDS = 0.05
+# A job seen alive that the cluster no longer lists is taken as gone only after this many
+# answers in a row without it (a requeue can hide it for a moment).
+PURGE_CONFIRM_QUERIES = 3
 # Stand-ins started at once when a query finds many jobs newly running.
 STANDIN_STARTERS = 8
 
 _Op = Callable[[], None]
 
 
+class _Lane:
+    """One thread running operations in order from its queue; a failed one never stops it.
+    `idle_timeout()` says how long to wait for the next one (None: forever) and `on_idle` runs
+    when that passes with nothing to do."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        idle_timeout: Callable[[], float | None] = lambda: None,
+        on_idle: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self._ops: queue.Queue[_Op | None] = queue.Queue()
+        self._idle_timeout = idle_timeout
+        self._on_idle = on_idle
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, op: _Op) -> None:
+        """Run `op` on this lane after what is queued before it."""
+        self._ops.put(op)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                op = self._ops.get(timeout=self._idle_timeout())
+            except queue.Empty:
+                self._on_idle()
+                continue
+            if op is None:
+                return
+            try:
+                op()
+            except Exception as exc:  # one failed operation never stops the lane
+                log.error("slurm_worker_error", lane=self.name, error=str(exc), exc_info=True)
+
+    def stop(self, timeout: float) -> None:
+        """Stop after the operation under way (waiting at most `timeout`)."""
+        self._ops.put(None)
+        self._thread.join(timeout)
+
+
 class SlurmExecutor:
     """Runs on one Slurm cluster (an `[executors.NAME]` table with kind = "slurm")."""
+
+    signals_checkpoints = True  # the job itself: sbatch --signal, also with the daemon down
 
     def __init__(
         self,
@@ -121,34 +173,24 @@ class SlurmExecutor:
         # Batched queries made, and the most jobs one asked about (for tests and bench/).
         self.queries = 0
         self.largest_query = 0
-        self._finding: dict[str, str | None] = {}  # run id -> job id found by name (None: none)
-        self._find_queued: set[str] = set()
+        # Jobs looked for by name after a restart: name -> job id found (None: none), and the
+        # names still to look for -> the claim their job must be younger than.
+        self._finding: dict[str, str | None] = {}
+        self._find_queued: dict[str, datetime | None] = {}
         self._watchers: list[int] = []  # watchers of ended stand-ins, to reap (worker only)
         self._starter = ThreadPoolExecutor(STANDIN_STARTERS, thread_name_prefix=f"slurm-{name}")
-        self._ops: queue.Queue[_Op | None] = queue.Queue()
         self._started = time.monotonic()
+        self._submits = _Lane(f"slurm-{name}-submit")
+        # A query due wakes the loop, which may be idle until its own timer, to start it.
+        self._queries = _Lane(
+            f"slurm-{name}-query", idle_timeout=self._until_due, on_idle=self._wake
+        )
+        self._control = _Lane(f"slurm-{name}-control")
         # Stand-ins of runs no daemon took on again are ended once, at the first poll (after
         # the daemon's recovery has given this executor every run it still holds).
         self._leftovers_swept = False
-        self._thread = threading.Thread(target=self._work, name=f"slurm-{name}", daemon=True)
-        self._thread.start()
 
-    # -- the worker thread ---------------------------------------------------------------
-
-    def _work(self) -> None:
-        while True:
-            try:
-                op = self._ops.get(timeout=self._until_due())
-            except queue.Empty:
-                # A query is due: the loop, which may be idle until its own timer, looks now.
-                self._wake()
-                continue
-            if op is None:
-                return
-            try:
-                op()
-            except Exception as exc:  # one failed operation never stops the worker
-                log.error("slurm_worker_error", executor=self.name, error=str(exc), exc_info=True)
+    # -- the lanes -------------------------------------------------------------------------
 
     def _until_due(self) -> float | None:
         """Seconds until the next query is due (None: no job to ask about, or one queued)."""
@@ -162,7 +204,8 @@ class SlurmExecutor:
         return any(s.job_id is not None and not s.over for s in self._slots.values())
 
     def _do(self, op: _Op) -> None:
-        self._ops.put(op)
+        """Run `op` on the control lane (scancel, look-ups by name)."""
+        self._control.put(op)
 
     def _tell(self, run_ids: Collection[str]) -> None:
         """Called with the lock held: these runs have news for the loop."""
@@ -180,7 +223,14 @@ class SlurmExecutor:
         """Queue the job's submission; the launch gets its id when sbatch answers."""
         env, unset = job_variables(spec.env, self.commands.env, spec.gpus)
         try:
-            script = batch_script(spec.run_id, spec.record_dir, spec.argv, env, unset)
+            script = batch_script(
+                spec.run_id,
+                spec.record_dir,
+                spec.argv,
+                env,
+                unset,
+                checkpoint_signal=spec.checkpoint_signal,
+            )
         except ValueError as exc:
             raise LaunchError(f"the run's environment cannot be passed to Slurm: {exc}") from None
         request = SubmitRequest(
@@ -195,17 +245,29 @@ class SlurmExecutor:
             partition=self.config.partition,
             account=self.config.account,
             sbatch_args=self.config.sbatch_args,
+            attempt=spec.attempt,
+            checkpoint_signal=spec.checkpoint_signal,
+            checkpoint_seconds=_lead_seconds(spec.checkpoint_seconds),
         )
-        slot = JobSlot(run_id=spec.run_id, record_dir=spec.record_dir)
+        slot = JobSlot(
+            run_id=spec.run_id,
+            record_dir=spec.record_dir,
+            attempt=spec.attempt,
+            claimed_at=spec.claimed_at,  # the job is submitted after it
+        )
         with self.lock:
             self._slots[spec.run_id] = slot
-        self._do(lambda: self._submit(slot, request))
+        self._submits.put(lambda: self._submit(slot, request))
         return SlurmLaunch(self, slot)
 
     def _submit(self, slot: JobSlot, request: SubmitRequest) -> None:
         with self.lock:
-            if slot.cancelled or self._slots.get(slot.run_id) is not slot:
-                return  # cancelled or abandoned before sbatch ran
+            if self._slots.get(slot.run_id) is not slot:
+                return  # abandoned before sbatch ran
+            if slot.cancelled and slot.job_id is None:
+                slot.removed = True  # cancelled before sbatch ran: nothing was submitted
+                self._tell([slot.run_id])
+                return
             slot.submit_attempts += 1
         # A status left by an earlier attempt of this run must not be read as this job's.
         (slot.record_dir / EXIT_FILE).unlink(missing_ok=True)
@@ -222,6 +284,8 @@ class SlurmExecutor:
             slot.job_id = job_id
             self._next_query = 0.0  # look at it with the next poll
             self._tell([slot.run_id])
+            if slot.cancelled:  # asked while sbatch ran: remove it now it exists
+                self._do(lambda: self._remove_queued(slot))
 
     def _after_uncertain_submit(
         self, slot: JobSlot, request: SubmitRequest, exc: SlurmError
@@ -229,18 +293,19 @@ class SlurmExecutor:
         """sbatch failed in a way that leaves open whether the job exists: look for it by
         name; submit again only if it is surely not there."""
         log.warning("slurm_submit_uncertain", run_id=slot.run_id, error=str(exc))
+        name = job_name(slot.run_id, slot.attempt)
         try:
-            found = self.commands.find_by_name([job_name(slot.run_id)])
+            found = self.commands.find_by_name([name], since=slot.claimed_at)
         except SlurmError as find_exc:
             self._launch_failed(slot, f"could not submit the job: {exc}; {find_exc}")
             return None
-        job_id = found.get(job_name(slot.run_id))
+        job_id = found.get(name)
         if job_id is not None:
             return job_id
         if slot.submit_attempts >= SUBMIT_ATTEMPTS:
             self._launch_failed(slot, f"could not submit the job: {exc}")
         else:
-            self._do(lambda: self._submit(slot, request))
+            self._submits.put(lambda: self._submit(slot, request))
         return None
 
     def _launch_failed(self, slot: JobSlot, why: str) -> None:
@@ -263,7 +328,7 @@ class SlurmExecutor:
                 self._query_queued = True
                 self._next_query = now + (self.poll_interval or 0.0)
         if due:
-            self._do(self._query)
+            self._queries.put(self._query)
         return news
 
     def _query(self) -> None:
@@ -299,11 +364,21 @@ class SlurmExecutor:
                 info = answers.get(job_id)
                 if info is None or self._slots.get(slot.run_id) is not slot:
                     continue
+                if self._vanishing(slot, info):
+                    continue  # not listed, just after it was seen alive: ask again
                 if slot.handle is not None and job_over(info):
                     ended.append((slot, info))
                     continue
+                if _requeued(slot.info, info):
+                    # Back in the queue: the exit status its keeper wrote when the job was
+                    # stopped is not this job's end (it may fail to start again, and never
+                    # run the script that would replace it).
+                    (slot.record_dir / EXIT_FILE).unlink(missing_ok=True)
+                    log.warning("slurm_job_requeued", run_id=slot.run_id, job_id=job_id)
                 slot.info = info
-                started = slot.handle is None and not slot.cancelled and job_started(info)
+                if slot.cancelled and slot.handle is None and not slot.cancel_decided:
+                    continue  # the control lane is asking whether it still waits
+                started = slot.handle is None and not slot.removed and job_started(info)
                 if started and not slot.starting:
                     slot.starting = True
                     to_start.append(slot)
@@ -326,6 +401,22 @@ class SlurmExecutor:
                     news.append(slot.run_id)
                 slot.info = info
             self._tell(news)
+
+    @staticmethod
+    def _vanishing(slot: JobSlot, info: JobInfo) -> bool:
+        """Called with the lock held: True while a job last seen alive is missing from fewer
+        than PURGE_CONFIRM_QUERIES answers in a row. A job's record outlives its end by
+        MinJobAge (minutes), so a job seen running does not vanish at once; one being
+        requeued can be missing for a moment (it then waits in the queue again)."""
+        last = slot.info
+        if not info.purged or last is None or last.final or last.purged:
+            slot.missing = 0
+            return False
+        slot.missing += 1
+        if slot.missing < PURGE_CONFIRM_QUERIES:
+            log.info("slurm_job_not_listed", run_id=slot.run_id, job_id=info.job_id)
+            return True
+        return False
 
     def _start_run(self, slot: JobSlot) -> None:
         """The job was seen running (or ended): give it a stand-in and make its handle. A job
@@ -395,29 +486,66 @@ class SlurmExecutor:
     # -- what the handles and launches ask (Worker) -------------------------------------
 
     def send_signal(self, job_id: str, sig: int) -> None:
-        """Signal the job's processes; SIGKILL cancels the job (on the worker thread)."""
-        self._do(lambda: self._cancel_job(job_id, sig))
+        """Signal the job's processes; SIGKILL cancels the job (on the control lane)."""
+        self._do(lambda: self._signal_job(job_id, sig))
 
-    def _cancel_job(self, job_id: str, sig: int | None = None) -> None:
+    def _signal_job(self, job_id: str, sig: int) -> None:
+        wanted = kill_or_signal(sig)
+        if wanted is not None:
+            # scancel --signal to a job that waits (again: requeued) retries until it times
+            # out and signals nothing: a job with no processes is cancelled plainly instead.
+            try:
+                info = self.commands.state_of(job_id)
+            except SlurmError as exc:
+                log.warning("slurm_signal_state_unknown", job_id=job_id, error=str(exc))
+                info = None
+            if info is not None and (info.final or info.purged):
+                return
+            if info is not None and info.state is JobState.PENDING:
+                log.info("slurm_signal_to_waiting_job", job_id=job_id, signal=wanted.name)
+                wanted = None
+        self._cancel_job(job_id, wanted)
+
+    def _cancel_job(self, job_id: str, sig: signal.Signals | None = None) -> None:
         try:
-            self.commands.cancel(job_id, kill_or_signal(sig) if sig is not None else None)
+            # A signal only to a job that runs (one that waits again would make scancel retry).
+            self.commands.cancel(job_id, sig, only_running=sig is not None)
         except SlurmError as exc:
             log.warning("slurm_cancel_failed", job_id=job_id, error=str(exc))
         with self.lock:
             self._next_query = 0.0  # see the effect with the next poll
 
     def cancel_queued(self, slot: JobSlot) -> None:
-        """Remove the job from the queue once sbatch has answered, and forget it."""
+        """A cancel while the job is launched: remove it if the cluster says it still waits
+        (once sbatch has answered: the submit lane hands it over then)."""
+        self._do(lambda: self._remove_queued(slot))
+
+    def _remove_queued(self, slot: JobSlot) -> None:
         with self.lock:
-            self.forget(slot)
-
-        def cancel() -> None:
-            # Queued after the submit: by now sbatch has answered (or failed).
-            if slot.job_id is not None:
-                self._cancel_job(slot.job_id)
-                log.info("slurm_job_removed", run_id=slot.run_id, job_id=slot.job_id)
-
-        self._do(cancel)
+            job_id = slot.job_id
+            if job_id is None or slot.cancel_decided or self._slots.get(slot.run_id) is not slot:
+                return  # sbatch has not answered (it hands over then), or decided, or let go
+        try:
+            # Atomic in the controller: a job that has started is left alone.
+            self.commands.cancel(job_id, only_pending=True)
+            info = self.commands.state_of(job_id)
+        except SlurmError as exc:
+            log.warning("slurm_remove_failed", job_id=job_id, error=str(exc))
+            self._do(lambda: self._remove_queued(slot))  # unknown: ask again
+            return
+        if info.state is JobState.PENDING:
+            self._do(lambda: self._remove_queued(slot))  # not yet seen: ask again
+            return
+        with self.lock:
+            slot.cancel_decided = True
+            slot.info = info
+            if info.state is JobState.CANCELLED:
+                slot.removed = True
+                log.info("slurm_job_removed", run_id=slot.run_id, job_id=job_id)
+            else:
+                log.info("slurm_job_started_before_cancel", run_id=slot.run_id, job_id=job_id)
+            self._next_query = 0.0  # a started one gets its stand-in with the next query
+            self._tell([slot.run_id])
 
     def end_standin(self, slot: JobSlot) -> None:
         """End the stand-in of a settled run if it stands yet (a job over before it was seen
@@ -427,9 +555,9 @@ class SlurmExecutor:
             standin, slot.standin = slot.standin, None
         if standin is not None:
             # Told at once (two small writes), so a daemon killed now leaves nothing waiting;
-            # its watcher is reaped on the worker.
+            # its watcher is reaped on the query lane (which owns the watchers).
             end_standin(standin, timeout=0.0)
-            self._do(lambda: self._end(standin))
+            self._queries.put(lambda: self._end(standin))
 
     def _end(self, standin: StandIn) -> None:
         # Told to go, the stand-in exits by itself; its watcher (our child) is reaped later,
@@ -456,7 +584,13 @@ class SlurmExecutor:
             if not ref.claimed:
                 return NeverStarted("no job id was recorded")
             return self._find_claimed(ref)
-        slot = JobSlot(run_id=ref.run_id, record_dir=ref.record_dir, job_id=ref.external_id)
+        slot = JobSlot(
+            run_id=ref.run_id,
+            record_dir=ref.record_dir,
+            attempt=ref.attempt,
+            claimed_at=ref.claimed_at,
+            job_id=ref.external_id,
+        )
         if ref.claimed:
             # Queued, running or ended: the launch's first query tells, and a job seen
             # running or ended becomes its handle (with a stand-in) then.
@@ -500,17 +634,18 @@ class SlurmExecutor:
             # An sbatch the dead daemon started may still be talking to the controller (a
             # child outlives its parent): look only once it would have given up.
             return StillStarting("waiting out a submit an earlier daemon may have begun")
+        name = job_name(ref.run_id, ref.attempt)
         with self.lock:
-            if ref.run_id in self._finding:
-                job_id = self._finding.pop(ref.run_id)
-                self._find_queued.discard(ref.run_id)
+            if name in self._finding:
+                job_id = self._finding.pop(name)
+                self._find_queued.pop(name, None)
             else:
-                if ref.run_id not in self._find_queued:
-                    self._find_queued.add(ref.run_id)
+                if name not in self._find_queued:
+                    self._find_queued[name] = ref.claimed_at
                     self._do(self._find_names)
                 return StillStarting("looking for its job by name")
         if job_id is None:
-            return NeverStarted(f"no job named {job_name(ref.run_id)} in the cluster")
+            return NeverStarted(f"no job named {name} submitted since its claim")
         log.info("slurm_job_found_by_name", run_id=ref.run_id, job_id=job_id)
         return self.recover(
             RunRef(
@@ -519,24 +654,30 @@ class SlurmExecutor:
                 process=ref.process,
                 claimed=True,
                 external_id=job_id,
+                attempt=ref.attempt,
+                claimed_at=ref.claimed_at,
             )
         )
 
     def _find_names(self) -> None:
         with self.lock:
-            run_ids = [r for r in self._find_queued if r not in self._finding]
-        if not run_ids:
+            wanted = {n: t for n, t in self._find_queued.items() if n not in self._finding}
+        if not wanted:
             return
+        # Each name among the jobs submitted since its own claim (a claim without a time:
+        # NAME_LOOKBACK).
+        since = {n: t for n, t in wanted.items() if t is not None}
         try:
-            found = self.commands.find_by_name(job_name(r) for r in run_ids)
+            found = self.commands.find_by_name(wanted, since=since)
         except SlurmError as exc:
-            log.warning("slurm_find_failed", runs=len(run_ids), error=str(exc))
+            log.warning("slurm_find_failed", runs=len(wanted), error=str(exc))
             with self.lock:
-                self._find_queued.difference_update(run_ids)  # asked again at the next look
+                for name in wanted:
+                    self._find_queued.pop(name, None)  # asked again at the next look
             return
         with self.lock:
-            for run_id in run_ids:
-                self._finding[run_id] = found.get(job_name(run_id))
+            for name in wanted:
+                self._finding[name] = found.get(name)
 
     # -- the rest of the interface -------------------------------------------------------
 
@@ -554,10 +695,25 @@ class SlurmExecutor:
         return None
 
     def close(self) -> None:
-        """Stop the worker thread (jobs and stand-ins go on)."""
-        self._ops.put(None)
-        self._thread.join(CLOSE_JOIN_SECONDS)
+        """Stop the lanes (jobs and stand-ins go on)."""
+        for lane in (self._submits, self._queries, self._control):
+            lane.stop(CLOSE_JOIN_SECONDS)
         self._starter.shutdown(wait=False)
+
+
+def _requeued(last: JobInfo | None, now: JobInfo) -> bool:
+    """True when a job seen started is seen waiting in the queue again (requeued)."""
+    return (
+        last is not None
+        and job_started(last)
+        and not last.final
+        and (now.state is JobState.PENDING)
+    )
+
+
+def _lead_seconds(seconds: float | None) -> int | None:
+    """checkpoint_seconds as sbatch --signal's whole seconds (rounded up: never later)."""
+    return None if seconds is None else math.ceil(seconds)
 
 
 def _record(leader: ProcessIdentity, job_id: str, node: str | None) -> ProcessRecord:

@@ -11,10 +11,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from supervisor.errors import LaunchError
+from supervisor.errors import LaunchCancelled, LaunchError
 from supervisor.executors.backoff import Backoff
 from supervisor.executors.base import ExitStatus, ProcessRecord
 from supervisor.executors.slurm.jobs import exit_status_of, job_over
@@ -40,7 +41,8 @@ class Worker(Protocol):
         ...
 
     def cancel_queued(self, slot: JobSlot) -> None:
-        """Remove the job from the queue (once sbatch has answered) and forget it."""
+        """Remove the job from the queue if it is still queued (asking the cluster first);
+        the launch then says whether it was removed or has started."""
         ...
 
     def end_standin(self, slot: JobSlot) -> None:
@@ -58,15 +60,20 @@ class JobSlot:
 
     run_id: str
     record_dir: Path
+    attempt: int = 1
+    claimed_at: datetime | None = None  # jobs by name are looked for among later ones
     job_id: str | None = None
     info: JobInfo | None = None  # the cluster's last answer (None: not asked yet)
     error: str | None = None  # the launch failed before the job could run
     standin: StandIn | None = None
     handle: SlurmRunHandle | None = None
     starting: bool = False  # the worker is starting its stand-in
-    cancelled: bool = False  # removed from the queue before it started
+    cancelled: bool = False  # a cancel was asked while the job was being launched
+    removed: bool = False  # ... and it was removed before it started (or never submitted)
+    cancel_decided: bool = False  # the cluster said whether it still waited (see removed)
     exit: ExitStatus | None = None  # decided once, when the job is over
     submit_attempts: int = 0
+    missing: int = 0  # answers in a row that no longer listed the job (see the executor)
 
     @property
     def over(self) -> bool:
@@ -94,9 +101,14 @@ class SlurmLaunch:
         with self._worker.lock:
             slot = self._slot
             self.external_id = slot.job_id
+            if slot.removed:
+                self._worker.forget(slot)
+                raise LaunchCancelled("cancelled before it started")
             if slot.error is not None:
                 error = slot.error
                 self._worker.forget(slot)
+                if slot.cancelled:
+                    raise LaunchCancelled(f"cancelled before it started ({error})")
                 raise LaunchError(error)
             if slot.handle is not None and slot.over:
                 # It ended before it was seen running: the loop's next pass settles it.
@@ -109,17 +121,19 @@ class SlurmLaunch:
             self._worker.forget(self._slot)
 
     def cancel(self) -> bool:
-        """Remove a job still queued (True); False once it was seen running or ended."""
+        """Always False: whether the job still waits is asked of the cluster (the last query
+        may be seconds old, and a job that has just started must get its grace and its exit
+        code). A job still queued is removed and poll() raises LaunchCancelled; one that has
+        started comes back from poll() as a handle, to be cancelled as a running run."""
         with self._worker.lock:
             slot = self._slot
-            info = slot.info
-            if slot.handle is not None or slot.starting:
+            if slot.handle is not None or slot.starting or slot.cancelled:
                 return False
-            if info is not None and info.state is not JobState.PENDING:
-                return False
+            if slot.info is not None and slot.info.state is not JobState.PENDING:
+                return False  # seen started: its handle comes, cancelled as a running run
             slot.cancelled = True
         self._worker.cancel_queued(slot)
-        return True
+        return False
 
 
 class SlurmRunHandle:

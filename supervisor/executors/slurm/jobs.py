@@ -22,12 +22,18 @@ from supervisor.executors.slurm.commands import client_env
 from supervisor.executors.slurm.parsing import JobInfo, JobState
 
 _ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+_SIGNAL_NAME = re.compile(r"\A[A-Z][A-Z0-9+]*\Z")
 SLURM_PREFIX = "SLURM_"
 # Set by Slurm in a job given GPUs: the run's own values would point at other GPUs.
 GPU_VARIABLES = frozenset({"CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES"})
 # Job states in which the job has started (a launch becomes a running run).
 STARTED_STATES = frozenset({JobState.RUNNING, JobState.SUSPENDED, JobState.COMPLETING})
 NODE_FAILURE_STATES = frozenset({JobState.NODE_FAIL, JobState.BOOT_FAIL})
+# The cluster's verdicts (ExitStatus.verdict) on how it ended a job.
+VERDICT_TIMEOUT = "timeout"
+VERDICT_NODE_FAILURE = "node_failure"
+VERDICT_PREEMPTED = "preempted"
+VERDICT_VANISHED = "vanished"
 
 # The keeper inside the job. `trap :` keeps the shell alive through the TERM that `scancel
 # --full` and Slurm's time limit send to every process of the job, so it can write the
@@ -39,8 +45,45 @@ BATCH_SCRIPT = """#!/bin/sh
 # run-supervisor: run {run_id}
 {environment}trap : TERM INT HUP
 _runsup_d={record_dir}
+rm -f "$_runsup_d/{exit_file}"
 {command}
 _runsup_rc=$?
+printf '%s\\n' "$_runsup_rc" >"$_runsup_d/{exit_file}"
+exit "$_runsup_rc"
+"""
+
+
+# The keeper when the job warns the simulation (sbatch --signal=B:SIG@secs, also sent at a
+# preemption): Slurm sends SIG to the batch shell alone, and a POSIX sh defers a trap while a
+# foreground command runs, so the simulation runs in the background and the shell waits for
+# it, forwarding SIG to the simulation's process group. bash, because only with job control
+# (`set -m`, which dash refuses without a terminal) does a background job start with SIGINT
+# and SIGQUIT at their defaults and a group of its own; `-p` keeps BASH_ENV from being read.
+# fd 2 of the shell itself goes to /dev/null (its job notices), the simulation's to the log.
+# TERM, INT and HUP reach every process of the job from Slurm itself: the trap only notes
+# that `wait` was interrupted, and the loop waits again until the simulation has ended. A
+# `wait` for a child already reaped answers 127: the status before it stands.
+CHECKPOINT_BATCH_SCRIPT = """#!/bin/bash -p
+# run-supervisor: run {run_id}
+{environment}_runsup_d={record_dir}
+rm -f "$_runsup_d/{exit_file}"
+_runsup_p=
+_runsup_s=
+trap '_runsup_s=1' TERM INT HUP
+trap '_runsup_s=1; [ -z "$_runsup_p" ] || kill -{signal} -- "-$_runsup_p" 2>/dev/null' {signal}
+set -m
+exec 3>&2 2>/dev/null
+{command} 2>&3 3>&- &
+_runsup_p=$!
+_runsup_rc=
+while :; do
+  _runsup_s=
+  wait "$_runsup_p"
+  _runsup_w=$?
+  if [ "$_runsup_w" = 127 ] && [ -n "$_runsup_rc" ]; then break; fi
+  _runsup_rc=$_runsup_w
+  [ -n "$_runsup_s" ] || break
+done
 printf '%s\\n' "$_runsup_rc" >"$_runsup_d/{exit_file}"
 exit "$_runsup_rc"
 """
@@ -52,6 +95,8 @@ def batch_script(
     argv: Sequence[str],
     env: Mapping[str, str] | None = None,
     unset: Collection[str] = (),
+    *,
+    checkpoint_signal: str | None = None,
 ) -> str:
     """The job's script: the run's environment, then the simulation's argv under the keeper.
 
@@ -65,7 +110,11 @@ def batch_script(
         if not _ENV_NAME.match(name):
             raise ValueError(f"not a variable name: {name!r}")
         lines.append(f"export {name}={shlex.quote(value)}\n")
-    return BATCH_SCRIPT.format(
+    if checkpoint_signal is not None and not _SIGNAL_NAME.match(checkpoint_signal):
+        raise ValueError(f"not a signal name: {checkpoint_signal!r}")
+    template = BATCH_SCRIPT if checkpoint_signal is None else CHECKPOINT_BATCH_SCRIPT
+    return template.format(
+        signal=checkpoint_signal or "",
         run_id=run_id,
         environment="".join(lines),
         record_dir=shlex.quote(str(record_dir)),
@@ -127,12 +176,16 @@ def exit_status_of(info: JobInfo, record_dir: Path) -> ExitStatus:
     rest, with the cluster's own verdict (time limit, out of memory, node failure)."""
     kept = read_exit_file(record_dir)
     if info.purged:
-        return kept or ExitStatus(None, None, verdict="vanished")
+        return kept or ExitStatus(None, None, verdict=VERDICT_VANISHED)
     status = replace(kept or cluster_status(info), peak_memory_bytes=info.max_rss_bytes)
     if info.state is JobState.TIMEOUT:
-        return replace(status, verdict="timeout")
+        return replace(status, verdict=VERDICT_TIMEOUT)
     if info.state is JobState.OUT_OF_MEMORY:
         return replace(status, out_of_memory=True)
     if info.state in NODE_FAILURE_STATES:
-        return replace(status, verdict="node_failure")
+        return replace(status, verdict=VERDICT_NODE_FAILURE)
+    if info.state is JobState.PREEMPTED:
+        # The cluster took the job's node for another (SPEC section 9): whatever the
+        # simulation did in its grace time, the attempt ended `preempted`.
+        return replace(status, verdict=VERDICT_PREEMPTED)
     return status

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -19,6 +20,9 @@ JOB_NAME_PREFIX = "runsup-"
 SECONDS_PER_MINUTE = 60
 BYTES_PER_MIB = 1024 * 1024
 FIELD_SEPARATOR = "|"
+SUBMIT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# Slurm's --signal takes at most this many seconds of warning (a 16-bit field).
+MAX_SIGNAL_SECONDS = 65535
 
 # squeue -O: ":0" is "no width limit", the suffix after it separates the fields. exit_code is
 # the raw wait status (768 = exit 3, 11 = SIGSEGV); ExitCode ("a:b") is not a field of squeue.
@@ -120,9 +124,10 @@ def purged_job(job_id: str) -> JobInfo:
     return JobInfo(job_id=job_id, state=JobState.UNKNOWN)
 
 
-def job_name(run_id: str) -> str:
-    """The Slurm job name of a run: how a job is found again after a daemon crash."""
-    return f"{JOB_NAME_PREFIX}{run_id}"
+def job_name(run_id: str, attempt: int = 1) -> str:
+    """The Slurm job name of one attempt of a run (`runsup-<run id>-<attempt>`): how its job is
+    found again after a daemon crash, never mistaken for an earlier attempt's."""
+    return f"{JOB_NAME_PREFIX}{run_id}-{attempt}"
 
 
 def parse_state(text: str) -> JobState:
@@ -262,14 +267,34 @@ def merge_accounting(
     return merged
 
 
-def parse_job_names(output: str) -> dict[str, str]:
-    """`JobID|Name` lines (squeue or sacct) -> {name: newest job id with that name}."""
+def parse_submit_time(text: str) -> datetime | None:
+    """squeue's %V / sacct's Submit ("2026-12-07T20:50:33", the controller's local time) as an
+    aware datetime; None for "Unknown" or anything else."""
+    try:
+        moment = datetime.strptime(text.strip(), SUBMIT_TIME_FORMAT)
+    except ValueError:
+        return None
+    return moment.astimezone(UTC)  # naive: read as this machine's local time
+
+
+def parse_job_names(
+    output: str, since: datetime | Mapping[str, datetime] | None = None
+) -> dict[str, str]:
+    """`JobID|Submit|Name` lines (squeue or sacct) -> {name: newest job id with that name},
+    only jobs submitted at or after `since` (one moment, or one per name; to the second, as
+    Slurm records it)."""
     found: dict[str, str] = {}
     for line in output.splitlines():
-        job_id, sep, name = line.partition(FIELD_SEPARATOR)
+        job_id, sep, rest = line.partition(FIELD_SEPARATOR)
+        submitted, sep2, name = rest.partition(FIELD_SEPARATOR)
         job_id, name = job_id.strip(), name.strip()
-        if not sep or not _JOB_ID.match(job_id):
+        if not sep or not sep2 or not _JOB_ID.match(job_id):
             continue  # steps ("12.batch") and noise
+        floor = since.get(name) if isinstance(since, Mapping) else since
+        if floor is not None:
+            moment = parse_submit_time(submitted)
+            if moment is None or moment < floor.replace(microsecond=0):
+                continue  # an earlier claim's job (or one whose time cannot be read)
         if name not in found or int(job_id) > int(found[name]):
             found[name] = job_id
     return found
@@ -298,6 +323,11 @@ class SubmitRequest:
     partition: str | None = None
     account: str | None = None
     sbatch_args: Sequence[str] = ()
+    attempt: int = 1  # the run's attempt this job is (its name says it)
+    # Sent to the batch script (which forwards it to the simulation) this long before the
+    # job's time limit, and at a preemption the cluster warns of (sbatch --signal=B:SIG@secs).
+    checkpoint_signal: str | None = None
+    checkpoint_seconds: int | None = None
     # The job's variables, exported by name (values travel in sbatch's own environment, so a
     # value may hold commas). Slurm then starts the job with the user's login environment
     # plus these (as --get-user-env), not the daemon's. None: Slurm's default (sbatch's whole
@@ -334,12 +364,13 @@ def sbatch_argv(request: SubmitRequest) -> list[str]:
     """The sbatch arguments (program name excluded) for `request`; the script goes on stdin."""
     argv = [
         "--parsable",
-        f"--job-name={job_name(request.run_id)}",
+        f"--job-name={job_name(request.run_id, request.attempt)}",
         f"--output={request.output_path}",
         "--open-mode=append",  # a log the daemon already wrote to is kept
         f"--chdir={request.run_dir}",
-        # A job the cluster requeues (after a node failure) would run the same attempt twice,
-        # unseen: it ends NODE_FAIL instead, and the run's retry_on decides.
+        # One job is one attempt: a job the cluster would requeue (after a node failure or a
+        # preemption) would run the same attempt twice, unseen; it ends (NODE_FAIL, PREEMPTED)
+        # instead, and the run's retry_on decides about the next attempt (a new job).
         "--no-requeue",
     ]
     if request.cpus is not None:
@@ -350,6 +381,9 @@ def sbatch_argv(request: SubmitRequest) -> list[str]:
         argv.append(f"--mem={memory_mib(request.memory_bytes)}M")
     if request.timeout_seconds is not None:
         argv.append(f"--time={time_limit_minutes(request.timeout_seconds)}")
+    if request.checkpoint_signal is not None:
+        lead = min(MAX_SIGNAL_SECONDS, max(0, request.checkpoint_seconds or 0))
+        argv.append(f"--signal=B:{request.checkpoint_signal}@{lead}")
     if request.partition:
         argv.append(f"--partition={request.partition}")
     if request.account:

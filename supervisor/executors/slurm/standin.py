@@ -101,11 +101,16 @@ _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.S
 #   interrupts the read at once; the trap runs and the loop reads again. A SIGKILLed leader
 #   leaves no orphan in the group (an orphan would keep `killpg(pgid, 0)` true).
 # - The daemon ends it by writing `ended`, then a line to `wake`.
+# - A signal reaches a running job's processes (--state=RUNNING: scancel --signal to a job that
+#   waits again, requeued, would retry "can not be altered now" until it times out); a job
+#   waiting again has no processes, so the signal cancels it (--state=PENDING), as any of
+#   TERM, INT, HUP from another program means a cancel (SPEC section 6).
 LEADER_SCRIPT = """_rs_d=$1 _rs_j=$2 _rs_c=$3 _rs_s=$4
 _rs_sig() {
   [ ! -e "$_rs_d/ended" ] || exit 0
   printf '%s\\n' "$1" >>"$_rs_d/signals"
-  "$_rs_s" "$_rs_c" --full --signal="$1" "$_rs_j" 3<&-
+  "$_rs_s" "$_rs_c" --full --signal="$1" --state=RUNNING "$_rs_j" 3<&-
+  "$_rs_s" "$_rs_c" --state=PENDING "$_rs_j" 3<&-
 }
 trap '_rs_sig TERM' TERM
 trap '_rs_sig INT' INT

@@ -34,6 +34,9 @@ class TrackedRun:
     output: OutputTail | None = None  # progress from the log's lines (progress_patterns)
     flushed: ProgressUpdate | None = None
     foreign: bool = False  # started by another program (SPEC section 3): no keeper, no status
+    # Another program rewrote the row under our launch: the run is killed and, once its group
+    # is gone, its cgroup removed and forgotten without a status write (issue 20, 12).
+    disowned: bool = False
     exit_fd: int | None = None  # registered with the selector until the run ends
     leftover_fd: int | None = None  # registered with the selector while the group lingers
     group_check_at: float | None = None  # when its lingering group is looked at (handle's delay)

@@ -175,6 +175,12 @@ def timed_out_change(run_id: str) -> RowChange:
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), {"timed_out_at": utcnow()})
 
 
+def cancel_requested_change(run_id: str) -> RowChange:
+    """Record a cancel the daemon asks for itself (on_stop = "cancel"), with its other writes."""
+    expect = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+    return RowChange(run_id, expect, {"cancel_requested_at": utcnow()})
+
+
 def claim_released_change(run_id: str) -> RowChange:
     """Undo a launch claim on a run that is provably not started, so it is launched again."""
     return RowChange(run_id, frozenset({RunStatus.PENDING}), {"launch_claimed_at": None})
@@ -315,9 +321,7 @@ def write_progress(conn: Connection, updates: Sequence[ProgressUpdate]) -> int:
 
 
 # record_progress's statement, with named parameters (any driver) and positional ones (SQLite).
-_PROGRESS_KEYS = (
-    "b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_out", "b_at", "b_id"
-)
+_PROGRESS_KEYS = ("b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_out", "b_at", "b_id")
 _PROGRESS_NAMED_SQL = (
     "UPDATE runs SET current_erlang = :b_ce, total_erlangs = :b_te,"
     " current_iteration = :b_ci, total_iterations = :b_ti, erlang_index = :b_ei,"

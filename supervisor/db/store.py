@@ -30,6 +30,7 @@ from supervisor.db.changes import (
     write_progress,
 )
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, checkpoint, make_engine
+from supervisor.db.faults import CommitFaults
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.queue_sql import check_dependencies_exist, dependency_kinds
 from supervisor.db.records import (
@@ -71,6 +72,7 @@ class Store:
         self.write_attempts = write_attempts
         # Commits of this store that change more than the progress cache; see ChangeProbe.
         self.status_writes = 0
+        self._faults = CommitFaults()  # fault-injection tests only (faults.py)
 
     @classmethod
     def open(
@@ -127,7 +129,9 @@ class Store:
         for attempt in range(1, self.write_attempts + 1):
             try:
                 with self.engine.begin() as conn:
-                    return work(conn)
+                    result = work(conn)
+                    self._faults.before_commit()  # inert unless a test armed it
+                    return result
             except OperationalError as exc:
                 if not _is_busy(exc):
                     raise

@@ -122,9 +122,7 @@ class MetricsServer:
             return
         assert proc.stdout is not None
         said = _read_line(proc.stdout, 0.0)  # it has exited: whatever it said is there now
-        log.error(
-            "metrics_server_died", address=self.where, returncode=proc.returncode, said=said
-        )
+        log.error("metrics_server_died", address=self.where, returncode=proc.returncode, said=said)
         self._close_pipes(proc)
         self._next_restart = now + RESTART_INTERVAL_SECONDS
         self._proc = self._spawn()

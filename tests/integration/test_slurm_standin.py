@@ -219,4 +219,3 @@ def test_a_standin_whose_controller_stays_unreachable_ends_by_itself(
     why = (standin.record_dir / ENDED_FILE).read_text()
     assert "the controller did not answer for" in why, why
     assert _no_process_left(standin)
-

@@ -82,6 +82,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.recovery",),
     ("supervisor.daemon.tracked",),
     ("supervisor.daemon.lockfile",),
+    ("supervisor.daemon.rebuild",),
     ("supervisor.daemon.pruning",),
     ("supervisor.daemon.services",),
     ("supervisor.daemon.watching",),

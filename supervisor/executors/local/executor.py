@@ -514,8 +514,13 @@ class LocalLaunch:
             if line is None:
                 grace = KEEPER_EXIT_GRACE if why == KEEPER_ENDED else 0.0
                 raise self._executor.abort(
-                    self._spec, self._record_dir, self._keeper_pid, keeper_fd, why,
-                    self._log_start, grace,
+                    self._spec,
+                    self._record_dir,
+                    self._keeper_pid,
+                    keeper_fd,
+                    why,
+                    self._log_start,
+                    grace,
                 )
             # Without pidfds the report pipe stays open: its EOF is the keeper's end.
             report_fd = self._report_fd if keeper_fd is None else None

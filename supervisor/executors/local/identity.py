@@ -138,7 +138,6 @@ def reap_status(pidfd: int) -> os.waitid_result | None:
         return None
 
 
-
 def live_group_member(pgid: int) -> Stat | None:
     """A process of group `pgid` that is not a zombie, or None (a scan of all of /proc)."""
     # Zombies stay in their group until reaped, and an init that does not reap (as in some

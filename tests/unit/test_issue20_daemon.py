@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from daemon_fakes import FakeClock, FakeExecutor, from_outside, make_daemon, step
-from supervisor.logcap import MIN_CAP_BYTES
 
 from supervisor import rundir
 from supervisor.daemon import Daemon
@@ -21,6 +20,7 @@ from supervisor.executors.base import ExitStatus, StillStarting
 from supervisor.executors.slurm.executor import SlurmExecutor
 from supervisor.notify import Notifier
 from supervisor.outcome import Outcome
+from supervisor.progress.logcap import MIN_CAP_BYTES
 from supervisor.settings import (
     LOCAL_EXECUTOR,
     ExecutorSettings,

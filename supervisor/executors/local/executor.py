@@ -535,8 +535,8 @@ class LocalLaunch:
         except BaseException:
             if keeper_fd is not None:
                 os.close(keeper_fd)
-            if self._cgroup is not None and cgroups.kill(self._cgroup):
-                cgroups.remove(self._cgroup, 0.0)
+            if self._cgroup is not None:
+                cgroups.kill_and_remove_aside(self._cgroup)  # never waits on the loop
             raise
         finally:
             self._close_pipes()  # closing the go pipe lets the simulation exec

@@ -17,9 +17,15 @@ from typing import Any
 import kernelclass
 import pytest
 import structlog
+from hypothesis import settings as hypothesis_settings
 
 from supervisor.db import Store
 from supervisor.logs import configure_logging
+
+# Property tests check logic, not speed: Hypothesis's per-example deadline (200 ms) turns a
+# busy machine into a failure (seen at a load average of 9). Speeds belong in bench/.
+hypothesis_settings.register_profile("runsup", deadline=None)
+hypothesis_settings.load_profile("runsup")
 
 # The command installed next to the interpreter running the tests (the venv's bin/).
 RUNSUP = Path(sys.executable).parent / "runsup"

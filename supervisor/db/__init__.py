@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from supervisor.db.changeprobe import ChangeProbe
     from supervisor.db.changes import (
         RowChange,
+        cancel_requested_change,
         claim_released_change,
         corrected_final_change,
         external_id_change,
@@ -59,6 +60,7 @@ _HOMES = {
     "RunStats": "supervisor.db.stats",
     "Store": "supervisor.db.store",
     "TIME_BUCKETS_SECONDS": "supervisor.db.tallies",
+    "cancel_requested_change": "supervisor.db.changes",
     "check_config_json": "supervisor.db.records",
     "claim_released_change": "supervisor.db.changes",
     "corrected_final_change": "supervisor.db.changes",
@@ -105,6 +107,7 @@ __all__ = [
     "RunRecord",
     "RunStats",
     "Store",
+    "cancel_requested_change",
     "check_config_json",
     "claim_released_change",
     "corrected_final_change",

@@ -81,7 +81,7 @@ def test_metrics_imports_no_sqlalchemy_nor_structlog(store: Store, db_path: Path
     code = (
         "import sys\n"
         "from supervisor.db.quickread import QuickReader\n"
-        "from supervisor import metrics\n"
+        "from supervisor.metrics import collector as metrics\n"
         "from supervisor.settings import load_settings\n"
         "from supervisor.logs import configure_on_first_use\n"
         "configure_on_first_use(quiet=True)\n"

@@ -68,7 +68,7 @@ from supervisor.executors.slurm.standin import (
     end_standin,
     find_standin,
     leftover_standins,
-    reap,
+    reap_watcher,
     spent_identity,
     standin_state,
     start_standin,
@@ -568,7 +568,7 @@ class SlurmExecutor:
             self._watchers.append(standin.watcher_pid)
 
     def _reap_watchers(self) -> None:
-        self._watchers = [pid for pid in self._watchers if not reap(pid)]
+        self._watchers = [pid for pid in self._watchers if not reap_watcher(pid)]
 
     def forget(self, slot: JobSlot) -> None:
         """Called with the lock held: stop tracking the slot's job."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from supervisor.db import Store
 from supervisor.errors import DatabaseError, SupervisorError, ValidationError
 from supervisor.heartbeat import heartbeat_path, last_beat
 from supervisor.settings import BUILTIN_TEMPLATES, Settings
+
+if TYPE_CHECKING:
+    from supervisor.db import Store
 
 # A daemon beats every HEARTBEAT_INTERVAL_SECONDS (10 s); six missed beats mean none serves.
 NO_DAEMON_AFTER_SECONDS = 60.0
@@ -56,6 +58,8 @@ def require_database(settings: Settings) -> None:
 
 def open_store(settings: Settings, *, create: bool) -> Store:
     """The database of `settings`; with `create`, made (with its folder) if it is missing."""
+    from supervisor.db import Store  # here: SQLAlchemy is most of a short command's start
+
     path = settings.database_path
     if path is not None:
         if not create:

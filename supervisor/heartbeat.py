@@ -18,10 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-
-import structlog
-
-log = structlog.get_logger(__name__)
+from typing import Any
 
 HEARTBEAT_SUFFIX = ".heartbeat"
 # Beat at least this often: the README's alert fires when the heartbeat is a minute old.
@@ -63,11 +60,11 @@ class Heartbeat:
             self._touch()
         except OSError as exc:
             if not self._failing:  # one line per failure spell, not one per interval
-                log.warning("heartbeat_failed", path=str(self.path), error=exc.strerror)
+                _log().warning("heartbeat_failed", path=str(self.path), error=exc.strerror)
             self._failing = True
         else:
             if self._failing:
-                log.info("heartbeat_restored", path=str(self.path))
+                _log().info("heartbeat_restored", path=str(self.path))
             self._failing = False
         return True
 
@@ -82,3 +79,11 @@ class Heartbeat:
             # Made (again, if someone removed it): creating it sets its mtime to now.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, HEARTBEAT_FILE_MODE)
             os.close(fd)
+
+
+def _log() -> Any:
+    # structlog is imported when a beat fails or comes back, not by every command that only
+    # looks at the heartbeat's age (its import is a tenth of a second of a short command).
+    import structlog
+
+    return structlog.get_logger(__name__)

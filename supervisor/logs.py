@@ -6,9 +6,10 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 # syslog priorities for journald's SyslogLevelPrefix (so `journalctl -p err` works).
 SYSLOG_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
@@ -44,6 +45,9 @@ def configure_logging(
     """Configure structlog once, for the command line and the daemon (the library never does).
 
     `quiet`: warnings and errors only (a command whose stdout is its output, e.g. metrics)."""
+    import structlog  # here: a short command that never logs does not pay its import
+
+    _DEFERRED.clear()
     out = stream or sys.stderr
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     shared: list[Any] = [
@@ -65,3 +69,29 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+# configure_logging's arguments while a command has deferred it (configure_on_first_use).
+_DEFERRED: dict[str, Any] = {}
+
+
+def configure_on_first_use(*, quiet: bool = False) -> None:
+    """configure_logging(quiet=...) when get_logger is first called: `runsup metrics` logs only
+    when finding GPUs does, and structlog's import is a third of the command's start."""
+    _DEFERRED.clear()
+    _DEFERRED["quiet"] = quiet
+
+
+def debug_dropped() -> bool:
+    """True when a deferred quiet set-up is pending: a debug event would be dropped, so the
+    caller may skip it without importing structlog."""
+    return bool(_DEFERRED.get("quiet"))
+
+
+def get_logger(name: str) -> Any:
+    """structlog's logger for `name`, after the set-up a command deferred, if any."""
+    import structlog
+
+    if _DEFERRED:
+        configure_logging(quiet=bool(_DEFERRED["quiet"]))
+    return structlog.get_logger(name)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from supervisor.db import Store
+    from supervisor.metrics.collector import StatsSource
     from supervisor.settings import Settings
 
 CONFIG_OBJ_KEY = "config"
@@ -64,6 +65,23 @@ def _store(ctx: click.Context, *, create: bool = True) -> Store:
     store = open_store(_settings(ctx), create=create)
     ctx.call_on_close(store.close)
     return store
+
+
+def _stats_source(ctx: click.Context) -> StatsSource:
+    """The metrics' figures through plain sqlite3 when the database allows (no SQLAlchemy
+    import: most of the command's start), else through the Store as any other command."""
+    from supervisor.cliopen import require_database
+    from supervisor.db.quickread import QuickReader
+
+    settings = _settings(ctx)
+    path = settings.database_path
+    if path is not None:
+        require_database(settings)
+        reader = QuickReader.open(path)
+        if reader is not None:
+            ctx.call_on_close(reader.close)
+            return reader
+    return _store(ctx, create=False)
 
 
 def _warn_if_no_daemon(ctx: click.Context) -> None:
@@ -694,12 +712,12 @@ def demo(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
 @click.pass_context
 def metrics(ctx: click.Context, textfile: str | None, as_json: bool) -> None:
     """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
-    from supervisor.logs import configure_logging
+    from supervisor.logs import configure_on_first_use
     from supervisor.metrics.collector import render, samples_json, write_textfile
 
-    configure_logging(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
+    configure_on_first_use(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
 
-    data = render(_store(ctx, create=False), _settings(ctx))
+    data = render(_stats_source(ctx), _settings(ctx))
     if as_json:
         _print_json(samples_json(data))
     elif textfile is None:

@@ -21,8 +21,7 @@ from sqlalchemy import (
     text,
 )
 
-# SQLAlchemy's own SQLite text form, so programs written for the original schema read ours.
-TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+from supervisor.db.stamps import TIMESTAMP_FORMAT as TIMESTAMP_FORMAT  # re-exported
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -17,11 +17,9 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
-
 from supervisor.db import tallies
-from supervisor.db.schema import TIMESTAMP_FORMAT
+from supervisor.db.stamps import TIMESTAMP_FORMAT
+from supervisor.db.tallies import Rows
 from supervisor.states import FINAL_STATUSES, RunStatus
 
 SECONDS_PER_DAY = 86400.0
@@ -56,16 +54,15 @@ class RunStats:
     reserved_gpu_ids: frozenset[str]
 
 
-def read_run_stats(
-    conn: Connection, templates: Iterable[str], other: str, now: datetime
-) -> RunStats:
-    """Every figure, on `conn` (one transaction). Templates not in `templates` count as `other`,
-    so a foreign row naming any template adds one label value at most. Histograms have the
-    buckets of tallies.TIME_BUCKETS_SECONDS."""
+def read_run_stats(rows: Rows, templates: Iterable[str], other: str, now: datetime) -> RunStats:
+    """Every figure, read through `rows` (one transaction; no SQLAlchemy here, so that
+    supervisor.db.quickread can read them with plain sqlite3). Templates not in `templates`
+    count as `other`, so a foreign row naming any template adds one label value at most.
+    Histograms have the buckets of tallies.TIME_BUCKETS_SECONDS."""
     stamp = now.astimezone(UTC).replace(tzinfo=None).strftime(TIMESTAMP_FORMAT)
     named = set(templates)
     fold = _Fold(len(tallies.TIME_BUCKETS_SECONDS))
-    for row in tallies.read_tallies(conn):
+    for row in tallies.read_tallies(rows):
         fold.add(row, row.template if row.template in named else other)
     return RunStats(
         status_counts=fold.status_counts,
@@ -73,14 +70,14 @@ def read_run_stats(
         out_of_memory=fold.out_of_memory,
         durations=fold.histograms(fold.durations),
         queue_waits=fold.histograms(fold.waits),
-        oldest_pending_seconds=_age(conn, "PENDING", "julianday(created_at)", stamp),
+        oldest_pending_seconds=_age(rows, "PENDING", "julianday(created_at)", stamp),
         progress_age_seconds=_age(
-            conn,
+            rows,
             "RUNNING",
             "coalesce(julianday(progress_updated_at), julianday(started_at))",
             stamp,
         ),
-        **_reserved(conn),
+        **_reserved(rows),
     )
 
 
@@ -121,25 +118,25 @@ class _Fold:
         }
 
 
-def _age(conn: Connection, status: str, day: str, now: str) -> float:
+def _age(rows: Rows, status: str, day: str, now: str) -> float:
     """Seconds since the earliest `day` among rows of `status`; 0 when there is none."""
-    query = text(
+    query = (
         f"SELECT (julianday(:now) - min({day})) * {SECONDS_PER_DAY!r} FROM runs"
         " WHERE status = :status"
     )
-    value = conn.execute(query, {"now": now, "status": status}).scalar()
+    value = rows(query, {"now": now, "status": status})[0][0]
     return max(0.0, float(value)) if value is not None else 0.0
 
 
-def _reserved(conn: Connection) -> dict[str, Any]:
+def _reserved(rows: Rows) -> dict[str, Any]:
     """What RUNNING local runs hold (SPEC section 10); runs sent to a cluster hold nothing here.
     A foreign row's text or negative number counts as nothing."""
     held = "total(CASE WHEN typeof({0}) = 'integer' THEN max({0}, 0) ELSE 0 END)"
-    query = text(
+    query = (
         f"SELECT {held.format('cpus')}, {held.format('memory_max_bytes')}, group_concat(gpu_ids)"
         " FROM runs WHERE status = 'RUNNING' AND coalesce(executor, :local) = :local"
     )
-    cpus, memory, gpus = conn.execute(query, {"local": LOCAL_EXECUTOR}).one()
+    cpus, memory, gpus = rows(query, {"local": LOCAL_EXECUTOR})[0]
     ids = {g.strip() for g in str(gpus or "").split(",")} - {""}
     return {
         "reserved_cpus": int(cpus),

@@ -239,7 +239,14 @@ class Store:
 
     def run_stats(self, templates: Iterable[str], other: str, now: datetime) -> RunStats:
         """The metrics' figures (supervisor.db.stats), read in one short read transaction."""
-        return self._reading(lambda conn: read_run_stats(conn, templates, other, now))
+        return self._reading(
+            lambda conn: read_run_stats(
+                lambda sql, params: conn.exec_driver_sql(sql, dict(params)).all(),
+                templates,
+                other,
+                now,
+            )
+        )
 
     def request_cancel(self, run_id: str) -> tuple[RunRecord, bool]:
         """Ask for a cancel; returns the run and whether this call made the request."""

@@ -15,14 +15,19 @@ and counts nowhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from supervisor.db.stamps import TIMESTAMP_FORMAT
 
-from supervisor.db.schema import TIMESTAMP_FORMAT
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+# Runs one SELECT (named parameters) and returns its rows: the readers here work on a
+# SQLAlchemy connection and on plain sqlite3 (supervisor.db.quickread) alike.
+Rows = Callable[[str, Mapping[str, object]], Sequence[Sequence[Any]]]
 
 TABLE = "run_tallies"
 # Bucket bounds of both histograms, in seconds: from a run that fails at once to a week.
@@ -62,12 +67,12 @@ class Tally:
     total: float
 
 
-def read_tallies(conn: Connection) -> list[Tally]:
+def read_tallies(rows: Rows) -> list[Tally]:
     """Every tally row (a few per template, status and bucket)."""
-    query = text(f"SELECT metric, template, status, bucket, count, total FROM {TABLE}")
+    query = f"SELECT metric, template, status, bucket, count, total FROM {TABLE}"
     return [
         Tally(str(m), str(t), str(s), int(b), int(n), float(v))
-        for m, t, s, b, n, v in conn.execute(query)
+        for m, t, s, b, n, v in rows(query, {})
     ]
 
 
@@ -108,6 +113,8 @@ def count_attempt_end(
     """Count the end of the run's attempt as `ended` says (with its duration up to `at`), as a
     trigger counts a final status, if the row is `expect` now. Call it in the transaction that
     moves the row on, before the move (the attempt's started_at is read here)."""
+    from sqlalchemy import text  # here: the readers of this module must not import it
+
     params = {
         "run_id": run_id,
         "expect": expect,

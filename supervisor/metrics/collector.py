@@ -22,7 +22,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -33,12 +35,23 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from supervisor.db import TIME_BUCKETS_SECONDS, Histogram, RunStats, Store, utcnow
+from supervisor.db.stats import Histogram, RunStats
+from supervisor.db.tallies import TIME_BUCKETS_SECONDS
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.heartbeat import heartbeat_path, last_beat
 from supervisor.queue.capacity import capacity_of
 from supervisor.settings import Settings
 from supervisor.states import FINAL_STATUSES, RunStatus
+
+
+class StatsSource(Protocol):
+    """Where the figures come from: a supervisor.db Store, or (for `runsup metrics`) a
+    supervisor.db.quickread reader, which reads them without importing SQLAlchemy."""
+
+    def run_stats(self, templates: Iterable[str], other: str, now: datetime) -> RunStats:
+        """The metrics' figures, read in one short read transaction."""
+        ...
+
 
 # The label value for every template the configuration does not name.
 OTHER_TEMPLATE = "other"
@@ -72,7 +85,7 @@ class RunsCollector(Collector):
 
     def __init__(
         self,
-        store: Store,
+        store: StatsSource,
         templates: Iterable[str],
         capacity: CapacityTotals,
         heartbeat_file: Path,
@@ -86,7 +99,7 @@ class RunsCollector(Collector):
         self.clock = clock
 
     @classmethod
-    def from_settings(cls, store: Store, settings: Settings) -> RunsCollector:
+    def from_settings(cls, store: StatsSource, settings: Settings) -> RunsCollector:
         """The collector for the database and templates of `settings`."""
         return cls(
             store,
@@ -101,7 +114,7 @@ class RunsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read the database once and yield every family."""
-        stats = self.store.run_stats(self.templates, OTHER_TEMPLATE, utcnow())
+        stats = self.store.run_stats(self.templates, OTHER_TEMPLATE, datetime.now(UTC))
         yield self._runs(stats)
         yield self._finished(stats)
         yield self._histogram(
@@ -204,7 +217,7 @@ class ConfiguredCollector(Collector):
     templates added since the start get their own label; while the file does not parse, the
     last good configuration serves (the daemon itself goes on with its own until SIGHUP)."""
 
-    def __init__(self, store: Store, load: Callable[[], Settings]) -> None:
+    def __init__(self, store: StatsSource, load: Callable[[], Settings]) -> None:
         """`load` reads the configuration; the first read must succeed (ConfigError if not)."""
         self.store = store
         self.load = load
@@ -273,7 +286,7 @@ def registry_for(collector: Collector) -> CollectorRegistry:
     return registry
 
 
-def render(store: Store, settings: Settings) -> bytes:
+def render(store: StatsSource, settings: Settings) -> bytes:
     """The Prometheus text format of the database's metrics, read now."""
     return generate_latest(registry_for(RunsCollector.from_settings(store, settings)))
 

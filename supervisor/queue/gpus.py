@@ -13,10 +13,9 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-import structlog
-
-log = structlog.get_logger(__name__)
+from supervisor.logs import debug_dropped, get_logger
 
 AUTO = "auto"
 NVIDIA_SMI = "nvidia-smi"
@@ -34,17 +33,17 @@ def _nvml_indexes() -> list[str] | None:
     try:
         import pynvml  # type: ignore[import-untyped]  # nvidia-ml-py ships no type hints
     except ImportError:
-        log.debug("gpu_nvml_unavailable", reason="nvidia-ml-py is not installed")
+        _debug("gpu_nvml_unavailable", reason="nvidia-ml-py is not installed")
         return None
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
-        log.debug("gpu_nvml_unavailable", reason=str(exc))
+        _debug("gpu_nvml_unavailable", reason=str(exc))
         return None
     try:
         return [str(index) for index in range(pynvml.nvmlDeviceGetCount())]
     except pynvml.NVMLError as exc:
-        log.debug("gpu_nvml_unavailable", reason=str(exc))
+        _debug("gpu_nvml_unavailable", reason=str(exc))
         return None
     finally:
         pynvml.nvmlShutdown()
@@ -59,7 +58,7 @@ def _nvidia_smi_indexes(command: str) -> list[str] | None:
     """GPU indexes from `nvidia-smi -L`; None when it is missing or fails."""
     path = shutil.which(command)
     if path is None:
-        log.debug("gpu_nvidia_smi_unavailable", reason=f"{command} is not on PATH")
+        _debug("gpu_nvidia_smi_unavailable", reason=f"{command} is not on PATH")
         return None
     try:
         done = subprocess.run(
@@ -70,10 +69,10 @@ def _nvidia_smi_indexes(command: str) -> list[str] | None:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.debug("gpu_nvidia_smi_unavailable", reason=str(exc))
+        _debug("gpu_nvidia_smi_unavailable", reason=str(exc))
         return None
     if done.returncode != 0:
-        log.debug("gpu_nvidia_smi_unavailable", reason=done.stderr.strip()[:200])
+        _debug("gpu_nvidia_smi_unavailable", reason=done.stderr.strip()[:200])
         return None
     return parse_nvidia_smi_list(done.stdout)
 
@@ -84,9 +83,9 @@ def discover_gpus(nvidia_smi: str = NVIDIA_SMI) -> list[str]:
     if found is None:
         found = _nvidia_smi_indexes(nvidia_smi)
     if found is None:
-        log.debug("gpu_none_found", reason="no NVIDIA driver answered")
+        _debug("gpu_none_found", reason="no NVIDIA driver answered")
         return []
-    log.debug("gpu_found", gpu_ids=",".join(found))
+    _debug("gpu_found", gpu_ids=",".join(found))
     return found
 
 
@@ -130,3 +129,9 @@ def run_environment(
     env.update(template_env)
     env.update(resource_env(cpus=cpus, gpu_ids=gpu_ids, template_env=template_env))
     return env
+
+
+def _debug(event: str, **fields: Any) -> None:
+    # `runsup metrics` (quiet) would drop it: skipping it there spares structlog's import.
+    if not debug_dropped():
+        get_logger(__name__).debug(event, **fields)

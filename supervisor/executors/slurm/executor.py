@@ -52,16 +52,16 @@ from supervisor.executors.slurm.commands import (
     SubmitRejected,
     client_env,
 )
+from supervisor.executors.slurm.control import JobControl
 from supervisor.executors.slurm.finding import NameFinder
 from supervisor.executors.slurm.handles import (
     JobSlot,
     SlurmLaunch,
     SlurmRunHandle,
-    kill_or_signal,
 )
 from supervisor.executors.slurm.jobs import batch_script, job_variables
 from supervisor.executors.slurm.lanes import Lane, Op
-from supervisor.executors.slurm.parsing import JobInfo, JobState, SubmitRequest, job_name
+from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest, job_name
 from supervisor.executors.slurm.standin import end_standin, spent_identity
 from supervisor.executors.slurm.standinkeeper import StandInKeeper
 from supervisor.executors.slurm.table import JobTable
@@ -115,6 +115,7 @@ class SlurmExecutor:
         self._queries = Lane(f"slurm-{name}-query", idle_timeout=self.table.until_due, on_idle=wake)
         self._control = Lane(f"slurm-{name}-control")
         self._finder = NameFinder(self.commands, self._control)
+        self._jobs = JobControl(self.commands, self.table, self._control)
         # Stand-ins of runs no daemon took on again are ended once, at the first poll (after
         # the daemon's recovery has given this executor every run it still holds).
         self._leftovers_swept = False
@@ -204,7 +205,7 @@ class SlurmExecutor:
             self.table.query_soon()  # look at it with the next poll
             self.table.tell([slot.run_id])
             if slot.cancelled:  # asked while sbatch ran: remove it now it exists
-                self._do(lambda: self._remove_queued(slot))
+                self._jobs.cancel_queued(slot)
 
     def _after_uncertain_submit(
         self, slot: JobSlot, request: SubmitRequest, exc: SlurmError
@@ -288,7 +289,7 @@ class SlurmExecutor:
                 standin = self._standins.for_job(job_id, slot.record_dir)
                 leader = standin.leader
         except (LaunchError, OSError) as exc:
-            self._cancel_job(job_id)  # a run the loop cannot watch must not go on unseen
+            self._jobs.cancel(job_id)  # a run the loop cannot watch must not go on unseen
             self._launch_failed(slot, f"job {job_id} was cancelled: {exc}")
             return
         with self.lock:
@@ -306,65 +307,12 @@ class SlurmExecutor:
 
     def send_signal(self, job_id: str, sig: int) -> None:
         """Signal the job's processes; SIGKILL cancels the job (on the control lane)."""
-        self._do(lambda: self._signal_job(job_id, sig))
-
-    def _signal_job(self, job_id: str, sig: int) -> None:
-        wanted = kill_or_signal(sig)
-        if wanted is not None:
-            # scancel --signal to a job that waits (again: requeued) retries until it times
-            # out and signals nothing: a job with no processes is cancelled plainly instead.
-            try:
-                info = self.commands.state_of(job_id)
-            except SlurmError as exc:
-                log.warning("slurm_signal_state_unknown", job_id=job_id, error=str(exc))
-                info = None
-            if info is not None and (info.final or info.purged):
-                return
-            if info is not None and info.state is JobState.PENDING:
-                log.info("slurm_signal_to_waiting_job", job_id=job_id, signal=wanted.name)
-                wanted = None
-        self._cancel_job(job_id, wanted)
-
-    def _cancel_job(self, job_id: str, sig: signal.Signals | None = None) -> None:
-        try:
-            # A signal only to a job that runs (one that waits again would make scancel retry).
-            self.commands.cancel(job_id, sig, only_running=sig is not None)
-        except SlurmError as exc:
-            log.warning("slurm_cancel_failed", job_id=job_id, error=str(exc))
-        with self.lock:
-            self.table.query_soon()  # see the effect with the next poll
+        self._jobs.send_signal(job_id, sig)
 
     def cancel_queued(self, slot: JobSlot) -> None:
         """A cancel while the job is launched: remove it if the cluster says it still waits
         (once sbatch has answered: the submit lane hands it over then)."""
-        self._do(lambda: self._remove_queued(slot))
-
-    def _remove_queued(self, slot: JobSlot) -> None:
-        with self.lock:
-            job_id = slot.job_id
-            if job_id is None or slot.cancel_decided or not self.table.holds(slot):
-                return  # sbatch has not answered (it hands over then), or decided, or let go
-        try:
-            # Atomic in the controller: a job that has started is left alone.
-            self.commands.cancel(job_id, only_pending=True)
-            info = self.commands.state_of(job_id)
-        except SlurmError as exc:
-            log.warning("slurm_remove_failed", job_id=job_id, error=str(exc))
-            self._do(lambda: self._remove_queued(slot))  # unknown: ask again
-            return
-        if info.state is JobState.PENDING:
-            self._do(lambda: self._remove_queued(slot))  # not yet seen: ask again
-            return
-        with self.lock:
-            slot.cancel_decided = True
-            slot.info = info
-            if info.state is JobState.CANCELLED:
-                slot.removed = True
-                log.info("slurm_job_removed", run_id=slot.run_id, job_id=job_id)
-            else:
-                log.info("slurm_job_started_before_cancel", run_id=slot.run_id, job_id=job_id)
-            self.table.query_soon()  # a started one gets its stand-in with the next query
-            self.table.tell([slot.run_id])
+        self._jobs.cancel_queued(slot)
 
     def end_standin(self, slot: JobSlot) -> None:
         """End the stand-in of a settled run if it stands yet (a job over before it was seen

@@ -183,7 +183,7 @@ def collect_seconds(d: BenchDaemon) -> float:
     from prometheus_client import generate_latest
 
     from supervisor.db import Store
-    from supervisor.metrics import RunsCollector, registry_for
+    from supervisor.metrics.collector import RunsCollector, registry_for
     from supervisor.settings import load_settings
 
     settings = load_settings(str(d.config))

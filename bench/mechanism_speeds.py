@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from daemon_harness import RUNSUP, DaemonHarness, wait_for
 from notify_harness import NotifiedDaemon, NotifySocket
 
-from supervisor.watch import DirectoryWatcher
+from supervisor.progress.dirwatch import DirectoryWatcher
 
 DEFAULT_REPEAT = 10
 READY_SECONDS = 10.0

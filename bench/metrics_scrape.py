@@ -25,7 +25,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from supervisor.db import Store
-from supervisor.metrics import RunsCollector, registry_for
+from supervisor.metrics.collector import RunsCollector, registry_for
 from supervisor.settings import load_settings
 
 DEFAULT_ROWS = 100_000

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.outputpatterns import OutputTail, compile_patterns
-from supervisor.progress import ProgressTail
-from supervisor.watch import DirectoryWatcher
+from supervisor.progress.dirwatch import DirectoryWatcher
+from supervisor.progress.jsonl import ProgressTail
+from supervisor.progress.patterns import OutputTail, compile_patterns
 
 PATTERNS = (
     r"Starting simulation for (?P<erlang>[0-9.]+) Erlang "

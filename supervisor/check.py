@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Final
 
 from supervisor.checks import CheckResult, Status, exit_code, run_checks
 from supervisor.errors import ValidationError
-from supervisor.progress import ProgressRecord, ProgressState
+from supervisor.progress.jsonl import ProgressRecord, ProgressState
 from supervisor.settings import (
     DEFAULT_TEMPLATE_CPUS,
     LOCAL_EXECUTOR,
@@ -187,7 +187,7 @@ class SampleReport:
 
 def check_sample_log(settings: Settings, template_name: str, log: Path) -> SampleReport:
     """Run a template's progress patterns over a saved log as the daemon would."""
-    from supervisor.outputpatterns import MAX_LINE_BYTES, compile_patterns
+    from supervisor.progress.patterns import MAX_LINE_BYTES, compile_patterns
 
     template = settings.templates.get(template_name)
     if template is None:
@@ -210,7 +210,7 @@ def check_sample_log(settings: Settings, template_name: str, log: Path) -> Sampl
                     report.matches.append(_shown(number, line, problem=result.problem))
                 elif result.records:
                     for rec in result.records:
-                        report.state = report.state.apply(rec)
+                        report.state = report.state.fold(rec)
                     report.matches.append(_shown(number, line, records=result.records))
     except OSError as exc:
         raise ValidationError(f"--sample-log {log}: cannot read it: {exc.strerror}") from None

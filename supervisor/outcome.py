@@ -34,7 +34,7 @@ class Outcome:
     error_message: str | None
     reason: str
     # The outcome's name in a template's `retry_on` (SPEC section 11): "signal", "lost",
-    # "timeout", "exit:N", ... (see supervisor.queue); None for what is never retried.
+    # "timeout", "exit:N", ... (see supervisor.queue.rules); None for what is never retried.
     kind: str | None = None
 
 
@@ -165,9 +165,7 @@ def checkpointed(exit_code: int) -> Outcome:
 FOREIGN_UNKNOWN = "exit status unknown: started by another program"
 
 
-def foreign_end(
-    *, completed_ok: bool, last_error: str | None, cancelled: bool = False
-) -> Outcome:
+def foreign_end(*, completed_ok: bool, last_error: str | None, cancelled: bool = False) -> Outcome:
     """A run another program started, once its whole group is gone (SPEC section 3)."""
     if cancelled:
         message = f"cancelled on request ({FOREIGN_UNKNOWN})"

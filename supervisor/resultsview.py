@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from supervisor.cli.views import table
 from supervisor.client import Client
 from supervisor.db import RunRecord
 from supervisor.errors import NotFoundError, ValidationError
 from supervisor.results import TABLE_CELL_WIDTH, ResultsTable, cell_text
 from supervisor.settings import Settings
 from supervisor.states import RunStatus
-from supervisor.views import table
 
 # `runsup results` without ids, --sweep or --all: the runs made last (as `list` bounds itself).
 DEFAULT_RESULTS_LIMIT = 20

@@ -32,7 +32,8 @@ DEFAULT_DB_POLL_INTERVAL_SECONDS = 2.0
 DEFAULT_POLL_DELAY_MS = 300
 # Each run's log is cut in the middle (head and tail kept) once it grows past this.
 DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
-MIN_MAX_LOG_BYTES = 64 * 1024  # as supervisor.logcap.MIN_CAP_BYTES (not imported: start-up cost)
+# As supervisor.progress.logcap.MIN_CAP_BYTES (not imported: start-up cost).
+MIN_MAX_LOG_BYTES = 64 * 1024
 # The daemon folds the SQLite -wal file back (and truncates it) once it is larger than this.
 DEFAULT_WAL_CHECKPOINT_BYTES = 8 * 1024 * 1024
 
@@ -106,7 +107,7 @@ class Template:
     retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
     retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
     on_finish: tuple[str, ...] | None = None  # replaces [hooks] on_finish when set
-    progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.outputpatterns
+    progress_patterns: tuple[str, ...] = ()  # SPEC 12; checked by supervisor.progress.patterns
     # SPEC section 15: later attempts carry on (RUNSUP_RESUME=1); a warning signal before a
     # time limit or preemption ("USR1", without SIG); "saved a checkpoint, start me again".
     resume: bool = False
@@ -555,7 +556,7 @@ def _template(
     fmt = reader.choice("config_format", CONFIG_FORMATS) or "json"
     patterns: tuple[str, ...] = ()
     if "progress_patterns" in raw:  # RE2 is loaded only for a template that has the key
-        from supervisor.outputpatterns import check_patterns
+        from supervisor.progress.patterns import check_patterns
 
         where = f"config file {source}" if source else "configuration"
         patterns = check_patterns(raw["progress_patterns"], f"{where}: {prefix}progress_patterns")

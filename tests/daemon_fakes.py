@@ -160,6 +160,7 @@ class FakeExecutor:
     max_in_flight: int | None = None
     launches: dict[str, FakeLaunch] = field(default_factory=dict)
     found: dict[str, Recovery] = field(default_factory=dict)
+    closed: bool = False
     news: set[str] = field(default_factory=set)  # what poll() reports next (timer-watched runs)
     polls: int = 0
     _next_pid: int = FAKE_PID_BASE
@@ -185,7 +186,7 @@ class FakeExecutor:
         return self.found[ref.run_id]
 
     def close(self) -> None:
-        return None
+        self.closed = True
 
     def adopt_foreign(
         self,

@@ -39,7 +39,7 @@ def configuration_check(settings: Settings) -> CheckResult:
 def run_checks(settings: Settings) -> list[CheckResult]:
     """Every check, in the order they are shown."""
     steps: list[Callable[[Settings], list[CheckResult]]] = [
-        _machine, _storage, _executors, _programs,
+        _machine, _storage, _daemon, _executors, _programs,
     ]  # fmt: skip
     results = [configuration_check(settings)]
     for step in steps:
@@ -57,7 +57,7 @@ def _machine(settings: Settings) -> list[CheckResult]:
     from supervisor.db.engine import SQLITE_MINIMUM
     from supervisor.executors.local import cgroups
     from supervisor.executors.local.means import probe as detect_means
-    from supervisor.gpus import resolve_gpus
+    from supervisor.queue.gpus import resolve_gpus
 
     support = cgroups.detect()
     return [
@@ -86,6 +86,19 @@ def _storage(settings: Settings) -> list[CheckResult]:
         state = dir_state(path.parent, mounts)
         results.append(database_check(settings, probe_database(path), state, HEAD_REVISION))
     return results
+
+
+def _daemon(settings: Settings) -> list[CheckResult]:
+    """Whether a daemon serves this database now (its heartbeat): a ready configuration with
+    nobody serving it leaves every submitted run PENDING."""
+    from supervisor.checks.result import ok, warn
+    from supervisor.cliopen import daemon_absent
+
+    absent = daemon_absent(settings)
+    if absent is None:
+        return [ok("daemon", "a daemon serves this database (its heartbeat is fresh)")]
+    words, _, fix = absent.partition("; ")
+    return [warn("daemon", words, fix or None)]
 
 
 def _executors(settings: Settings) -> list[CheckResult]:

@@ -16,7 +16,7 @@ from supervisor.client.handles import Run, Runs, Sweep
 from supervisor.client.session import Session
 from supervisor.db import NewRun, new_run_id
 from supervisor.errors import NotFoundError, ValidationError
-from supervisor.queue import MAX_SWEEP_RUNS  # as `runsup submit --sweep`
+from supervisor.queue.rules import MAX_SWEEP_RUNS  # as `runsup submit --sweep`
 from supervisor.settings import Settings
 
 # submit() warns when the daemon's heartbeat is older than this (SPEC 7 says a minute).

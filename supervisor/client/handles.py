@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from supervisor.cli.views import progress_fraction
 from supervisor.client.errors import ResultsError, RunFailed
 from supervisor.client.logs import log_lines
 from supervisor.db import NewRun, RunRecord
 from supervisor.results import ResultsProblem, read_results_file
 from supervisor.states import FINAL_STATUSES, RunStatus
-from supervisor.views import progress_fraction
 
 if TYPE_CHECKING:
     from supervisor.client.session import Session

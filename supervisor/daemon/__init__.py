@@ -1,5 +1,5 @@
 """The daemon: the loop (loop.py) composing the owners of its tables (supervision.py,
-progressfeed.py, launcher.py, foreign.py, readopt.py, status.py, queueing.py), each run's state
+progressfeed.py, launcher.py, foreign.py, readopt.py, status.py, queuekeeper.py), each run's state
 machine (runstate.py), recovery's decisions (recovery.py) and batched writes (outbox.py)."""
 
 from supervisor.daemon.loop import Daemon

@@ -20,9 +20,9 @@ from supervisor.daemon.tracked import InFlight
 from supervisor.daemon.wakeups import _LAUNCH, crash_point
 from supervisor.db import RunRecord, external_id_change, final_change
 from supervisor.errors import LaunchCancelled, LaunchError, SupervisorError
-from supervisor.executors.base import Launch
+from supervisor.executors.base import Executor, Launch
 from supervisor.outcome import Outcome
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
 
@@ -31,10 +31,13 @@ log = structlog.get_logger(__name__)
 # How far past its free slots a scheduling pass looks down the queue for runs that fit.
 SCHEDULING_LOOKAHEAD = 32
 
-# The queue's pickup: up to this many PENDING runs that may start now, in queue order.
-Pickup = Callable[[int], list[RunRecord]]
+# The queue's pickup: up to this many PENDING runs that may start now, in queue order,
+# leaving out the runs of these templates (their executor has no room now).
+Pickup = Callable[[int, frozenset[str]], list[RunRecord]]
 # What the claims found still starting after a restart hold (readopt.py owns them).
 ClaimsHeld = Callable[[], Mapping[str, Held]]
+# How many of those claims were sent to an executor (they count against its max_submitted).
+ClaimsOn = Callable[[str], int]
 
 
 class Launcher:
@@ -46,11 +49,13 @@ class Launcher:
         supervision: Supervision,
         pickup: Pickup,
         claims_held: ClaimsHeld,
+        claims_on: ClaimsOn,
     ) -> None:
         self._s = services
         self._sup = supervision
         self._pickup = pickup
         self._claims_held = claims_held
+        self._claims_on = claims_on
         self.resources = Resources(services.settings)
         self.launching: dict[str, InFlight] = {}  # others read it; only this object writes it
 
@@ -74,6 +79,7 @@ class Launcher:
                 continue
             busy = sum(r.executor == name for r in self._sup.runs.values())
             busy += sum(f.executor == name for f in self.launching.values())
+            busy += self._claims_on(name)  # claims found still submitting after a restart
             free[name] = executor.max_in_flight - busy
         return free
 
@@ -84,12 +90,20 @@ class Launcher:
         want = free + sum(max(0, n) for n in cluster.values())
         if want <= 0:
             return
+        # Runs of an executor with no room now are not picked up at all: they would fill the
+        # rows looked at and hold back the runs of executors that have room (issue 20, 4).
+        full = {name for name, n in cluster.items() if n <= 0}
+        if free <= 0:
+            full.add(LOCAL_EXECUTOR)
+        skip = frozenset(
+            name for name, t in self._s.settings.templates.items() if t.executor in full
+        )
         # First just enough rows to fill the free slots (the common case costs no more); when
         # some of them wait for resources, look a little further down the queue, so that a
         # run that waits never holds back smaller ones behind it (scheduling.py).
-        plan = self._plan(want)
+        plan = self._plan(want, skip)
         if plan.waiting and plan.examined >= want and len(plan.start) < want:
-            plan = self._plan(want + SCHEDULING_LOOKAHEAD)
+            plan = self._plan(want + SCHEDULING_LOOKAHEAD, skip)
         for run_id, why in plan.impossible.items():
             self._fail_unstarted_now(run_id, why)
         starts = self._within_executor_limits(plan.start, cluster)
@@ -100,11 +114,12 @@ class Launcher:
                 crash_point(f"launch_claimed:{attempt_number(start.record.attempt)}")
                 self._begin_launch(start)
 
-    def _plan(self, limit: int) -> Plan:
-        """A scheduling pass over the first `limit` PENDING runs in queue order."""
+    def _plan(self, limit: int, skip: frozenset[str]) -> Plan:
+        """A scheduling pass over the first `limit` PENDING runs in queue order (runs of the
+        templates in `skip` left out)."""
         templates = self._s.settings.templates
         candidates = []
-        for record in self._pickup(limit):
+        for record in self._pickup(limit, skip):
             problem = launchprep.row_problem(record, templates, self._s.settings.config_file)
             if problem is not None:
                 self._fail_unstarted_now(record.id, problem)
@@ -218,10 +233,12 @@ class Launcher:
             handle = flight.launch.poll()
         except LaunchCancelled as exc:  # a queued job removed on a cancel: it never started
             self._end_launch(flight)
+            self._sup.launch_dropped(run_id)
             self._cancel_unstarted(run_id, str(exc))
             return
         except LaunchError as exc:
             self._end_launch(flight)
+            self._sup.launch_dropped(run_id)
             self.fail_unstarted(run_id, str(exc))
             return
         self._record_external_id(flight)
@@ -278,9 +295,10 @@ class Launcher:
         ):
             log.info("run_cancelled_pending", run_id=record.id)
 
-    def poll_executors(self) -> None:
-        """Executors that look at their runs in batches: act on what has news (never waits)."""
-        for executor in self._s.executors.values():
+    def poll_executors(self, retired: Iterable[Executor] = ()) -> None:
+        """Executors that look at their runs in batches: act on what has news (never waits).
+        `retired`: instances a reload replaced, still serving the runs they had."""
+        for executor in [*self._s.executors.values(), *retired]:
             if executor.poll_interval is None:
                 continue
             for run_id in executor.poll():
@@ -296,6 +314,7 @@ class Launcher:
         """On the way out: their keepers (or jobs) go on; the next daemon finds the claims."""
         for flight in list(self.launching.values()):
             flight.launch.abandon()
+            self._sup.launch_dropped(flight.record.id)
         self.launching.clear()
 
     def fail_unstarted(self, run_id: str, reason: str) -> None:

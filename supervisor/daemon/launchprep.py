@@ -20,7 +20,7 @@ from supervisor.errors import ValidationError
 from supervisor.executors.base import LaunchSpec
 from supervisor.hints import unknown_template
 from supervisor.notify import scrub_environment
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import Template
 
 # SPEC sections 11 and 15: what every attempt is told.

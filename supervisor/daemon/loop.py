@@ -31,21 +31,23 @@ from supervisor.daemon.lockfile import acquire_lock
 from supervisor.daemon.outbox import RETRY_INTERVAL_SECONDS, Outbox
 from supervisor.daemon.progressfeed import ProgressFeed
 from supervisor.daemon.pruning import Pruner
-from supervisor.daemon.queueing import QueueKeeper, QueueView
+from supervisor.daemon.queuekeeper import QueueKeeper, QueueView
 from supervisor.daemon.readopt import Readoption
+from supervisor.daemon.rebuild import Retired, close_finished, rebuild_executors
+from supervisor.daemon.runstate import Phase
 from supervisor.daemon.services import Services
 from supervisor.daemon.status import StatusReport
 from supervisor.daemon.supervision import Supervision
 from supervisor.daemon.tracked import InFlight, TrackedRun
 from supervisor.daemon.wakeups import _EXIT, _LAUNCH, _LEFTOVER, _WAKE
 from supervisor.daemon.watching import Watchers
-from supervisor.db import Store
+from supervisor.db import Store, cancel_requested_change
 from supervisor.errors import ConfigError, DatabaseBusy
 from supervisor.executors.base import Executor
 from supervisor.executors.local.executor import LocalExecutor
 from supervisor.executors.registry import build_executors
 from supervisor.heartbeat import Heartbeat, heartbeat_path
-from supervisor.metrics_server import MetricsServer
+from supervisor.metrics.server import MetricsServer
 from supervisor.notify import Notifier
 from supervisor.settings import LOCAL_EXECUTOR, Settings, load_settings
 
@@ -53,6 +55,8 @@ log = structlog.get_logger(__name__)
 
 # After an error in one pass of the loop, wait this long before the next (no hot spin).
 ERROR_BACKOFF_SECONDS = 1.0
+# Phases of a run whose whole group is gone (only its final write may be left to do).
+_ENDED = (Phase.EXITED, Phase.SETTLED)
 # On the way out, keep trying to commit what is left for at most this long.
 SHUTDOWN_FLUSH_SECONDS = 5.0
 
@@ -97,6 +101,7 @@ class Daemon:
             poll_db_soon=self._poll_db_soon,
         )
         self._signals: list[int] = []
+        self._retired: list[Retired] = []  # executors a reload replaced, serving their runs
         self.stopping = False
         self._forced = False
         self._next_rescan = 0.0
@@ -115,7 +120,10 @@ class Daemon:
             QueueView(
                 self.services,
                 busy_templates=lambda: self.launcher.busy_templates(),
-                supervises=lambda run_id: run_id in runs or run_id in self.launching,
+                # Tracked, settling (its true outcome on its way) or launching (issue 20, 9).
+                supervises=lambda run_id: (
+                    self.supervision.knows(run_id) or run_id in self.launching
+                ),
                 launching=lambda run_id: run_id in self.launching,
             )
         )
@@ -126,6 +134,7 @@ class Daemon:
             self.supervision,
             self.queue.pickup,
             lambda: self.readoption.claims_held,
+            lambda name: self.readoption.claims_on(name),
         )
         self.launching: Mapping[str, InFlight] = self.launcher.launching
         self.foreign = ForeignRuns(self.services, self.supervision)
@@ -208,7 +217,10 @@ class Daemon:
             return False
         if self._forced or self.settings.on_stop == "detach":
             return True
-        return not self.runs and not self.launching
+        # Every run has ended: what is left to write, _shutdown flushes within its own bound
+        # (a database locked by another program does not keep the daemon up until it is
+        # killed; the next daemon settles any run whose outcome did not get written).
+        return not self.launching and all(r.state.phase in _ENDED for r in self.runs.values())
 
     def _guarded(self, step: Any) -> None:
         try:
@@ -225,7 +237,7 @@ class Daemon:
         self.pruner.stop()  # after its batch: what it committed stays done
         # Its keeper (or job) goes on; the next daemon finds the claimed run again.
         self.launcher.abandon_all()
-        for executor in self.services.executors.values():
+        for executor in [*self.services.executors.values(), *(r.executor for r in self._retired)]:
             executor.close()
         self.feed.queue_progress()
         deadline = self.clock.monotonic() + SHUTDOWN_FLUSH_SECONDS
@@ -258,7 +270,9 @@ class Daemon:
                 self.supervision.check_group(run_id)
         self._handle_signals()
         now = self.clock.monotonic()
-        self.launcher.poll_executors()
+        self.launcher.poll_executors(r.executor for r in self._retired)
+        if self._retired:
+            self._retired = close_finished(self._retired, [*self.runs, *self.launching])
         self.launcher.poll_due_launches(now)
         changed = self.watchers.drain_runs()
         again = self.feed.take_read_again()
@@ -308,7 +322,7 @@ class Daemon:
         yield self.readoption.next_deadline()
         yield self.queue.next_due()
         yield self.pruner.next_due(self.settings)
-        for executor in self.services.executors.values():
+        for executor in [*self.services.executors.values(), *(r.executor for r in self._retired)]:
             if executor.poll_interval is not None:
                 yield now + executor.poll_interval  # its thread also wakes us sooner
 
@@ -332,12 +346,21 @@ class Daemon:
             "daemon_stopping", signal=signal.Signals(signum).name, on_stop=self.settings.on_stop
         )
         if self.settings.on_stop == "cancel":
-            for run in self.runs.values():
-                self.store.request_cancel(run.run_id)
-                self.supervision.request_cancel(run)
-            for flight in list(self.launching.values()):
-                self.store.request_cancel(flight.record.id)
-                self.launcher.cancel(flight.record.id, "cancelled: the daemon stopped")
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        """on_stop = "cancel": stop every run and launch now; the requests are recorded with
+        the pass's other writes (a locked database or a deleted row stops nothing here)."""
+        for run in list(self.runs.values()):
+            if not run.state.cancel_requested:
+                self.outbox.add(cancel_requested_change(run.run_id))
+            self.supervision.request_cancel(run)
+        for run_id in list(self.launching):
+            self.outbox.add(cancel_requested_change(run_id))
+            try:
+                self.launcher.cancel(run_id, "cancelled: the daemon stopped")
+            except Exception as exc:  # one launch that cannot be cancelled stops no other
+                log.error("launch_cancel_failed", run_id=run_id, error=str(exc), exc_info=True)
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -348,7 +371,10 @@ class Daemon:
         else:
             # Where the runs and the database live cannot change under live runs.
             kept = replace(new, database=self.settings.database, runs_dir=self.settings.runs_dir)
-            self.settings = kept
+            old, self.settings = self.settings, kept
+            self._retired += rebuild_executors(
+                self.services.executors, old, kept, self._in_flight_on, self.wake
+            )
             self.launcher.reload()
             log.info(
                 "config_reloaded",
@@ -356,6 +382,11 @@ class Daemon:
                 max_concurrent_runs=kept.max_concurrent_runs,
             )
         self.notifier.ready(self.status.text())
+
+    def _in_flight_on(self, executor: str) -> set[str]:
+        """Ids of the runs and launches of this executor."""
+        ids = {i for i, r in self.runs.items() if r.executor == executor}
+        return ids | {i for i, f in self.launching.items() if f.executor == executor}
 
     def _flush(self) -> None:
         self.feed.queue_progress()

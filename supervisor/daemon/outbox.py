@@ -11,12 +11,12 @@ compare-and-set applied once it is committed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from supervisor.db import ProgressUpdate, RowChange, Store
-from supervisor.errors import DatabaseError
+from supervisor.errors import DatabaseBusy
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +32,17 @@ Done = Callable[[bool], None]
 class _Entry:
     change: RowChange
     done: Done | None
+
+
+@dataclass
+class _Isolated:
+    """What committing a failed batch write by write gave."""
+
+    entries: list[_Entry] = field(default_factory=list)  # committed or refused, in order
+    results: list[bool] = field(default_factory=list)  # for each of entries: applied
+    waiting: list[_Entry] = field(default_factory=list)  # not tried: the database got locked
+    progress: dict[str, ProgressUpdate] = field(default_factory=dict)  # to try again
+    committed: int = 0  # progress updates that went in
 
 
 class Outbox:
@@ -68,21 +79,75 @@ class Outbox:
         if self.blocked_since is not None and now < self.retry_at:
             return False
         entries, progress = self._changes, list(self._progress.values())
+        kept: _Isolated | None = None
         try:
             results = self._store.commit_batch([e.change for e in entries], progress)
-        except DatabaseError as exc:
+        except DatabaseBusy as exc:
             self._blocked(now, str(exc))
             return False
-        except Exception as exc:  # a full disk or a broken file: keep it all, try again later
-            self._blocked(now, f"{type(exc).__name__}: {exc}")
-            return False
-        self._changes = []
-        self._progress = {}
+        except Exception as exc:  # a bad change, a full disk or a broken file
+            kept = self._one_by_one(entries, progress)
+            if kept is None:  # nothing commits alone either: the database, not one change
+                self._blocked(now, f"{type(exc).__name__}: {exc}")
+                return False
+            entries, results = kept.entries, kept.results
+        self._changes = kept.waiting if kept is not None else []
+        self._progress = kept.progress if kept is not None else {}
         if self.blocked_since is not None:
             log.info("database_writes_resumed", waited_seconds=round(now - self.blocked_since, 3))
         self.blocked_since = None
         self.failed_attempts = 0
         self.last_error = None
+        self._follow_up(entries, results)
+        return not self._changes and not self._progress
+
+    def _one_by_one(
+        self, entries: list[_Entry], progress: list[ProgressUpdate]
+    ) -> _Isolated | None:
+        """After a batch failed with an error other than a lock: commit each write alone, so
+        that one poison change (a row SQLite refuses) cannot hold back every other write
+        forever. A change that fails alone while another write commits is dropped, loudly,
+        and its follow-up learns it did not apply. None if no write commits alone (a full
+        disk, a read-only file): then everything is kept for the next attempt."""
+        out = _Isolated()
+        refused: list[tuple[_Entry, str]] = []
+        for i, entry in enumerate(entries):
+            try:
+                out.results.append(self._store.commit_batch([entry.change])[0])
+            except DatabaseBusy:  # locked meanwhile: the rest waits as usual
+                out.waiting = entries[i:]
+                break
+            except Exception as exc:
+                refused.append((entry, f"{type(exc).__name__}: {exc}"))
+                continue
+            out.entries.append(entry)
+        bad_progress: list[tuple[ProgressUpdate, str]] = []
+        for update in progress:
+            try:
+                self._store.commit_batch([], [update])
+            except DatabaseBusy:
+                out.progress[update.run_id] = update
+            except Exception as exc:
+                bad_progress.append((update, f"{type(exc).__name__}: {exc}"))
+            else:
+                out.committed += 1
+        if not out.entries and not out.committed:
+            return None  # nothing went in alone: keep everything as it was
+        for entry, error in refused:
+            log.error(
+                "database_write_refused",
+                run_id=entry.change.run_id,
+                to=entry.change.to.value if entry.change.to else None,
+                reason=entry.change.reason,
+                error=error,
+            )
+            out.entries.append(entry)
+            out.results.append(False)
+        for update, error in bad_progress:
+            log.error("database_write_refused", run_id=update.run_id, write="progress", error=error)
+        return out
+
+    def _follow_up(self, entries: list[_Entry], results: list[bool]) -> None:
         for entry, applied in zip(entries, results, strict=True):
             if entry.done is None:
                 continue
@@ -95,7 +160,6 @@ class Outbox:
                     error=str(exc),
                     exc_info=True,
                 )
-        return True
 
     def _blocked(self, now: float, error: str) -> None:
         self.failed_attempts += 1

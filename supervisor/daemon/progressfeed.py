@@ -9,10 +9,12 @@ from pathlib import Path
 
 import structlog
 
-from supervisor import logcap, rundir
+from supervisor import rundir
 from supervisor.daemon.services import Services
 from supervisor.daemon.tracked import TrackedRun
-from supervisor.outputpatterns import MAX_READ_BYTES
+from supervisor.progress import logcap
+from supervisor.progress.patterns import MAX_READ_BYTES
+from supervisor.settings import LOCAL_EXECUTOR
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +70,7 @@ class ProgressFeed:
             if run is not None and run.output is not None:
                 self._progress_read.add(run_id)
                 for record in run.output.read():
-                    run.progress = run.progress.apply(record)
+                    run.progress = run.progress.fold(record)
                 if run.output.more:
                     self._read_again.add(run_id)
 
@@ -76,10 +78,10 @@ class ProgressFeed:
         """Read the run's tails: one read each, or (`to_end`) all there is."""
         self._progress_read.add(run.run_id)
         for record in run.tail.read_to_end() if to_end else run.tail.read():
-            run.progress = run.progress.apply(record)
+            run.progress = run.progress.fold(record)
         if run.output is not None:
             for record in run.output.read_to_end() if to_end else run.output.read():
-                run.progress = run.progress.apply(record)
+                run.progress = run.progress.fold(record)
         if run.tail.more or (run.output is not None and run.output.more):
             self._read_again.add(run.run_id)  # a burst: go on next pass, without waiting
 
@@ -105,12 +107,16 @@ class ProgressFeed:
             run = self._runs.get(run_id)
             if run is None or (skip_small and run.output and run.output.offset < far_below):
                 continue
-            if self.bound_log(run.run_dir) and run.output is not None:
+            if self.bound_log(run.run_dir, run.executor) and run.output is not None:
                 self.read_tail(run)  # the output tail finds its place again; saved this pass
 
-    def bound_log(self, run_dir: Path) -> bool:
+    def bound_log(self, run_dir: Path, executor: str) -> bool:
         """Cut the middle of the run's log once it is past max_log_bytes (see logcap); True if
-        it was cut."""
+        it was cut. Only logs this machine writes: a cluster job's log on a shared filesystem
+        is written on another node, where a copy-and-truncate from here would cut it under its
+        writer (NUL holes, a cut at every rescan); the cluster bounds its own (issue 20, 13)."""
+        if executor != LOCAL_EXECUTOR:
+            return False
         try:
             cut = logcap.bound_log(rundir.log_path(run_dir), self._s.settings.max_log_bytes)
         except OSError as exc:

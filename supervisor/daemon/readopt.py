@@ -22,7 +22,7 @@ from supervisor.daemon.tracked import log_tail, read_on, record_dir_of, running,
 from supervisor.db import RunRecord, claim_released_change, final_change, standin_change
 from supervisor.executors.base import ExitStatus, Launch, ProcessRecord, RunHandle, RunRef
 from supervisor.executors.local.identity import current_boot_id
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR
 from supervisor.states import RunStatus
 
@@ -50,11 +50,17 @@ class Readoption:
         self._feed = feed
         self._claims_waiting: dict[str, float] = {}  # run id -> monotonic time to look again
         self._claims_held: dict[str, Held] = {}  # what those claims hold, from their rows
+        self._claims_executor: dict[str, str] = {}  # where each waiting claim was sent
 
     @property
     def claims_held(self) -> dict[str, Held]:
         """What the local claims still starting hold (they count against the slots)."""
         return self._claims_held
+
+    def claims_on(self, executor: str) -> int:
+        """How many waiting claims were sent to this executor (they count against its
+        max_submitted as its launches do)."""
+        return sum(name == executor for name in self._claims_executor.values())
 
     def next_deadline(self) -> float | None:
         """When the next waiting claim is looked at again, if any waits."""
@@ -102,7 +108,7 @@ class Readoption:
             attempt=attempt_number(record.attempt),
             claimed_at=record.launch_claimed_at,
         )
-        recovery.apply(_RunHost(self, run_dir), record, executor.recover(ref))
+        recovery.carry_out(_RunHost(self, run_dir), record, executor.recover(ref))
 
     def _settle_invalid(self, record: RunRecord, why: str) -> None:
         if record.status == RunStatus.PENDING:
@@ -114,13 +120,31 @@ class Readoption:
             )
 
     def _recheck_claim(self, run_id: str) -> None:
-        """A claim whose keeper was still starting at the last look: look again."""
-        self._claims_waiting.pop(run_id, None)
-        self._claims_held.pop(run_id, None)
-        record = self._s.store.find(run_id)
+        """A claim whose keeper was still starting at the last look: look again. A look that
+        fails keeps the claim (and what it holds) for the next look."""
+        try:
+            record = self._s.store.find(run_id)
+        except Exception as exc:
+            self._recheck_failed(run_id, exc)
+            return
+        self._drop_claim(run_id)
         if record is None or record.status != RunStatus.PENDING:
             return
-        self._recover_one(record)
+        try:
+            self._recover_one(record)
+        except Exception as exc:
+            self._recheck_failed(run_id, exc)
+            self.look_again_later(record, f"the last look failed: {exc}")
+
+    def _recheck_failed(self, run_id: str, exc: Exception) -> None:
+        log.error("claim_recheck_failed", run_id=run_id, error=str(exc), exc_info=True)
+        if run_id in self._claims_waiting:
+            self._claims_waiting[run_id] = self._s.clock.monotonic() + CLAIM_RECHECK_SECONDS
+
+    def _drop_claim(self, run_id: str) -> None:
+        self._claims_waiting.pop(run_id, None)
+        self._claims_held.pop(run_id, None)
+        self._claims_executor.pop(run_id, None)
 
     def settle_offline(self, record: RunRecord, run_dir: Path, status: ExitStatus) -> None:
         """A run that ended while no daemon watched: its keeper kept the true status.
@@ -130,7 +154,7 @@ class Readoption:
         """
         template = self._s.settings.templates.get(record.template)
         state, update = read_on(record, run_dir, template)  # before the last log cut
-        self._feed.bound_log(run_dir)
+        self._feed.bound_log(run_dir, record.executor or LOCAL_EXECUTOR)
         self._s.outbox.progress(update)
         cause = stop_cause(record)
         code = template.checkpoint_exit_code if template else None
@@ -172,7 +196,10 @@ class Readoption:
                 boot_id=proc.boot_id,
             )
         template = self._s.settings.templates.get(record.template)
-        run = self._sup.track(record, handle, run_dir, template)
+        held = None
+        if (record.executor or LOCAL_EXECUTOR) == LOCAL_EXECUTOR:
+            held = self._launcher.resources.held_by_adopted(record, handle.record.keeper_pid)
+        run = self._sup.track(record, handle, run_dir, template, held=held)
         if handle.exit_status() is not None:
             self._sup.on_exit(run.run_id)
 
@@ -204,7 +231,9 @@ class Readoption:
     def look_again_later(self, record: RunRecord, why: str) -> None:
         """Its keeper is still starting."""
         self._claims_waiting[record.id] = self._s.clock.monotonic() + CLAIM_RECHECK_SECONDS
-        if (record.executor or LOCAL_EXECUTOR) == LOCAL_EXECUTOR:  # a cluster holds its own
+        name = record.executor or LOCAL_EXECUTOR
+        self._claims_executor[record.id] = name
+        if name == LOCAL_EXECUTOR:  # a cluster holds its own resources
             self._claims_held[record.id] = Held.of_row(record)
         log.info("launch_still_starting", run_id=record.id, why=why)
 

@@ -73,15 +73,15 @@ class RecoveryHost(Protocol):
         ...
 
 
-def apply(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
+def carry_out(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
     """Carry out what `found` means for a run whose row is `record`."""
     if record.status == RunStatus.PENDING:
-        _apply_to_claim(host, record, found)
+        _carry_out_claim(host, record, found)
     else:
-        _apply_to_running(host, record, found)
+        _carry_out_running(host, record, found)
 
 
-def _apply_to_running(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
+def _carry_out_running(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
     """The row says RUNNING: watch the run, or settle it with what is known of its end."""
     match found:
         case Adopted(handle=handle):
@@ -109,7 +109,7 @@ def _apply_to_running(host: RecoveryHost, record: RunRecord, found: Recovery) ->
             host.settle_lost(record, "the cluster queued the job again after it had started")
 
 
-def _apply_to_claim(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
+def _carry_out_claim(host: RecoveryHost, record: RunRecord, found: Recovery) -> None:
     """The row is PENDING with a launch claim: a daemon died between claim and RUNNING."""
     match found:
         case NeverStarted(why=why):
@@ -122,10 +122,10 @@ def _apply_to_claim(host: RecoveryHost, record: RunRecord, found: Recovery) -> N
             host.resume_launch(record, launch)
         case Adopted(handle=handle):
             host.mark_running(record, handle.record, "found started after a daemon restart")
-            _apply_to_running(host, record, found)
+            _carry_out_running(host, record, found)
         case EndedWhileAway(record=process) | Lost(record=process) if process is not None:
             host.mark_running(record, process, "found started after a daemon restart")
-            _apply_to_running(host, record, found)
+            _carry_out_running(host, record, found)
         case EndedWhileAway(exit=status):
             host.fail_unstarted(record, f"the launch ended unrecorded ({status.describe()})")
         case Lost(why=why):

@@ -1,7 +1,7 @@
 """What local runs hold and may take (SPEC section 10): the loop's side of scheduling.
 
 The rule itself (queue order, a reserving head per kind of wait, backfill) is the pure
-`supervisor.scheduling`; this module builds its inputs from the configuration and the runs the
+`supervisor.queue.scheduling`; this module builds its inputs from the configuration and the runs the
 loop holds, and turns its grants into row values, launch parameters and pinned CPUs. What a run
 holds is in its row (`cpus`, `gpu_ids`, `memory_max_bytes`) from its claim on, so a restarted
 daemon rebuilds it from the rows and never hands one GPU to two runs.
@@ -10,13 +10,13 @@ daemon rebuilds it from the rows and never hands one GPU to two runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from supervisor import gpus, scheduling
-from supervisor.capacity import capacity_of
 from supervisor.db import Claim, RunRecord
 from supervisor.executors.local import pinning
-from supervisor.scheduling import Grant, Request
+from supervisor.queue import gpus, scheduling
+from supervisor.queue.capacity import capacity_of
+from supervisor.queue.scheduling import Grant, Request
 from supervisor.settings import LOCAL_EXECUTOR, Settings, Template
 
 
@@ -114,6 +114,16 @@ class Resources:
             if t.executor != LOCAL_EXECUTOR
         ]
         return Plan(tuple(starts), decision.impossible, len(decision.waiting), len(candidates))
+
+    def held_by_adopted(self, record: RunRecord, keeper_pid: int | None) -> Held:
+        """What a run found after a restart holds: its row's counts and, when CPUs are pinned,
+        the ids its keeper is pinned to (not in the row: read back from the keeper's affinity,
+        so that new runs are not pinned on top of it; issue 20, 11)."""
+        held = Held.of_row(record)
+        if not self.pin or keeper_pid is None or keeper_pid <= 0:
+            return held
+        cpus = pinning.pinned_cpus(keeper_pid, self._allowed)
+        return replace(held, cpu_ids=tuple(sorted(cpus)) or None)
 
     def _pin(self, grant: Grant, taken: list[int]) -> tuple[int, ...] | None:
         if not self.pin:

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable
 
 from supervisor.daemon.services import Services
 from supervisor.heartbeat import Heartbeat
-from supervisor.metrics_server import MetricsServer
+from supervisor.metrics.server import MetricsServer
 from supervisor.notify import Notifier
+from supervisor.progress.dirwatch import DirectoryWatcher
 from supervisor.states import RunStatus
-from supervisor.watch import DirectoryWatcher
 
 # The pending count in systemd's STATUS= is taken at most this often (it costs a count).
 STATUS_COUNT_INTERVAL_SECONDS = 1.0

@@ -39,7 +39,7 @@ from supervisor.db import (
 from supervisor.executors.base import ExitStatus, RunHandle
 from supervisor.executors.local.identity import current_boot_id, process_age_seconds
 from supervisor.outcome import Outcome
-from supervisor.queue import attempt_number
+from supervisor.queue.rules import attempt_number
 from supervisor.settings import LOCAL_EXECUTOR, Template
 from supervisor.states import RunStatus
 
@@ -74,6 +74,14 @@ class Supervision:
     def cancel_when_started(self, run_id: str) -> None:
         """A cancel came while the run was still launching: act on it once it reports."""
         self._cancel_seen.add(run_id)
+
+    def launch_dropped(self, run_id: str) -> None:
+        """The launch ended without a process (failed, removed, abandoned): no cancel to act on."""
+        self._cancel_seen.discard(run_id)
+
+    def cancels_waiting(self) -> int:
+        """How many cancels wait for their launch to report."""
+        return len(self._cancel_seen)
 
     def started(self, flight: InFlight, handle: RunHandle) -> None:
         """A launch reported its process: RUNNING (with pid and pgid) goes out with this pass."""
@@ -110,8 +118,13 @@ class Supervision:
         run = self.runs.get(run_id)
         log.error("run_row_changed_under_launch", run_id=run_id)
         if run is not None:
+            # Followed until its group is gone (then its cgroup goes too), never settled.
+            run.disowned = True
             run.handle.signal_group(signal.SIGKILL)
-            self.forget(run)
+            if run.state.exit is None:
+                self.on_exit(run_id)
+            else:
+                self.check_group(run_id)
 
     def track(
         self,
@@ -125,7 +138,9 @@ class Supervision:
         executor: str | None = None,
     ) -> TrackedRun:
         """Watch the run from now on: its end, its deadlines, its progress."""
-        timeout = template.timeout_seconds if template else None
+        # A run another program started keeps to that program's limits, not our template's
+        # (SPEC section 3: never stopped while its group lives, unless a cancel is asked).
+        timeout = template.timeout_seconds if template and not foreign else None
         now = self._s.clock.monotonic()
         timeout_at = None
         if timeout is not None:
@@ -283,8 +298,12 @@ class Supervision:
             return
         self._unwatch_leftover(run)
         run.group_check_at = None
+        if run.disowned:  # the row is another program's now: nothing of ours to write
+            run.handle.release()
+            self.forget(run)
+            return
         run.state.group_gone()
-        self._feed.bound_log(run.run_dir)  # the last cut: nothing writes to it any more
+        self._feed.bound_log(run.run_dir, run.executor)  # the last cut: nothing writes to it
         out = self._classify(run, run.state.exit)
         self._feed.mark_read(run.run_id)
         self._feed.queue_progress()

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from supervisor import logcap, rundir
 from supervisor import outcome as outcomes
+from supervisor import rundir
 from supervisor.daemon.resources import Held
 from supervisor.daemon.runstate import RunState, StopCause
 from supervisor.db import ProgressUpdate, RowChange, RunRecord, running_change
 from supervisor.executors.base import Launch, ProcessRecord, RunHandle
-from supervisor.outputpatterns import OutputTail, tail_for
-from supervisor.progress import ProgressState, ProgressTail
+from supervisor.progress import logcap
+from supervisor.progress.jsonl import ProgressState, ProgressTail
+from supervisor.progress.patterns import OutputTail, tail_for
 from supervisor.settings import LOCAL_EXECUTOR, Template
 
 
@@ -33,6 +34,9 @@ class TrackedRun:
     output: OutputTail | None = None  # progress from the log's lines (progress_patterns)
     flushed: ProgressUpdate | None = None
     foreign: bool = False  # started by another program (SPEC section 3): no keeper, no status
+    # Another program rewrote the row under our launch: the run is killed and, once its group
+    # is gone, its cgroup removed and forgotten without a status write (issue 20, 12).
+    disowned: bool = False
     exit_fd: int | None = None  # registered with the selector until the run ends
     leftover_fd: int | None = None  # registered with the selector while the group lingers
     group_check_at: float | None = None  # when its lingering group is looked at (handle's delay)
@@ -83,9 +87,9 @@ def read_on(
     tail, output = tails_for(record, run_dir, template)
     state = progress_of(record)
     for rec in tail.read_to_end():
-        state = state.apply(rec)
+        state = state.fold(rec)
     for rec in output.read_to_end() if output is not None else ():
-        state = state.apply(rec)
+        state = state.fold(rec)
     update = update_of(record.id, state, tail, output)
     if output is None:  # patterns removed from the template since: keep where it was
         update = replace(update, output_offset=record.output_offset)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from supervisor.daemon.services import Services
 from supervisor.heartbeat import Heartbeat
-from supervisor.watch import DirectoryWatcher
+from supervisor.progress.dirwatch import DirectoryWatcher
 
 
 class Watchers:

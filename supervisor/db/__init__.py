@@ -3,6 +3,7 @@
 from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RowChange,
+    cancel_requested_change,
     claim_released_change,
     corrected_final_change,
     external_id_change,
@@ -51,6 +52,7 @@ __all__ = [
     "RunRecord",
     "RunStats",
     "Store",
+    "cancel_requested_change",
     "check_config_json",
     "claim_released_change",
     "corrected_final_change",

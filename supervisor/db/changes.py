@@ -175,6 +175,12 @@ def timed_out_change(run_id: str) -> RowChange:
     return RowChange(run_id, frozenset({RunStatus.RUNNING}), {"timed_out_at": utcnow()})
 
 
+def cancel_requested_change(run_id: str) -> RowChange:
+    """Record a cancel the daemon asks for itself (on_stop = "cancel"), with its other writes."""
+    expect = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+    return RowChange(run_id, expect, {"cancel_requested_at": utcnow()})
+
+
 def claim_released_change(run_id: str) -> RowChange:
     """Undo a launch claim on a run that is provably not started, so it is launched again."""
     return RowChange(run_id, frozenset({RunStatus.PENDING}), {"launch_claimed_at": None})
@@ -245,7 +251,7 @@ def hook_done_change(run_id: str) -> RowChange:
     return RowChange(run_id, FINAL_STATUSES, {"hook_done_at": utcnow()})
 
 
-def apply_change(conn: Connection, change: RowChange) -> bool:
+def write_change(conn: Connection, change: RowChange) -> bool:
     """Apply one RowChange inside the caller's transaction; True if the row matched."""
     values = dict(change.values)
     if change.to is not None:
@@ -315,9 +321,7 @@ def write_progress(conn: Connection, updates: Sequence[ProgressUpdate]) -> int:
 
 
 # record_progress's statement, with named parameters (any driver) and positional ones (SQLite).
-_PROGRESS_KEYS = (
-    "b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_out", "b_at", "b_id"
-)
+_PROGRESS_KEYS = ("b_ce", "b_te", "b_ci", "b_ti", "b_ei", "b_off", "b_bad", "b_out", "b_at", "b_id")
 _PROGRESS_NAMED_SQL = (
     "UPDATE runs SET current_erlang = :b_ce, total_erlangs = :b_te,"
     " current_iteration = :b_ci, total_iterations = :b_ti, erlang_index = :b_ei,"
@@ -334,7 +338,7 @@ _PROGRESS_QMARK_SQL = (
 )
 
 
-def apply_batch(
+def write_batch(
     conn: Connection, changes: Sequence[RowChange], progress: Sequence[ProgressUpdate]
 ) -> list[bool]:
     """Apply changes and progress updates in the caller's transaction; whether each applied."""
@@ -345,11 +349,11 @@ def apply_batch(
     results = [False] * len(changes)
     for i in range(len(changes)):
         if i not in final_set:
-            results[i] = apply_change(conn, changes[i])
+            results[i] = write_change(conn, changes[i])
     if progress:
         write_progress(conn, progress)
     for i in finals:
-        results[i] = apply_change(conn, changes[i])
+        results[i] = write_change(conn, changes[i])
     return results
 
 

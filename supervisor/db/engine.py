@@ -70,6 +70,10 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
         dbapi_connection.isolation_level = None
+        # Another program may write bytes that are not UTF-8 into a TEXT column; such a value
+        # reads with U+FFFD in place of the bad bytes (then fails clearly, e.g. as an unknown
+        # template) instead of failing every query that touches its row (issue 20, 6).
+        dbapi_connection.text_factory = decode_text
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
@@ -90,6 +94,11 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def decode_text(raw: bytes) -> str:
+    """A TEXT value as str; bytes that are not UTF-8 become U+FFFD."""
+    return raw.decode("utf-8", "replace")
 
 
 def checkpoint(engine: Engine, busy_timeout_ms: int) -> bool:

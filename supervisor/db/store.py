@@ -19,17 +19,18 @@ from supervisor.db.changeprobe import ChangeProbe
 from supervisor.db.changes import (
     RecordedProcess,
     RowChange,
-    apply_batch,
-    apply_change,
     claim_released_change,
     claim_runs,
     final_change,
     insert_runs,
     running_change,
     timed_out_change,
+    write_batch,
+    write_change,
     write_progress,
 )
 from supervisor.db.engine import BUSY_TIMEOUT_MS, READ_OPTION, checkpoint, make_engine
+from supervisor.db.faults import CommitFaults
 from supervisor.db.migrate import ensure_schema
 from supervisor.db.queue_sql import check_dependencies_exist, dependency_kinds
 from supervisor.db.records import (
@@ -71,6 +72,7 @@ class Store:
         self.write_attempts = write_attempts
         # Commits of this store that change more than the progress cache; see ChangeProbe.
         self.status_writes = 0
+        self._faults = CommitFaults()  # fault-injection tests only (faults.py)
 
     @classmethod
     def open(
@@ -127,7 +129,9 @@ class Store:
         for attempt in range(1, self.write_attempts + 1):
             try:
                 with self.engine.begin() as conn:
-                    return work(conn)
+                    result = work(conn)
+                    self._faults.before_commit()  # inert unless a test armed it
+                    return result
             except OperationalError as exc:
                 if not _is_busy(exc):
                     raise
@@ -294,7 +298,7 @@ class Store:
         if expect is not None:
             sources = sources & frozenset(expect)
         change = RowChange(run_id, sources, dict(values or {}), to=to, reason=reason)
-        return self._write(lambda conn: apply_change(conn, change))
+        return self._write(lambda conn: write_change(conn, change))
 
     def commit_batch(
         self, changes: Sequence[RowChange], progress: Sequence[ProgressUpdate] = ()
@@ -308,7 +312,7 @@ class Store:
             return []
 
         return self._write(
-            lambda conn: apply_batch(conn, changes, progress), progress_only=not changes
+            lambda conn: write_batch(conn, changes, progress), progress_only=not changes
         )
 
     def claim_many(self, claims: Sequence[str | Claim]) -> list[str]:

@@ -219,6 +219,20 @@ def test_v1_kill_catches_a_process_that_keeps_forking(v1_cgroup: tuple[RunCgroup
 
 
 @needs_v1
+def test_kill_and_remove_aside_empties_and_removes_a_forking_cgroup(
+    v1_cgroup: tuple[RunCgroup, int],
+) -> None:
+    """A failed launch's cgroup: one sweep on the caller's thread, the rest (a fork loop here,
+    D-state members behind a hung filesystem in life) on a thread of its own, until it is gone."""
+    cgroup, _ = v1_cgroup
+    proc = spawn_in(cgroup, ["/bin/sh", "-c", "while :; do sleep 1000 & done"])
+    wait_until(lambda: len(cgroups.members(cgroup)) > 20, "the fork loop to fill the cgroup")
+    cgroups.kill_and_remove_aside(cgroup)
+    proc.wait(WAIT_SECONDS)
+    wait_until(lambda: not cgroup.path.exists(), "the cgroup removed")
+
+
+@needs_v1
 def test_remove_refuses_while_a_process_lives_then_succeeds(
     v1_cgroup: tuple[RunCgroup, int],
 ) -> None:

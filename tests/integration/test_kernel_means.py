@@ -179,7 +179,7 @@ def test_a_keeper_s_end_through_its_report_pipe(tmp_path: Path) -> None:
         assert proc.stdin is not None
         proc.stdin.close()
         wait_for(watch.ended, "EOF on the report pipe")
-        result = watch.reap()
+        result = watch.reap_status()
         assert result is not None and result.si_status == 4
     finally:
         watch.close()
@@ -198,7 +198,7 @@ def test_an_adopted_keeper_without_pidfds_is_looked_at_on_a_timer() -> None:
         proc.kill()
         proc.wait()
         assert watch.ended()
-        assert watch.reap() is None  # not ours to reap (another daemon's child)
+        assert watch.reap_status() is None  # not ours to reap (another daemon's child)
     finally:
         watch.close()
 

@@ -14,11 +14,11 @@ from sqlalchemy import text
 
 from supervisor.db import Store
 from supervisor.heartbeat import Heartbeat
-from supervisor.metrics import (
+from supervisor.metrics.collector import (
     OTHER_TEMPLATE,
     TIME_BUCKETS_SECONDS,
     CachedCollector,
-    Capacity,
+    CapacityTotals,
     ConfiguredCollector,
     RunsCollector,
     registry_for,
@@ -130,7 +130,7 @@ def test_hostile_rows_fold_into_other_and_garbage_is_left_out(store: Store) -> N
     assert (stats.reserved_cpus, stats.reserved_memory_bytes) == (0, 0)
     assert stats.reserved_gpu_ids == {"3"}
 
-    collector = RunsCollector(store, ["a"], Capacity(2, 0, 1), store_dir(store) / "none")
+    collector = RunsCollector(store, ["a"], CapacityTotals(2, 0, 1), store_dir(store) / "none")
     families = list(
         text_string_to_metric_families(generate_latest(registry_for(collector)).decode())
     )
@@ -151,7 +151,7 @@ def store_dir(store: Store) -> Path:
 
 def test_collector_text_parses_and_reports_heartbeat(store: Store, tmp_path: Path) -> None:
     beat_file = tmp_path / "runs.db.heartbeat"
-    collector = RunsCollector(store, ["a"], Capacity(4, 2, 8 << 30), beat_file)
+    collector = RunsCollector(store, ["a"], CapacityTotals(4, 2, 8 << 30), beat_file)
     registry = registry_for(collector)
 
     def sample(name: str, **labels: str) -> float:
@@ -179,7 +179,7 @@ def test_collector_text_parses_and_reports_heartbeat(store: Store, tmp_path: Pat
 
 
 def test_cached_collector_reads_once_per_interval(store: Store, tmp_path: Path) -> None:
-    collector = RunsCollector(store, ["a"], Capacity(1, 0, 1), tmp_path / "hb")
+    collector = RunsCollector(store, ["a"], CapacityTotals(1, 0, 1), tmp_path / "hb")
     cached = registry_for(CachedCollector(collector, max_age=3600))
     before = generate_latest(cached)
     _insert(store, "000000000001", "PENDING")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sims.fusionsim import ERROR_PATTERN, ITERATION_PATTERN, START_PATTERN
 
-from supervisor import logcap
-from supervisor.outputpatterns import MAX_READ_BYTES, OutputTail, compile_patterns
-from supervisor.progress import ProgressRecord, ProgressState
+from supervisor.progress import logcap
+from supervisor.progress.jsonl import ProgressRecord, ProgressState
+from supervisor.progress.patterns import MAX_READ_BYTES, OutputTail, compile_patterns
 
 SIM = Path(__file__).resolve().parents[1] / "sims" / "fusionsim.py"
 PATTERNS = compile_patterns([START_PATTERN, ITERATION_PATTERN, ERROR_PATTERN])
@@ -86,7 +86,7 @@ def fold(records: list[ProgressRecord]) -> ProgressState:
     """Fold records as the daemon does."""
     state = ProgressState()
     for rec in records:
-        state = state.apply(rec)
+        state = state.fold(rec)
     return state
 
 

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from supervisor import filetail
-from supervisor.progress import ProgressTail
+from supervisor.progress import filetail
+from supervisor.progress.jsonl import ProgressTail
 
 if TYPE_CHECKING:
     from conftest import JsonLog

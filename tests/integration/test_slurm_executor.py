@@ -29,7 +29,7 @@ from supervisor.executors.slurm.standin import (
     StandInState,
     end_standin,
     find_standin,
-    reap,
+    reap_watcher,
     standin_state,
     start_standin,
 )
@@ -241,5 +241,5 @@ def test_a_new_executor_ends_the_stand_ins_of_runs_it_does_not_hold(
             if found is not None:
                 end_standin(found)
             assert standin.watcher_pid is not None
-            reap(standin.watcher_pid, block=True)
+            reap_watcher(standin.watcher_pid, block=True)
     assert os.path.exists(held_record / ENDED_FILE)

@@ -23,7 +23,7 @@ from supervisor.executors.slurm.standin import (
     end_standin,
     find_standin,
     forwarded_signals,
-    reap,
+    reap_watcher,
     standin_state,
     start_standin,
     was_killed,
@@ -87,7 +87,7 @@ def standins() -> Iterator[StartStandIn]:
         if standin.watcher_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(standin.watcher_pid, signal.SIGKILL)  # the watcher leads its group
-            reap(standin.watcher_pid, block=True)
+            reap_watcher(standin.watcher_pid, block=True)
 
 
 def test_signals_to_the_group_reach_the_job(
@@ -219,4 +219,3 @@ def test_a_standin_whose_controller_stays_unreachable_ends_by_itself(
     why = (standin.record_dir / ENDED_FILE).read_text()
     assert "the controller did not answer for" in why, why
     assert _no_process_left(standin)
-

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy.exc import DBAPIError
 
+from supervisor.cli.views import run_details, runs_table
 from supervisor.db import ProgressUpdate, Store, retry_change, utcnow
 from supervisor.errors import NotFoundError
 from supervisor.executors.base import ProcessRecord
 from supervisor.states import ALLOWED_TRANSITIONS, RunStatus
-from supervisor.views import run_details, runs_table
 
 if TYPE_CHECKING:
     from conftest import PythonWorker

@@ -1,4 +1,5 @@
-"""Tests of supervisor.watch.DirectoryWatcher with real inotify, real files, real threads."""
+"""Tests of supervisor.progress.dirwatch.DirectoryWatcher with real inotify, real files, real
+threads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from supervisor.watch import DirectoryWatcher
+from supervisor.progress.dirwatch import DirectoryWatcher
 
 if TYPE_CHECKING:
     from conftest import JsonLog

@@ -20,7 +20,7 @@ from daemon_harness import DaemonHarness
 
 from supervisor.db import HEAD_REVISION
 from supervisor.executors.local import cgroups
-from supervisor.gpus import resolve_gpus
+from supervisor.queue.gpus import resolve_gpus
 
 if TYPE_CHECKING:
     from conftest import Runsup
@@ -139,9 +139,7 @@ def test_a_template_asking_for_a_gpu_this_machine_lacks_fails(
     assert text.stdout.splitlines()[-1].startswith("NOT READY: 1 failed check(s): gpus")
 
 
-def check_json_in_namespace(
-    runsup: Runsup, conf: Path, setup: str
-) -> tuple[int, dict[str, Any]]:
+def check_json_in_namespace(runsup: Runsup, conf: Path, setup: str) -> tuple[int, dict[str, Any]]:
     """As check_json, in a mount namespace of its own after the shell commands `setup` (so
     what they mount or unmount is gone with the command)."""
     namespace = ["unshare", "--mount", "--propagation", "private"]

@@ -19,8 +19,8 @@ from conftest import RUNSUP, isolated_env
 from daemon_harness import wait_for
 from png_checks import assert_png_drawn
 
+from supervisor.cli.demo import DEMO_CHANNELS, DEMO_RUNS
 from supervisor.db import Store
-from supervisor.demo import DEMO_CHANNELS, DEMO_RUNS
 from supervisor.demo_sim import erlang_b
 
 MARKER = "RUNSUP_TEST_DEMO_MARKER"

@@ -112,6 +112,19 @@ def test_submit_cancel_resubmit_watch_warn_when_no_daemon_serves(
     assert NO_DAEMON not in served.stderr
 
 
+def test_check_says_whether_a_daemon_serves(d_runsup: Runsup, harness: DaemonHarness) -> None:
+    """A configuration can be ready with nobody serving it: check says so on its daemon line."""
+    ok(d_runsup("db", "upgrade"))
+    absent = d_runsup("check", "--json")
+    (line,) = [c for c in json.loads(absent.stdout)["checks"] if c["name"] == "daemon"]
+    assert line["status"] == "warn" and "no daemon has ever served" in line["detail"]
+    assert "runsup daemon" in line["fix"]
+    harness.start()
+    served = d_runsup("check", "--json")
+    (line,) = [c for c in json.loads(served.stdout)["checks"] if c["name"] == "daemon"]
+    assert line["status"] == "ok", line
+
+
 def test_watch_warns_when_no_daemon_serves(d_runsup: Runsup, harness: DaemonHarness) -> None:
     (run_id,) = submit(d_runsup, template="sh")
     ok(d_runsup("cancel", run_id))  # PENDING + cancel asked: watch still waits for a daemon

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.demo import MARKER_VARIABLE, daemon_environment
+from supervisor.cli.demo import MARKER_VARIABLE, daemon_environment
 
 
 def test_the_demo_daemon_gets_no_systemd_or_settings_variable() -> None:

@@ -1,4 +1,4 @@
-"""What both tails of growing files do alike (supervisor.filetail): progress.jsonl's
+"""What both tails of growing files do alike (supervisor.progress.filetail): progress.jsonl's
 ProgressTail and the run log's OutputTail, on real files, FIFOs and symlinks."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import structlog
 from sims.fusionsim import ITERATION_PATTERN
 
-from supervisor.filetail import MAX_REFUSAL_LOGS, GrowingFileTail
-from supervisor.outputpatterns import OutputTail, compile_patterns
-from supervisor.progress import ProgressRecord, ProgressTail
+from supervisor.progress.filetail import MAX_REFUSAL_LOGS, GrowingFileTail
+from supervisor.progress.jsonl import ProgressRecord, ProgressTail
+from supervisor.progress.patterns import OutputTail, compile_patterns
 
 MAX_LINE = 256  # small limits, so that long lines and bounded reads are cheap to make
 MAX_READ = 1024

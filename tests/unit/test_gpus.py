@@ -1,4 +1,4 @@
-"""supervisor.gpus: the environment a run's resources give it, and GPU discovery.
+"""supervisor.queue.gpus: the environment a run's resources give it, and GPU discovery.
 
 Discovery runs for real: on this machine (no NVIDIA driver) NVML is absent; the `nvidia-smi -L`
 fallback is exercised with a stand-in executable that prints what the real one prints.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from supervisor import gpus
+from supervisor.queue import gpus
 
 SMI_OUTPUT = """\
 GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5f2b7c3e-0000-1111-2222-333344445555)

@@ -23,25 +23,27 @@ LAYERS: list[tuple[str, ...]] = [
         "supervisor.errors",
         "supervisor.states",
         "supervisor.signames",
-        "supervisor.filetail",
         "supervisor.progress",
-        "supervisor.gpus",
-        "supervisor.scheduling",
+        "supervisor.queue",
+        "supervisor.progress.filetail",
+        "supervisor.progress.jsonl",
+        "supervisor.queue.gpus",
+        "supervisor.queue.scheduling",
         "supervisor.heartbeat",
         "supervisor.notify",
         "supervisor.logs",
-        "supervisor.logcap",
-        "supervisor.watch",
+        "supervisor.progress.logcap",
+        "supervisor.progress.dirwatch",
         "supervisor.demo_sim",
     ),
     # rules and configuration
     (
         "supervisor.outcome",
-        "supervisor.outputpatterns",
+        "supervisor.progress.patterns",
         "supervisor.rundir",
         "supervisor.settings",
-        "supervisor.queue",
-        "supervisor.capacity",
+        "supervisor.queue.rules",
+        "supervisor.queue.capacity",
     ),
     # the database layer (the only importer of SQLAlchemy)
     ("supervisor.db", "supervisor.db.*"),
@@ -52,16 +54,17 @@ LAYERS: list[tuple[str, ...]] = [
         "supervisor.hooks",
         "supervisor.hints",
         "supervisor.cliopen",
-        "supervisor.views",
-        "supervisor.watchview",
-        "supervisor.logview",
+        "supervisor.cli.views",
+        "supervisor.cli.watchview",
+        "supervisor.cli.logview",
         "supervisor.metrics",
-        "supervisor.metrics_server",
+        "supervisor.metrics.collector",
+        "supervisor.metrics.server",
         "supervisor.retention",
         "supervisor.checks",
         "supervisor.checks.*",
         "supervisor.check",
-        "supervisor.demo",
+        "supervisor.cli.demo",
         "supervisor.results",
         "supervisor.plot",
         "supervisor.client",
@@ -79,11 +82,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("supervisor.daemon.recovery",),
     ("supervisor.daemon.tracked",),
     ("supervisor.daemon.lockfile",),
+    ("supervisor.daemon.rebuild",),
     ("supervisor.daemon.pruning",),
     ("supervisor.daemon.services",),
     ("supervisor.daemon.watching",),
     ("supervisor.daemon.status",),
-    ("supervisor.daemon.queueing",),
+    ("supervisor.daemon.queuekeeper",),
     ("supervisor.daemon.progressfeed",),
     ("supervisor.daemon.supervision",),
     ("supervisor.daemon.launcher",),
@@ -221,12 +225,12 @@ def test_no_import_runs_up_a_layer() -> None:
 def test_the_checks_find_what_they_look_for() -> None:
     # The checks themselves, on a made-up graph: a circle and an upward import are seen.
     edges = {
-        "supervisor.daemon.loop": {"supervisor.daemon.queueing"},
-        "supervisor.daemon.queueing": {"supervisor.daemon.loop"},
+        "supervisor.daemon.loop": {"supervisor.daemon.queuekeeper"},
+        "supervisor.daemon.queuekeeper": {"supervisor.daemon.loop"},
         "supervisor.errors": set(),
     }
-    assert circles(edges) == [["supervisor.daemon.loop", "supervisor.daemon.queueing"]]
-    assert upward(edges) == ["supervisor.daemon.queueing -> supervisor.daemon.loop"]
+    assert circles(edges) == [["supervisor.daemon.loop", "supervisor.daemon.queuekeeper"]]
+    assert upward(edges) == ["supervisor.daemon.queuekeeper -> supervisor.daemon.loop"]
     assert layer_of("supervisor.db.anything_new") == layer_of("supervisor.db")
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from supervisor import logcap
-from supervisor.logcap import MARKER, bound_log
+from supervisor.progress import logcap
+from supervisor.progress.logcap import MARKER, bound_log
 
 CAP = 256 * 1024
 

@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path
 
-from supervisor.logview import _copy_new
+from supervisor.cli.logview import _copy_new
 
 
 def test_copies_only_what_is_new(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of supervisor.outputpatterns: compiling patterns, matching lines, tailing a log file."""
+"""Tests of supervisor.progress.patterns: compiling patterns, matching lines, tailing a log file."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sims.fusionsim import ITERATION_PATTERN, START_PATTERN
 
-from supervisor import logcap
 from supervisor.errors import ConfigError
-from supervisor.outputpatterns import (
+from supervisor.progress import logcap
+from supervisor.progress.jsonl import MAX_MESSAGE_CHARS, NO_MESSAGE, ProgressRecord, ProgressState
+from supervisor.progress.patterns import (
     LOGCAP_MARKER,
     MAX_LINE_BYTES,
     OutputTail,
@@ -21,7 +22,6 @@ from supervisor.outputpatterns import (
     check_patterns,
     compile_patterns,
 )
-from supervisor.progress import MAX_MESSAGE_CHARS, NO_MESSAGE, ProgressRecord, ProgressState
 
 # SPEC section 12's example patterns.
 START, ITERATION = START_PATTERN, ITERATION_PATTERN
@@ -39,7 +39,7 @@ def fold(records: list[ProgressRecord], state: ProgressState | None = None) -> P
     """Fold records into a state as the daemon does."""
     state = state or ProgressState()
     for rec in records:
-        state = state.apply(rec)
+        state = state.fold(rec)
     return state
 
 
@@ -358,13 +358,13 @@ def test_patterns_that_differ_inside_a_block_are_matched_line_by_line() -> None:
 
 
 def test_every_known_group_fills_a_field() -> None:
-    from supervisor.outputpatterns import _FIELDS, KNOWN_GROUPS
+    from supervisor.progress.patterns import _FIELDS, KNOWN_GROUPS
 
     assert set(_FIELDS) == KNOWN_GROUPS
 
 
 def test_tail_for_a_template_without_patterns_is_none(tmp_path: Path) -> None:
-    from supervisor.outputpatterns import tail_for
+    from supervisor.progress.patterns import tail_for
 
     assert tail_for((), tmp_path / "sim.log") is None
     tail = tail_for((ITERATION,), tmp_path / "sim.log", 7)

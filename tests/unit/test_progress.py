@@ -1,4 +1,4 @@
-"""Tests of supervisor.progress: parsing, folding and tailing progress.jsonl on real files."""
+"""Tests of supervisor.progress.jsonl: parsing, folding and tailing progress.jsonl on real files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.progress import (
+from supervisor.progress.jsonl import (
     MAX_MESSAGE_CHARS,
     NO_MESSAGE,
     ProgressRecord,
@@ -196,15 +196,15 @@ def test_state_folds_latest_values() -> None:
         ProgressRecord("erlang_complete", erlang=300.0),
         ProgressRecord(None, iteration=4),
     ]:
-        state = state.apply(rec)
+        state = state.fold(rec)
     assert state == ProgressState(300.0, 4, 4, 10, None, erlang_index=1)
-    state = state.apply(ProgressRecord("error", message="boom"))
+    state = state.fold(ProgressRecord("error", message="boom"))
     assert state.last_error == "boom"
-    assert state.apply(ProgressRecord("error")).last_error == NO_MESSAGE
-    done = state.apply(ProgressRecord("complete", exit_code=0))
+    assert state.fold(ProgressRecord("error")).last_error == NO_MESSAGE
+    done = state.fold(ProgressRecord("complete", exit_code=0))
     assert done.completed_ok and done == dataclasses.replace(state, completed_ok=True)
-    assert not done.apply(ProgressRecord(None, iteration=5)).completed_ok, "only the last record"
-    assert not state.apply(ProgressRecord("complete", exit_code=2)).completed_ok
+    assert not done.fold(ProgressRecord(None, iteration=5)).completed_ok, "only the last record"
+    assert not state.fold(ProgressRecord("complete", exit_code=2)).completed_ok
 
 
 # --- ProgressTail -----------------------------------------------------------------------
@@ -511,9 +511,9 @@ def test_erlang_start_resets_iteration_and_counts_loads_without_index() -> None:
     ):
         rec = parse_line(line)
         assert rec is not None
-        state = state.apply(rec)
+        state = state.fold(rec)
     assert state.erlang_index == 1
     assert state.current_iteration == 0
     explicit = parse_line(b'{"type":"erlang_start","erlang":5.0,"erlang_index":2}')
     assert explicit is not None
-    assert state.apply(explicit).erlang_index == 2
+    assert state.fold(explicit).erlang_index == 2

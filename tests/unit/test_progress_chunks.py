@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.progress import MAX_LINE_BYTES, ProgressRecord, ProgressTail
+from supervisor.progress.jsonl import MAX_LINE_BYTES, ProgressRecord, ProgressTail
 
 # Bytes that matter to the reader, so that short random streams hit them often.
 _ALPHABET = st.sampled_from(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from supervisor import outcome as outcomes
-from supervisor.daemon.queueing import archive_attempt
+from supervisor.daemon.queuekeeper import archive_attempt
 from supervisor.errors import ValidationError
-from supervisor.queue import (
+from supervisor.queue.rules import (
     MAX_RETRY_DELAY_SECONDS,
     attempt_number,
     expand_sweep,

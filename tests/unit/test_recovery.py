@@ -1,4 +1,4 @@
-"""What each case a restarted daemon finds means for the run's row (recovery.apply)."""
+"""What each case a restarted daemon finds means for the run's row (recovery.carry_out)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_each_case_means_one_thing(
     status: str, found: Recovery, expected: list[tuple[str, object]]
 ) -> None:
     host = Host()
-    recovery.apply(host, row(status), found)
+    recovery.carry_out(host, row(status), found)
     assert host.calls == expected
 
 

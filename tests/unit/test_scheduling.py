@@ -1,6 +1,7 @@
-"""supervisor.scheduling: examples of each rule, then properties over random queues (hypothesis):
-never over-commit, never one GPU to two runs, GPU waits never hold back runs without GPUs,
-and a big run starts by the time the runs that held its resources when it started waiting end.
+"""supervisor.queue.scheduling: examples of each rule, then properties over random queues
+(hypothesis): never over-commit, never one GPU to two runs, GPU waits never hold back runs
+without GPUs, and a big run starts by the time the runs that held its resources when it started
+waiting end.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor import scheduling
-from supervisor.scheduling import (
+from supervisor.queue import scheduling
+from supervisor.queue.scheduling import (
     WAIT_BEHIND,
     WAIT_CPUS_MEMORY,
     WAIT_GPUS,

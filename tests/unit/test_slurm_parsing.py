@@ -240,6 +240,7 @@ def test_sbatch_argv_carries_the_whole_request() -> None:
         "--output=/shared/runs/0123456789ab/logs/sim.log",
         "--open-mode=append",
         "--chdir=/shared/runs/0123456789ab",
+        "--no-requeue",
         "--cpus-per-task=4",
         "--gpus=2",
         "--mem=8192M",
@@ -260,6 +261,7 @@ def test_sbatch_argv_minimal_request() -> None:
         "--output=/l/x.log",
         "--open-mode=append",
         "--chdir=/r",
+            "--no-requeue",
     ]
     assert job_name("r") == "runsup-r-1"
     assert job_name("r", 12) == "runsup-r-12"

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from supervisor.cli.demo import LoadRow, demo_configs, results_table
+from supervisor.cli.watchview import _LiveDisplay, _PlainDisplay, run_view
 from supervisor.db import RunRecord
-from supervisor.demo import LoadRow, demo_configs, results_table
 from supervisor.demo_sim import parse_config
-from supervisor.watchview import _LiveDisplay, _PlainDisplay, run_view
 
 NOW = datetime(2025, 1, 2, 12, 0, 0, tzinfo=UTC)
 

@@ -38,6 +38,7 @@ import errno
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -529,6 +530,25 @@ def kill(cgroup: RunCgroup, timeout: float = KILL_TIMEOUT_SECONDS) -> bool:
             log.warning("cgroup_kill_incomplete", run_id=cgroup.run_id, members=members(cgroup))
             return False
         time.sleep(SWEEP_INTERVAL_SECONDS)
+
+
+def kill_and_remove_aside(cgroup: RunCgroup) -> None:
+    """SIGKILL the cgroup's members now and remove it once empty; what does not empty at once
+    (members in D state behind a hung filesystem) is waited for on a thread of its own, never
+    on the caller's (the daemon's loop)."""
+    if kill(cgroup, timeout=0.0):
+        with contextlib.suppress(CapError):
+            remove(cgroup, 0.0)
+        return
+
+    def finish() -> None:
+        try:
+            if kill(cgroup):
+                remove(cgroup)
+        except (CapError, OSError) as exc:
+            log.warning("cgroup_left_behind", run_id=cgroup.run_id, error=str(exc))
+
+    threading.Thread(target=finish, name=f"cgroup-kill-{cgroup.run_id}", daemon=True).start()
 
 
 def remove(cgroup: RunCgroup, timeout: float = REMOVE_TIMEOUT_SECONDS) -> bool:

@@ -35,7 +35,7 @@ from supervisor.executors.local.identity import (
     parse_stat,
     read_stat,
     readable,
-    reap,
+    reap_status,
 )
 from supervisor.executors.local.keeper import (
     BOOT_ID_FILE,
@@ -459,7 +459,7 @@ def _reap_child(pid: int, pidfd: int | None, timeout: float) -> os.waitid_result
     if not _child_ended(pid, pidfd, timeout):
         return None
     if pidfd is not None:
-        return reap(pidfd)
+        return reap_status(pidfd)
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
     except ChildProcessError:
@@ -514,8 +514,13 @@ class LocalLaunch:
             if line is None:
                 grace = KEEPER_EXIT_GRACE if why == KEEPER_ENDED else 0.0
                 raise self._executor.abort(
-                    self._spec, self._record_dir, self._keeper_pid, keeper_fd, why,
-                    self._log_start, grace,
+                    self._spec,
+                    self._record_dir,
+                    self._keeper_pid,
+                    keeper_fd,
+                    why,
+                    self._log_start,
+                    grace,
                 )
             # Without pidfds the report pipe stays open: its EOF is the keeper's end.
             report_fd = self._report_fd if keeper_fd is None else None
@@ -530,8 +535,8 @@ class LocalLaunch:
         except BaseException:
             if keeper_fd is not None:
                 os.close(keeper_fd)
-            if self._cgroup is not None and cgroups.kill(self._cgroup):
-                cgroups.remove(self._cgroup, 0.0)
+            if self._cgroup is not None:
+                cgroups.kill_and_remove_aside(self._cgroup)  # never waits on the loop
             raise
         finally:
             self._close_pipes()  # closing the go pipe lets the simulation exec

@@ -59,7 +59,8 @@ def find_foreign(
     """The live process that stands for a foreign run's group, or None if nothing of it lives.
 
     `start_ticks` (recorded when the daemon first adopted the run) names the leader exactly;
-    otherwise the leader or any member must have started before `started_at` + tolerance.
+    otherwise the leader or any member must have started before `started_at` + tolerance;
+    with no `started_at`, only the leader the row names counts.
     """
     if pgid is None or pgid <= 0:
         return None
@@ -70,8 +71,13 @@ def find_foreign(
             return leader
         if start_ticks is None and (latest is None or started_at_wall(leader) <= latest):
             return leader
+    if latest is None:
+        # Nothing tells when the run started: any other member of a group whose number was
+        # reused since would be taken for the run's (and signalled). Only the process the row
+        # names stands for it (issue 20, 8).
+        return None
     member = live_group_member(pgid)
-    if member is None or (latest is not None and started_at_wall(member) > latest):
+    if member is None or started_at_wall(member) > latest:
         return None  # nothing left, or born after the run started: not the run's
     return member
 

@@ -113,7 +113,7 @@ class LocalRunHandle:
         self._check_open()
         if not self.keeper.ended():
             return None
-        reaped = self.keeper.reap()  # our child (launched by this process): no zombie left
+        reaped = self.keeper.reap_status()  # our child (launched by this process): no zombie left
         status = read_exit_file(self._record_dir)
         if status is None and reaped is not None and reaped.si_code == os.CLD_EXITED:
             # The keeper could not write its record (disk full, record dir gone) but ended by

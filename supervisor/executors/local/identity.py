@@ -129,13 +129,13 @@ def readable(fd: int, timeout: float) -> bool:
     return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
-def reap(pidfd: int) -> os.waitid_result | None:
-    """Reap the process if it is our child (no zombie left); not our child is fine too."""
+def reap_status(pidfd: int) -> os.waitid_result | None:
+    """The exit status of the pidfd's process, reaping it, once it is our exited child (no zombie
+    left); None while it runs or when it is not our child."""
     try:
         return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
     except ChildProcessError:
         return None
-
 
 
 def live_group_member(pgid: int) -> Stat | None:

@@ -17,7 +17,7 @@ import errno
 import os
 
 from supervisor.executors.base import ProcessIdentity
-from supervisor.executors.local.identity import is_same_process, readable, reap
+from supervisor.executors.local.identity import is_same_process, readable, reap_status
 
 # How often adopted keepers are looked at where there are no pidfds (Linux before 5.3), all in
 # one pass: first every KEEPER_POLL_SECONDS, further apart while none ends, up to
@@ -83,11 +83,11 @@ class KeeperWatch:
             except BlockingIOError:
                 return False
 
-    def reap(self) -> os.waitid_result | None:
+    def reap_status(self) -> os.waitid_result | None:
         """After ended(): reap the keeper if it is our child; its result, else None."""
         if self.mode == "pidfd":
             assert self._fd is not None
-            return reap(self._fd)
+            return reap_status(self._fd)
         if self.mode != "pipe" or not self._child:
             return None
         try:

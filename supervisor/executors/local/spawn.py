@@ -11,9 +11,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from supervisor import logcap
 from supervisor.errors import LaunchError
 from supervisor.executors.local.identity import readable
+from supervisor.progress import logcap
 
 # How much of the log a LaunchError quotes.
 LAUNCH_LOG_TAIL_BYTES = 2000

@@ -243,7 +243,7 @@ def start_standin(
     if leader is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(watcher_pid, signal.SIGKILL)
-        reap(watcher_pid, block=True)
+        reap_watcher(watcher_pid, block=True)
         raise LaunchError(f"the stand-in of job {job_id} did not start within {timeout:g} s")
     log.info("slurm_standin_started", job_id=job_id, pid=leader.pid)
     return StandIn(job_id=job_id, record_dir=record_dir, leader=leader, watcher_pid=watcher_pid)
@@ -255,7 +255,7 @@ def _wait_for_leader(record_dir: Path, watcher_pid: int, timeout: float) -> Proc
         leader = read_leader(record_dir)
         if leader is not None:
             return leader
-        if reap(watcher_pid):
+        if reap_watcher(watcher_pid):
             return None  # the watcher ended before the leader wrote its identity
         time.sleep(POLL_SECONDS)
     return None
@@ -324,7 +324,7 @@ def end_standin(standin: StandIn, *, timeout: float = END_TIMEOUT_SECONDS) -> bo
             break
         time.sleep(POLL_SECONDS)
     if standin.watcher_pid is not None:
-        reap(standin.watcher_pid, block=gone)
+        reap_watcher(standin.watcher_pid, block=gone)
     log.info("slurm_standin_ended", job_id=standin.job_id, pid=standin.pid, gone=gone)
     return gone
 
@@ -339,7 +339,7 @@ def spent_identity() -> ProcessIdentity:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
             _, start_ticks = parse_stat_line(fh.read().strip())
     finally:
-        reap(pid, block=True)
+        reap_watcher(pid, block=True)
     return ProcessIdentity(pid, start_ticks, current_boot_id())
 
 
@@ -387,8 +387,9 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def reap(pid: int, *, block: bool = False) -> bool:
-    """Reap our child `pid` if it has exited; True when it has (or is no child of ours)."""
+def reap_watcher(pid: int, *, block: bool = False) -> bool:
+    """Reap our child `pid` (a stand-in's watcher) if it has exited; True when it has (or is
+    no child of ours)."""
     try:
         done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
     except ChildProcessError:

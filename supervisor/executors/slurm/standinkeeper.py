@@ -20,7 +20,7 @@ from supervisor.executors.slurm.standin import (
     end_standin,
     find_standin,
     leftover_standins,
-    reap,
+    reap_watcher,
     standin_state,
     start_standin,
     was_killed,
@@ -110,4 +110,4 @@ class StandInKeeper:
 
     def reap_watchers(self) -> None:
         """On the query lane: reap the watchers of ended stand-ins that have exited."""
-        self._watchers = [pid for pid in self._watchers if not reap(pid)]
+        self._watchers = [pid for pid in self._watchers if not reap_watcher(pid)]

@@ -210,7 +210,7 @@ def submit(
     settings = _settings(ctx)
     config = _deep_merge(_base_config(config_json, config_file), _parse_set(sets))
     if sweeps:
-        from supervisor.queue import expand_sweep
+        from supervisor.queue.rules import expand_sweep
 
         points = expand_sweep(sweeps)
         configs = [_deep_merge(config, _parse_set(tuple(p.as_set_pairs()))) for p in points]
@@ -437,7 +437,7 @@ def list_runs(
     if as_json:
         _print_json([r.to_json() for r in runs])
     else:
-        from supervisor.views import pause_lines, runs_table
+        from supervisor.cli.views import pause_lines, runs_table
 
         for line in pause_lines(store.pauses()):
             click.echo(line)
@@ -511,8 +511,8 @@ def results(
 @click.pass_context
 def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Show one run and its history."""
+    from supervisor.cli.views import dependency_lines, run_details, shown_json
     from supervisor.hints import retry_note
-    from supervisor.views import dependency_lines, run_details, shown_json
 
     store = _store(ctx, create=False)
     run = store.get(store.resolve_id(run_id))
@@ -626,7 +626,7 @@ def check(ctx: click.Context, template: str | None, sample_log: str | None, as_j
 @click.pass_context
 def logs(ctx: click.Context, run_id: str, follow: bool, as_json: bool) -> None:
     """Print a run's log (the simulation's stdout and stderr)."""
-    from supervisor.logview import print_log
+    from supervisor.cli.logview import print_log
 
     store = _store(ctx, create=False)
     raise SystemExit(print_log(store, store.resolve_id(run_id), follow=follow, as_json=as_json))
@@ -648,7 +648,7 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None, as_json:
     Plain lines when stdout is not a terminal. Exit status: 0 when every watched run
     COMPLETED, 1 when one FAILED or was CANCELLED, 130 on Ctrl-C (the runs go on).
     """
-    from supervisor.watchview import watch_runs
+    from supervisor.cli.watchview import watch_runs
 
     store = _store(ctx, create=False)
     if sweep_id is not None:
@@ -676,7 +676,7 @@ def watch(ctx: click.Context, run_id: str | None, sweep_id: str | None, as_json:
 @click.pass_context
 def demo(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
     """A self-contained tour: daemon, demo runs, live progress, results."""
-    from supervisor.demo import run_demo
+    from supervisor.cli.demo import run_demo
 
     config_file = ctx.obj.get(CONFIG_OBJ_KEY)
     raise SystemExit(run_demo(state_dir=state_dir, config_file=config_file, as_json=as_json))
@@ -695,7 +695,7 @@ def demo(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
 def metrics(ctx: click.Context, textfile: str | None, as_json: bool) -> None:
     """Print the Prometheus metrics, computed from the database (SPEC section 14)."""
     from supervisor.logs import configure_logging
-    from supervisor.metrics import render, samples_json, write_textfile
+    from supervisor.metrics.collector import render, samples_json, write_textfile
 
     configure_logging(quiet=True)  # stdout is the metrics; finding GPUs logs debug events
 

@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from supervisor.db import RunRecord, Store, utcnow
-from supervisor.states import FINAL_STATUSES, RunStatus
-from supervisor.views import (
+from supervisor.cli.views import (
     format_duration,
     outcome_summary,
     pause_lines,
     progress_fraction,
     run_duration,
 )
+from supervisor.db import RunRecord, Store, utcnow
+from supervisor.states import FINAL_STATUSES, RunStatus
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

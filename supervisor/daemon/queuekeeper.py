@@ -8,7 +8,7 @@ retries, and on_finish hooks. The loop calls in at a few points:
 - `poll_hooks()` on every pass: records hooks that ended;
 - `due(now)` / `next_due()`: the earliest `not_before` to come, so the loop looks again then.
 
-Decisions that need no database live in supervisor.queue; SQL in the store.
+Decisions that need no database live in supervisor.queue.rules; SQL in the store.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from supervisor.db import QUEUE_ALL, RowChange, RunRecord, Store, final_change, 
 from supervisor.db import retry_change as make_retry_change
 from supervisor.hooks import HookRunner, hook_call
 from supervisor.outcome import CHECKPOINTED, KIND_OUT_OF_MEMORY, Outcome
-from supervisor.queue import attempt_number, find_cycles, plan_retry
+from supervisor.queue.rules import attempt_number, find_cycles, plan_retry
 from supervisor.settings import Settings, Template
 from supervisor.states import RunStatus
 
@@ -207,19 +207,20 @@ class QueueKeeper:
 
     # -- what may start -----------------------------------------------------------
 
-    def pickup(self, free: int) -> list[RunRecord]:
-        """Up to `free` PENDING runs to start now, their earlier attempts' files moved away."""
+    def pickup(self, free: int, full: frozenset[str] = frozenset()) -> list[RunRecord]:
+        """Up to `free` PENDING runs to start now, their earlier attempts' files moved away;
+        none of the templates in `full` (their executor has no room now)."""
         if QUEUE_ALL in self.paused:
             self._next_due = None  # resuming is a commit: it brings a pass of its own
             return []
         d = self._d
-        skip = set(self.paused)
+        skip = set(self.paused) | full
         room = self._template_room()
         skip.update(t for t, left in room.items() if left <= 0)
         # The daemon's own commits count too (status_writes): a released launch claim makes a
         # run startable again and writes no run_events row.
         marker = (d.store.queue_marker(), d.store.status_writes)
-        seen = (marker, free, sorted(room.items()), id(d.settings))
+        seen = (marker, free, sorted(room.items()), sorted(full), id(d.settings))
         if seen == self._walked and not self._force_walk:
             return []  # nothing that could make a run startable happened since the last walk
         now = d.clock.utcnow()
@@ -464,6 +465,10 @@ class QueueKeeper:
             return
         self._hooking.add(record.id)
         self._hooks.submit(call)
+
+    def hooks_pending(self, run_id: str) -> bool:
+        """True while the run's hook is queued or running, or its end not yet recorded."""
+        return run_id in self._hooking
 
     def poll_hooks(self) -> None:
         """Record the hooks that ended (hook_done_at, committed with the pass's writes)."""

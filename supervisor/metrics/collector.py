@@ -33,10 +33,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from supervisor.capacity import capacity_of
 from supervisor.db import TIME_BUCKETS_SECONDS, Histogram, RunStats, Store, utcnow
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.heartbeat import heartbeat_path, last_beat
+from supervisor.queue.capacity import capacity_of
 from supervisor.settings import Settings
 from supervisor.states import FINAL_STATUSES, RunStatus
 
@@ -51,15 +51,16 @@ _FINAL = sorted(s.value for s in FINAL_STATUSES)
 
 
 @dataclass(frozen=True)
-class Capacity:
-    """What local runs' reservations may add up to (SPEC section 10)."""
+class CapacityTotals:
+    """What local runs' reservations may add up to (SPEC section 10), as the metrics count it
+    (scheduling.Capacity, which the daemon schedules with, lists the GPU ids)."""
 
     cpus: int
     gpus: int
     memory_bytes: int
 
     @classmethod
-    def of(cls, settings: Settings) -> Capacity:
+    def of(cls, settings: Settings) -> CapacityTotals:
         """The capacity the settings give, as the daemon schedules with it (GPUs asked of the
         driver when "auto")."""
         capacity = capacity_of(settings)
@@ -73,7 +74,7 @@ class RunsCollector(Collector):
         self,
         store: Store,
         templates: Iterable[str],
-        capacity: Capacity,
+        capacity: CapacityTotals,
         heartbeat_file: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -90,7 +91,7 @@ class RunsCollector(Collector):
         return cls(
             store,
             settings.templates,
-            Capacity.of(settings),
+            CapacityTotals.of(settings),
             heartbeat_path(settings.database_path, settings.runs_dir),
         )
 
@@ -209,7 +210,7 @@ class ConfiguredCollector(Collector):
         self.load = load
         self.settings = load()
         # Found again only when [resources] changes: finding GPUs may ask the driver.
-        self._capacity = (_capacity_key(self.settings), Capacity.of(self.settings))
+        self._capacity = (_capacity_key(self.settings), CapacityTotals.of(self.settings))
 
     def describe(self) -> Iterable[Metric]:
         """Nothing up front, as RunsCollector."""
@@ -221,7 +222,7 @@ class ConfiguredCollector(Collector):
             self.settings = self.load()
         key = _capacity_key(self.settings)
         if key != self._capacity[0]:
-            self._capacity = (key, Capacity.of(self.settings))
+            self._capacity = (key, CapacityTotals.of(self.settings))
         collector = RunsCollector(
             self.store,
             self.settings.templates,

@@ -43,10 +43,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from supervisor.cli.views import table
 from supervisor.notify import scrub_environment
 from supervisor.settings import SETTINGS_VARIABLES
 from supervisor.states import FINAL_STATUSES
-from supervisor.views import table
 
 if TYPE_CHECKING:
     from supervisor.db import RunRecord
@@ -317,8 +317,8 @@ class Demo:
     # -- the tour -----------------------------------------------------------
 
     def run(self) -> int:
+        from supervisor.cli.watchview import EXIT_STOPPED, watch_runs
         from supervisor.db import Store
-        from supervisor.watchview import EXIT_STOPPED, watch_runs
 
         started = time.monotonic()
         self.write_config()
@@ -370,7 +370,7 @@ class Demo:
             store.close()
 
     def report(self, records: Sequence[RunRecord]) -> int:
-        from supervisor.views import exit_reason
+        from supervisor.cli.views import exit_reason
 
         failed = [r for r in records if r.status != "COMPLETED"]
         if failed:

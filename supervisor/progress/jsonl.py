@@ -1,8 +1,8 @@
 """The one reader of progress.jsonl: its lines, bad lines (SPEC section 5); offsets, partial
-lines and odd files are supervisor.filetail's, as for the run's log.
+lines and odd files are supervisor.progress.filetail's, as for the run's log.
 
 Knows no database. `ProgressTail.read()` returns plain `ProgressRecord`s for the
-lines appended since the last call; `ProgressState.apply()` folds them into the
+lines appended since the last call; `ProgressState.fold()` folds them into the
 latest values the daemon copies into a run's columns.
 
 Line classification (decided here, see SPEC 5):
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor.filetail import GrowingFileTail
+from supervisor.progress.filetail import GrowingFileTail
 
 MAX_LINE_BYTES: Final = 1024 * 1024
 """A longer line (without its newline) is skipped and counted."""
@@ -71,7 +71,7 @@ class ProgressState:
     erlang_index: int | None = None
     completed_ok: bool = False  # the last record read is `complete` with exit_code 0
 
-    def apply(self, rec: ProgressRecord) -> ProgressState:
+    def fold(self, rec: ProgressRecord) -> ProgressState:
         """Return the state with one record folded in (a field absent from it keeps its value)."""
         # Built directly: dataclasses.replace() costs several times more, per line.
         last_error = self.last_error

@@ -3,7 +3,7 @@
 Knows no database. `compile_patterns()` turns a template's patterns into an `OutputPatterns`
 (RE2: matching is linear in the line; a pattern that would need backtracking does not
 compile and is refused). `OutputPatterns.match()` turns one line into `ProgressRecord`s, the
-same records progress.jsonl gives, so `ProgressState.apply()` folds both sources alike.
+same records progress.jsonl gives, so `ProgressState.fold()` folds both sources alike.
 `OutputTail` reads the complete lines appended to `logs/sim.log` since the last call.
 
 How a match becomes a record (decided here; SPEC 12 leaves it open):
@@ -36,8 +36,8 @@ import re2
 import structlog
 
 from supervisor.errors import ConfigError
-from supervisor.filetail import GrowingFileTail
-from supervisor.progress import MAX_INT, MAX_MESSAGE_CHARS, ProgressRecord
+from supervisor.progress.filetail import GrowingFileTail
+from supervisor.progress.jsonl import MAX_INT, MAX_MESSAGE_CHARS, ProgressRecord
 
 MAX_LINE_BYTES: Final = 64 * 1024
 """A longer output line (without its newline) is skipped (SPEC 12), never held whole."""

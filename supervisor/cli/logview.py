@@ -3,10 +3,10 @@ the run ends.
 
 The log is streamed in chunks (it may be large), opened without following a symbolic link and
 only when it is a regular file (a run directory is writable by the simulation; a planted link
-or FIFO must not make `runsup logs` read elsewhere or hang). The daemon cuts the middle out of a
-log that passes `max_log_bytes` (supervisor.logcap): when the file is found shorter than what
-was already printed, a note goes to stderr and following goes on from the file's new end, where
-the old end now is. A closed pipe (`runsup logs ID | head`) ends the command quietly.
+or FIFO must not make `runsup logs` read elsewhere or hang). The daemon cuts the middle out of
+a log that passes `max_log_bytes` (supervisor.progress.logcap): when the file is found shorter
+than what was already printed, a note goes to stderr and following goes on from the file's new
+end, where the old end now is. A closed pipe (`runsup logs ID | head`) ends the command quietly.
 """
 
 from __future__ import annotations

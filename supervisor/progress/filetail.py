@@ -1,5 +1,5 @@
-"""The one reader of files that only grow: progress.jsonl (progress.ProgressTail) and a run's
-log (outputpatterns.OutputTail) are both a `GrowingFileTail`.
+"""The one reader of files that only grow: progress.jsonl (jsonl.ProgressTail) and a run's
+log (patterns.OutputTail) are both a `GrowingFileTail`.
 
 Knows no database and no line format. The base owns what every such file needs:
 

@@ -6,8 +6,8 @@ neither has to import the other.
 
 from __future__ import annotations
 
-from supervisor import gpus
-from supervisor.scheduling import Capacity
+from supervisor.queue import gpus
+from supervisor.queue.scheduling import Capacity
 from supervisor.settings import Settings
 
 

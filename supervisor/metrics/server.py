@@ -16,7 +16,7 @@ goes blank), with one clear line. A server that dies later is logged and started
 the heartbeat's cadence, at most every RESTART_INTERVAL_SECONDS, without the loop waiting
 for it.
 
-Run as `python -m supervisor.metrics_server SPEC_JSON` by the daemon only.
+Run as `python -m supervisor.metrics.server SPEC_JSON` by the daemon only.
 """
 
 from __future__ import annotations
@@ -122,9 +122,7 @@ class MetricsServer:
             return
         assert proc.stdout is not None
         said = _read_line(proc.stdout, 0.0)  # it has exited: whatever it said is there now
-        log.error(
-            "metrics_server_died", address=self.where, returncode=proc.returncode, said=said
-        )
+        log.error("metrics_server_died", address=self.where, returncode=proc.returncode, said=said)
         self._close_pipes(proc)
         self._next_restart = now + RESTART_INTERVAL_SECONDS
         self._proc = self._spawn()
@@ -140,7 +138,7 @@ class MetricsServer:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "supervisor.metrics_server", self.spec.to_json()],
+            [sys.executable, "-m", "supervisor.metrics.server", self.spec.to_json()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -193,7 +191,7 @@ def serve(spec: ServerSpec) -> int:
     from prometheus_client import start_http_server
 
     from supervisor.db import Store
-    from supervisor.metrics import CachedCollector, ConfiguredCollector, registry_for
+    from supervisor.metrics.collector import CachedCollector, ConfiguredCollector, registry_for
     from supervisor.settings import load_settings
 
     try:

@@ -1,0 +1,1 @@
+"""`runsup metrics` and the daemon's /metrics endpoint (SPEC section 14)."""

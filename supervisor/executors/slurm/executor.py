@@ -23,9 +23,7 @@ is gone). At its first poll the executor ends its stand-ins that no recovered ru
 from __future__ import annotations
 
 import math
-import queue
 import signal
-import threading
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -54,26 +52,19 @@ from supervisor.executors.slurm.commands import (
     SubmitRejected,
     client_env,
 )
+from supervisor.executors.slurm.control import JobControl
+from supervisor.executors.slurm.finding import NameFinder
 from supervisor.executors.slurm.handles import (
     JobSlot,
     SlurmLaunch,
     SlurmRunHandle,
-    kill_or_signal,
 )
-from supervisor.executors.slurm.jobs import batch_script, job_over, job_started, job_variables
-from supervisor.executors.slurm.parsing import JobInfo, JobState, SubmitRequest, job_name
-from supervisor.executors.slurm.standin import (
-    StandIn,
-    StandInState,
-    end_standin,
-    find_standin,
-    leftover_standins,
-    reap_watcher,
-    spent_identity,
-    standin_state,
-    start_standin,
-    was_killed,
-)
+from supervisor.executors.slurm.jobs import batch_script, job_variables
+from supervisor.executors.slurm.lanes import Lane, Op
+from supervisor.executors.slurm.parsing import JobInfo, SubmitRequest, job_name
+from supervisor.executors.slurm.standin import end_standin, spent_identity
+from supervisor.executors.slurm.standinkeeper import StandInKeeper
+from supervisor.executors.slurm.table import JobTable
 from supervisor.settings import ExecutorSettings
 
 log = structlog.get_logger(__name__)
@@ -85,58 +76,8 @@ SUBMIT_ATTEMPTS = 3
 # has its own timeout; the thread is a daemon thread, so the process never waits for it).
 CLOSE_JOIN_SECONDS = 2.0
 
-# The worker wakes the loop when a query is due; never more often than this.
-MIN_WAKE_SECONDS = 0.05
-# A job seen alive that the cluster no longer lists is taken as gone only after this many
-# answers in a row without it (a requeue can hide it for a moment).
-PURGE_CONFIRM_QUERIES = 3
 # Stand-ins started at once when a query finds many jobs newly running.
 STANDIN_STARTERS = 8
-
-_Op = Callable[[], None]
-
-
-class _Lane:
-    """One thread running operations in order from its queue; a failed one never stops it.
-    `idle_timeout()` says how long to wait for the next one (None: forever) and `on_idle` runs
-    when that passes with nothing to do."""
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        idle_timeout: Callable[[], float | None] = lambda: None,
-        on_idle: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.name = name
-        self._ops: queue.Queue[_Op | None] = queue.Queue()
-        self._idle_timeout = idle_timeout
-        self._on_idle = on_idle
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
-
-    def put(self, op: _Op) -> None:
-        """Run `op` on this lane after what is queued before it."""
-        self._ops.put(op)
-
-    def _work(self) -> None:
-        while True:
-            try:
-                op = self._ops.get(timeout=self._idle_timeout())
-            except queue.Empty:
-                self._on_idle()
-                continue
-            if op is None:
-                return
-            try:
-                op()
-            except Exception as exc:  # one failed operation never stops the lane
-                log.error("slurm_worker_error", lane=self.name, error=str(exc), exc_info=True)
-
-    def stop(self, timeout: float) -> None:
-        """Stop after the operation under way (waiting at most `timeout`)."""
-        self._ops.put(None)
-        self._thread.join(timeout)
 
 
 class SlurmExecutor:
@@ -164,58 +105,38 @@ class SlurmExecutor:
             config.runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # each launch then fails saying why
             log.error("executor_runs_dir_unusable", executor=name, error=str(exc))
-        self.lock = threading.Lock()
-        self._wake = wake
-        self._slots: dict[str, JobSlot] = {}  # run id -> its job, while the loop holds it
-        self._news: set[str] = set()
-        self._next_query = 0.0
-        self._query_queued = False
-        # Batched queries made, and the most jobs one asked about (for tests and bench/).
-        self.queries = 0
-        self.largest_query = 0
-        # Jobs looked for by name after a restart: name -> job id found (None: none), and the
-        # names still to look for -> the claim their job must be younger than.
-        self._finding: dict[str, str | None] = {}
-        self._find_queued: dict[str, datetime | None] = {}
-        self._watchers: list[int] = []  # watchers of ended stand-ins, to reap (worker only)
+        self.table = JobTable(wake)
+        self.lock = self.table.lock  # the handles' (Worker) lock: the table's
+        self._standins = StandInKeeper(name, self.commands, self.runs_dir)
         self._starter = ThreadPoolExecutor(STANDIN_STARTERS, thread_name_prefix=f"slurm-{name}")
         self._started = time.monotonic()
-        self._submits = _Lane(f"slurm-{name}-submit")
+        self._submits = Lane(f"slurm-{name}-submit")
         # A query due wakes the loop, which may be idle until its own timer, to start it.
-        self._queries = _Lane(
-            f"slurm-{name}-query", idle_timeout=self._until_due, on_idle=self._wake
-        )
-        self._control = _Lane(f"slurm-{name}-control")
+        self._queries = Lane(f"slurm-{name}-query", idle_timeout=self.table.until_due, on_idle=wake)
+        self._control = Lane(f"slurm-{name}-control")
+        self._finder = NameFinder(self.commands, self._control)
+        self._jobs = JobControl(self.commands, self.table, self._control)
         # Stand-ins of runs no daemon took on again are ended once, at the first poll (after
         # the daemon's recovery has given this executor every run it still holds).
         self._leftovers_swept = False
 
-    # -- the lanes -------------------------------------------------------------------------
+    @property
+    def queries(self) -> int:
+        """Batched queries made (for tests and bench/)."""
+        return self.table.queries
 
-    def _until_due(self) -> float | None:
-        """Seconds until the next query is due (None: no job to ask about, or one queued)."""
-        with self.lock:
-            if self._query_queued or not self._watching():
-                return None
-            return max(MIN_WAKE_SECONDS, self._next_query - time.monotonic())
+    @property
+    def largest_query(self) -> int:
+        """The most jobs one query asked about (for tests and bench/)."""
+        return self.table.largest_query
 
-    def _watching(self) -> bool:
-        """Called with the lock held: True while a job of ours may still change."""
-        return any(s.job_id is not None and not s.over for s in self._slots.values())
-
-    def _do(self, op: _Op) -> None:
+    def _do(self, op: Op) -> None:
         """Run `op` on the control lane (scancel, look-ups by name)."""
         self._control.put(op)
 
-    def _tell(self, run_ids: Collection[str]) -> None:
-        """Called with the lock held: these runs have news for the loop."""
-        if run_ids:
-            self._news.update(run_ids)
-            self._wake()
-
     def tell(self, run_id: str) -> None:
         """Called with the lock held: this run has news for the loop."""
-        self._tell([run_id])
+        self.table.tell([run_id])
 
     # -- launching -----------------------------------------------------------------------
 
@@ -255,18 +176,17 @@ class SlurmExecutor:
             attempt=spec.attempt,
             claimed_at=spec.claimed_at,  # the job is submitted after it
         )
-        with self.lock:
-            self._slots[spec.run_id] = slot
+        self.table.add(slot)
         self._submits.put(lambda: self._submit(slot, request))
         return SlurmLaunch(self, slot)
 
     def _submit(self, slot: JobSlot, request: SubmitRequest) -> None:
         with self.lock:
-            if self._slots.get(slot.run_id) is not slot:
+            if not self.table.holds(slot):
                 return  # abandoned before sbatch ran
             if slot.cancelled and slot.job_id is None:
                 slot.removed = True  # cancelled before sbatch ran: nothing was submitted
-                self._tell([slot.run_id])
+                self.table.tell([slot.run_id])
                 return
             slot.submit_attempts += 1
         # A status left by an earlier attempt of this run must not be read as this job's.
@@ -282,10 +202,10 @@ class SlurmExecutor:
                 return
         with self.lock:
             slot.job_id = job_id
-            self._next_query = 0.0  # look at it with the next poll
-            self._tell([slot.run_id])
+            self.table.query_soon()  # look at it with the next poll
+            self.table.tell([slot.run_id])
             if slot.cancelled:  # asked while sbatch ran: remove it now it exists
-                self._do(lambda: self._remove_queued(slot))
+                self._jobs.cancel_queued(slot)
 
     def _after_uncertain_submit(
         self, slot: JobSlot, request: SubmitRequest, exc: SlurmError
@@ -311,7 +231,7 @@ class SlurmExecutor:
     def _launch_failed(self, slot: JobSlot, why: str) -> None:
         with self.lock:
             slot.error = why
-            self._tell([slot.run_id])
+            self.table.tell([slot.run_id])
 
     # -- polling -------------------------------------------------------------------------
 
@@ -321,68 +241,25 @@ class SlurmExecutor:
         if not self._leftovers_swept:
             self._leftovers_swept = True
             self._do(self._end_leftovers)
-        with self.lock:
-            news, self._news = self._news, set()
-            due = not self._query_queued and now >= self._next_query and self._watching()
-            if due:
-                self._query_queued = True
-                self._next_query = now + (self.poll_interval or 0.0)
+        news, due = self.table.take_news(now, self.poll_interval or 0.0)
         if due:
             self._queries.put(self._query)
         return news
 
     def _query(self) -> None:
-        with self.lock:
-            self._query_queued = False
-            asked = {
-                s.job_id: s for s in self._slots.values() if s.job_id is not None and not s.over
-            }
+        asked = self.table.to_ask()
         if not asked:
             return
-        self.queries += 1
-        self.largest_query = max(self.largest_query, len(asked))
         try:
             answers = self.commands.query(list(asked))
         except SlurmError as exc:
             log.warning("slurm_query_failed", executor=self.name, jobs=len(asked), error=str(exc))
             return  # unknown: nothing changes
-        to_start, ended = self._take_answers(asked, answers)
+        to_start, ended = self.table.take_answers(asked, answers)
         self._settle_ended(ended)
         # A stand-in start mostly waits for two shells to come up: several at once.
         list(self._starter.map(self._start_run, to_start))
-        self._reap_watchers()
-
-    def _take_answers(
-        self, asked: dict[str, JobSlot], answers: dict[str, JobInfo]
-    ) -> tuple[list[JobSlot], list[tuple[JobSlot, JobInfo]]]:
-        """Store a query's answers; the launches whose job started, and the runs whose job is
-        now over with that answer (held back from the slot until its stand-in is ended)."""
-        to_start: list[JobSlot] = []
-        ended: list[tuple[JobSlot, JobInfo]] = []
-        with self.lock:
-            for job_id, slot in asked.items():
-                info = answers.get(job_id)
-                if info is None or self._slots.get(slot.run_id) is not slot:
-                    continue
-                if self._vanishing(slot, info):
-                    continue  # not listed, just after it was seen alive: ask again
-                if slot.handle is not None and job_over(info):
-                    ended.append((slot, info))
-                    continue
-                if _requeued(slot.info, info):
-                    # Back in the queue: the exit status its keeper wrote when the job was
-                    # stopped is not this job's end (it may fail to start again, and never
-                    # run the script that would replace it).
-                    (slot.record_dir / EXIT_FILE).unlink(missing_ok=True)
-                    log.warning("slurm_job_requeued", run_id=slot.run_id, job_id=job_id)
-                slot.info = info
-                if slot.cancelled and slot.handle is None and not slot.cancel_decided:
-                    continue  # the control lane is asking whether it still waits
-                started = slot.handle is None and not slot.removed and job_started(info)
-                if started and not slot.starting:
-                    slot.starting = True
-                    to_start.append(slot)
-        return to_start, ended
+        self._standins.reap_watchers()
 
     def _settle_ended(self, ended: list[tuple[JobSlot, JobInfo]]) -> None:
         """Jobs now over: their stand-ins are told to go first, and only then does the slot
@@ -393,30 +270,8 @@ class SlurmExecutor:
             with self.lock:
                 standin, slot.standin = slot.standin, None
             if standin is not None:
-                self._end(standin)
-        with self.lock:
-            news = []
-            for slot, info in ended:
-                if not slot.over:
-                    news.append(slot.run_id)
-                slot.info = info
-            self._tell(news)
-
-    @staticmethod
-    def _vanishing(slot: JobSlot, info: JobInfo) -> bool:
-        """Called with the lock held: True while a job last seen alive is missing from fewer
-        than PURGE_CONFIRM_QUERIES answers in a row. A job's record outlives its end by
-        MinJobAge (minutes), so a job seen running does not vanish at once; one being
-        requeued can be missing for a moment (it then waits in the queue again)."""
-        last = slot.info
-        if not info.purged or last is None or last.final or last.purged:
-            slot.missing = 0
-            return False
-        slot.missing += 1
-        if slot.missing < PURGE_CONFIRM_QUERIES:
-            log.info("slurm_job_not_listed", run_id=slot.run_id, job_id=info.job_id)
-            return True
-        return False
+                self._standins.retire(standin)
+        self.table.mark_ended(ended)
 
     def _start_run(self, slot: JobSlot) -> None:
         """The job was seen running (or ended): give it a stand-in and make its handle. A job
@@ -427,14 +282,14 @@ class SlurmExecutor:
             over = slot.over
         try:
             if over:
-                self._end_found(job_id, slot.record_dir)
+                self._standins.end_found(job_id, slot.record_dir)
                 standin = None
                 leader = spent_identity()
             else:
-                standin = self._standin_for(job_id, slot.record_dir)
+                standin = self._standins.for_job(job_id, slot.record_dir)
                 leader = standin.leader
         except (LaunchError, OSError) as exc:
-            self._cancel_job(job_id)  # a run the loop cannot watch must not go on unseen
+            self._jobs.cancel(job_id)  # a run the loop cannot watch must not go on unseen
             self._launch_failed(slot, f"job {job_id} was cancelled: {exc}")
             return
         with self.lock:
@@ -442,110 +297,22 @@ class SlurmExecutor:
             slot.standin = standin
             slot.handle = SlurmRunHandle(self, slot, _record(leader, job_id, node))
             slot.starting = False
-            self._tell([slot.run_id])
-
-    def _standin_for(self, job_id: str, record_dir: Path) -> StandIn:
-        """The job's stand-in: the one an earlier daemon started if it still stands, else a
-        new one."""
-        found = find_standin(job_id, record_dir)
-        if found is not None and standin_state(found) is StandInState.ALIVE:
-            return found
-        return self._new_standin(job_id, record_dir)
-
-    def _new_standin(self, job_id: str, record_dir: Path) -> StandIn:
-        return start_standin(
-            job_id,
-            record_dir,
-            self.commands.env,
-            scancel=self._scancel,
-            squeue=self.commands.programs.squeue,
-            executor=self.name,
-        )
-
-    def _end_found(self, job_id: str, record_dir: Path) -> None:
-        """End the stand-in an earlier daemon left for this job, if one still stands."""
-        found = find_standin(job_id, record_dir)
-        if found is not None and standin_state(found) is StandInState.ALIVE:
-            end_standin(found, timeout=0.0)
+            self.table.tell([slot.run_id])
 
     def _end_leftovers(self) -> None:
-        """End the stand-ins of runs this daemon did not take on again (their rows are final:
-        a daemon killed between settling a run and ending its stand-in left them)."""
-        if self.runs_dir is None:
-            return
-        with self.lock:
-            held = [slot.record_dir for slot in self._slots.values()]
-        for standin in leftover_standins(self.runs_dir, self.name, held):
-            log.warning("slurm_standin_left_over", record_dir=str(standin.record_dir))
-            end_standin(standin, timeout=0.0)
-
-    @property
-    def _scancel(self) -> str:
-        return self.commands.programs.scancel
+        """End the stand-ins of runs this daemon did not take on again."""
+        self._standins.sweep_leftovers(self.table.held_dirs())
 
     # -- what the handles and launches ask (Worker) -------------------------------------
 
     def send_signal(self, job_id: str, sig: int) -> None:
         """Signal the job's processes; SIGKILL cancels the job (on the control lane)."""
-        self._do(lambda: self._signal_job(job_id, sig))
-
-    def _signal_job(self, job_id: str, sig: int) -> None:
-        wanted = kill_or_signal(sig)
-        if wanted is not None:
-            # scancel --signal to a job that waits (again: requeued) retries until it times
-            # out and signals nothing: a job with no processes is cancelled plainly instead.
-            try:
-                info = self.commands.state_of(job_id)
-            except SlurmError as exc:
-                log.warning("slurm_signal_state_unknown", job_id=job_id, error=str(exc))
-                info = None
-            if info is not None and (info.final or info.purged):
-                return
-            if info is not None and info.state is JobState.PENDING:
-                log.info("slurm_signal_to_waiting_job", job_id=job_id, signal=wanted.name)
-                wanted = None
-        self._cancel_job(job_id, wanted)
-
-    def _cancel_job(self, job_id: str, sig: signal.Signals | None = None) -> None:
-        try:
-            # A signal only to a job that runs (one that waits again would make scancel retry).
-            self.commands.cancel(job_id, sig, only_running=sig is not None)
-        except SlurmError as exc:
-            log.warning("slurm_cancel_failed", job_id=job_id, error=str(exc))
-        with self.lock:
-            self._next_query = 0.0  # see the effect with the next poll
+        self._jobs.send_signal(job_id, sig)
 
     def cancel_queued(self, slot: JobSlot) -> None:
         """A cancel while the job is launched: remove it if the cluster says it still waits
         (once sbatch has answered: the submit lane hands it over then)."""
-        self._do(lambda: self._remove_queued(slot))
-
-    def _remove_queued(self, slot: JobSlot) -> None:
-        with self.lock:
-            job_id = slot.job_id
-            if job_id is None or slot.cancel_decided or self._slots.get(slot.run_id) is not slot:
-                return  # sbatch has not answered (it hands over then), or decided, or let go
-        try:
-            # Atomic in the controller: a job that has started is left alone.
-            self.commands.cancel(job_id, only_pending=True)
-            info = self.commands.state_of(job_id)
-        except SlurmError as exc:
-            log.warning("slurm_remove_failed", job_id=job_id, error=str(exc))
-            self._do(lambda: self._remove_queued(slot))  # unknown: ask again
-            return
-        if info.state is JobState.PENDING:
-            self._do(lambda: self._remove_queued(slot))  # not yet seen: ask again
-            return
-        with self.lock:
-            slot.cancel_decided = True
-            slot.info = info
-            if info.state is JobState.CANCELLED:
-                slot.removed = True
-                log.info("slurm_job_removed", run_id=slot.run_id, job_id=job_id)
-            else:
-                log.info("slurm_job_started_before_cancel", run_id=slot.run_id, job_id=job_id)
-            self._next_query = 0.0  # a started one gets its stand-in with the next query
-            self._tell([slot.run_id])
+        self._jobs.cancel_queued(slot)
 
     def end_standin(self, slot: JobSlot) -> None:
         """End the stand-in of a settled run if it stands yet (a job over before it was seen
@@ -557,24 +324,11 @@ class SlurmExecutor:
             # Told at once (two small writes), so a daemon killed now leaves nothing waiting;
             # its watcher is reaped on the query lane (which owns the watchers).
             end_standin(standin, timeout=0.0)
-            self._queries.put(lambda: self._end(standin))
-
-    def _end(self, standin: StandIn) -> None:
-        # Told to go, the stand-in exits by itself; its watcher (our child) is reaped later,
-        # so ending one costs no wait on the worker.
-        end_standin(standin, timeout=0.0)
-        self._reap_watchers()
-        if standin.watcher_pid is not None:
-            self._watchers.append(standin.watcher_pid)
-
-    def _reap_watchers(self) -> None:
-        self._watchers = [pid for pid in self._watchers if not reap_watcher(pid)]
+            self._queries.put(lambda: self._standins.retire(standin))
 
     def forget(self, slot: JobSlot) -> None:
         """Called with the lock held: stop tracking the slot's job."""
-        if self._slots.get(slot.run_id) is slot:
-            del self._slots[slot.run_id]
-        self._news.discard(slot.run_id)
+        self.table.forget(slot)
 
     # -- after a restart -----------------------------------------------------------------
 
@@ -594,9 +348,7 @@ class SlurmExecutor:
         if ref.claimed:
             # Queued, running or ended: the launch's first query tells, and a job seen
             # running or ended becomes its handle (with a stand-in) then.
-            with self.lock:
-                self._slots[ref.run_id] = slot
-                self._next_query = 0.0
+            self.table.add(slot, query_soon=True)
             return Queued(SlurmLaunch(self, slot))
         return Adopted(self._adopt(slot, ref))
 
@@ -604,27 +356,13 @@ class SlurmExecutor:
         """A RUNNING row: its stand-in again (or a new one after a reboot); the job's state
         comes with the next query."""
         job_id = ref.external_id or ""
-        found = find_standin(job_id, ref.record_dir)
-        state = standin_state(found) if found is not None else None
-        if found is not None and state is StandInState.KILLED and not was_killed(found):
-            # Its leader died untold and its watcher with it: the SIGKILL meant cancel.
-            log.warning("slurm_standin_killed_while_away", run_id=ref.run_id, job_id=job_id)
+        again = self._standins.found_again(ref.run_id, job_id, ref.record_dir)
+        if again.killed_untold:
             self.send_signal(job_id, signal.SIGKILL)
-        standin: StandIn | None = None
-        if found is None or state is StandInState.LOST:
-            # After a reboot (or with no trace of one): the job goes on, a new stand-in too.
-            found = standin = self._new_standin(job_id, ref.record_dir)
-            log.info("slurm_standin_restarted", run_id=ref.run_id, job_id=job_id)
-        elif state is StandInState.ALIVE:
-            standin = found
-        # else ended or killed: the job is over or being cancelled; the row keeps its pid
-        record = _record(found.leader, job_id, ref.host)
-        slot.standin = standin
-        handle = SlurmRunHandle(self, slot, record)
+        slot.standin = again.standin
+        handle = SlurmRunHandle(self, slot, _record(again.leader, job_id, ref.host))
         slot.handle = handle
-        with self.lock:
-            self._slots[ref.run_id] = slot
-            self._next_query = 0.0
+        self.table.add(slot, query_soon=True)
         return handle
 
     def _find_claimed(self, ref: RunRef) -> Recovery:
@@ -635,15 +373,9 @@ class SlurmExecutor:
             # child outlives its parent): look only once it would have given up.
             return StillStarting("waiting out a submit an earlier daemon may have begun")
         name = job_name(ref.run_id, ref.attempt)
-        with self.lock:
-            if name in self._finding:
-                job_id = self._finding.pop(name)
-                self._find_queued.pop(name, None)
-            else:
-                if name not in self._find_queued:
-                    self._find_queued[name] = ref.claimed_at
-                    self._do(self._find_names)
-                return StillStarting("looking for its job by name")
+        done, job_id = self._finder.lookup(name, ref.claimed_at)
+        if not done:
+            return StillStarting("looking for its job by name")
         if job_id is None:
             return NeverStarted(f"no job named {name} submitted since its claim")
         log.info("slurm_job_found_by_name", run_id=ref.run_id, job_id=job_id)
@@ -658,26 +390,6 @@ class SlurmExecutor:
                 claimed_at=ref.claimed_at,
             )
         )
-
-    def _find_names(self) -> None:
-        with self.lock:
-            wanted = {n: t for n, t in self._find_queued.items() if n not in self._finding}
-        if not wanted:
-            return
-        # Each name among the jobs submitted since its own claim (a claim without a time:
-        # NAME_LOOKBACK).
-        since = {n: t for n, t in wanted.items() if t is not None}
-        try:
-            found = self.commands.find_by_name(wanted, since=since)
-        except SlurmError as exc:
-            log.warning("slurm_find_failed", runs=len(wanted), error=str(exc))
-            with self.lock:
-                for name in wanted:
-                    self._find_queued.pop(name, None)  # asked again at the next look
-            return
-        with self.lock:
-            for name in wanted:
-                self._finding[name] = found.get(name)
 
     # -- the rest of the interface -------------------------------------------------------
 
@@ -699,16 +411,6 @@ class SlurmExecutor:
         for lane in (self._submits, self._queries, self._control):
             lane.stop(CLOSE_JOIN_SECONDS)
         self._starter.shutdown(wait=False)
-
-
-def _requeued(last: JobInfo | None, now: JobInfo) -> bool:
-    """True when a job seen started is seen waiting in the queue again (requeued)."""
-    return (
-        last is not None
-        and job_started(last)
-        and not last.final
-        and (now.state is JobState.PENDING)
-    )
 
 
 def _lead_seconds(seconds: float | None) -> int | None:

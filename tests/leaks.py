@@ -34,8 +34,9 @@ from marker import MARKER_VARIABLE
 # Unique per pytest run: processes of an earlier (or a concurrent) session are not ours.
 SESSION_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 # How long processes a test ended (a killed daemon's stand-ins, a group sent SIGKILL) may take
-# to be gone before they count as left behind.
-LEFTOVER_GRACE_SECONDS = 5.0
+# to be gone before they count as left behind: a deadline, not a delay (the wait ends when
+# they are gone). A stand-in's end calls scancel; at a load average of 10 that passed 5 s.
+LEFTOVER_GRACE_SECONDS = 20.0
 # After SIGTERM, how long a swept process gets before SIGKILL.
 SWEEP_TERM_SECONDS = 2.0
 POLL_SECONDS = 0.05

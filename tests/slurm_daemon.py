@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,16 @@ class ClusterDaemon(DaemonHarness):
     def ask_cancel(self, run_id: str) -> None:
         """Ask for a cancel as any program may (the row's cancel_requested_at)."""
         assert self.store.request_cancel(run_id)
+
+
+@contextlib.contextmanager
+def started_daemon(
+    tmp_path: Path, cluster: SlurmCluster, **settings: Any
+) -> Iterator[ClusterDaemon]:
+    """A started daemon, closed (its stand-ins ended) however the block ends."""
+    d = ClusterDaemon(tmp_path, cluster, **settings)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()

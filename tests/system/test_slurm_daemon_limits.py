@@ -5,7 +5,6 @@ written over a RUNNING cluster run (SPEC sections 3 and 6)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,13 +12,12 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 from daemon_harness import READY, group_alive, wait_for
 from slurm_cluster import MIN_JOB_AGE_SECONDS, SlurmCluster
-from slurm_daemon import JOB_DEADLINE, ClusterDaemon
+from slurm_daemon import JOB_DEADLINE, ClusterDaemon, started_daemon
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 MAX_SUBMITTED = 2
@@ -29,21 +27,10 @@ PURGE_DEADLINE = MIN_JOB_AGE_SECONDS + 30.0
 NODE_DEADLINE = 30.0  # the node back to idle after RESUME
 
 
-@contextlib.contextmanager
-def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:
-    """A started daemon, closed (its stand-ins ended) however the block ends."""
-    d = ClusterDaemon(tmp_path, cluster, **settings)
-    try:
-        d.start()
-        yield d
-    finally:
-        d.close()
-
-
 @pytest.fixture
 def daemon(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """A started daemon sending `cl` runs to the test cluster (no accounting)."""
-    with _daemon(tmp_path, slurm_cluster) as d:
+    with started_daemon(tmp_path, slurm_cluster) as d:
         yield d
 
 
@@ -57,7 +44,7 @@ def test_max_submitted_bounds_the_jobs_in_the_cluster(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:
     extra = f"max_submitted = {MAX_SUBMITTED}"
-    with _daemon(tmp_path, slurm_cluster, executor_extra=extra) as daemon:
+    with started_daemon(tmp_path, slurm_cluster, executor_extra=extra) as daemon:
         # The default partition starts up to 8 jobs a CPU at once: only the limit holds them.
         ids = [daemon.submit({"sleep": 2}, template="cl") for _ in range(RUNS_OVER_THE_LIMIT)]
         most_in_cluster = 0
@@ -164,7 +151,7 @@ def _hog_command() -> str:
 
 
 def test_on_stop_cancel_cancels_queued_jobs(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
-    with _daemon(tmp_path, slurm_cluster, on_stop="cancel") as daemon:
+    with started_daemon(tmp_path, slurm_cluster, on_stop="cancel") as daemon:
         blocker = daemon.submit({"sleep": 300}, template="whole")
         daemon.wait_running(blocker)
         queued = [daemon.submit({"sleep": 300}, template="whole") for _ in range(2)]

@@ -7,44 +7,31 @@ outcome, and the cluster's own view of the job.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from daemon_harness import READY, group_alive, wait_for
 from slurm_cluster import SlurmCluster
-from slurm_daemon import GRACE_SECONDS, JOB_DEADLINE, ClusterDaemon
+from slurm_daemon import GRACE_SECONDS, JOB_DEADLINE, ClusterDaemon, started_daemon
 
 from supervisor.db import final_change
 from supervisor.states import RunStatus
 
 
-@contextlib.contextmanager
-def _daemon(tmp_path: Path, cluster: SlurmCluster, **settings: Any) -> Iterator[ClusterDaemon]:
-    """A started daemon, closed (its stand-ins ended) however the block ends."""
-    d = ClusterDaemon(tmp_path, cluster, **settings)
-    try:
-        d.start()
-        yield d
-    finally:
-        d.close()
-
-
 @pytest.fixture
 def daemon(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """A started daemon sending `cl` runs to the test cluster (no accounting)."""
-    with _daemon(tmp_path, slurm_cluster) as d:
+    with started_daemon(tmp_path, slurm_cluster) as d:
         yield d
 
 
 @pytest.fixture
-def any_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
+def anystarted_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """The same, once on the cluster without accounting and once with slurmdbd + MariaDB."""
-    with _daemon(tmp_path, any_slurm_cluster) as d:
+    with started_daemon(tmp_path, any_slurm_cluster) as d:
         yield d
 
 
@@ -247,7 +234,9 @@ def test_time_limit_of_the_cluster_fails_as_timeout(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:
     # Slurm's own limit (one minute, checked every ~30 s), no limit of the daemon's.
-    with _daemon(tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]') as daemon:
+    with started_daemon(
+        tmp_path, slurm_cluster, executor_extra='sbatch_args = ["--time=1"]'
+    ) as daemon:
         run_id = daemon.submit({"sleep": 300}, template="cl")
         daemon.wait_running(run_id)
         final = daemon.wait_final(run_id, 150.0)

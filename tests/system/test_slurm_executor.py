@@ -29,7 +29,7 @@ def daemon(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemo
 
 
 @pytest.fixture
-def anystarted_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
+def any_daemon(tmp_path: Path, any_slurm_cluster: SlurmCluster) -> Iterator[ClusterDaemon]:
     """The same, once on the cluster without accounting and once with slurmdbd + MariaDB."""
     with started_daemon(tmp_path, any_slurm_cluster) as d:
         yield d

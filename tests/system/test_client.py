@@ -197,11 +197,13 @@ class WriteAudit:
         self._names = {code: name for name, code in WRITE_ACTIONS.items()}
 
     def __call__(
-        self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _t: str | None
+        self, action: int, arg1: str | None, arg2: str | None, _db: str | None, trigger: str | None
     ) -> int:
         if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
             self.pragmas.append(arg1.lower())
-        elif action in self._names:
+        elif action in self._names and trigger is None:
+            # A write inside a trigger is the schema's (the metrics tallies of migration 0006
+            # and 0007), done for every program alike: only the client's own statements count.
             self.writes.append((self._names[action], arg1, arg2))
         return sqlite3.SQLITE_OK
 

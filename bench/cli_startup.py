@@ -69,7 +69,7 @@ def measure(runs: int, rows: int, tmp: Path | None = None) -> list[float]:
             RUNSUP_DATABASE=str(db),
             RUNSUP_RUNS_DIR=str(root / "runs"),
         )
-        command = [str(RUNSUP), "list"]
+        command = [str(RUNSUP), "list", "--all"]
         subprocess.run(command, env=env, check=True, capture_output=True)  # warm the caches
         times = []
         for _ in range(runs):
